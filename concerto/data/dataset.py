@@ -1,0 +1,85 @@
+"""Segments of a shard store as a map-style dataset indexed by ``SampleTicket``.
+
+The store is opened lazily in whichever process first reads (each DataLoader
+worker opens its own Zarr handles; nothing unpicklable crosses the fork/spawn).
+A store object (anything with ``__len__``, ``__getitem__`` and
+``segments_by_shard``) may be passed instead of a URL.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from concerto.data.sample import SampleSpec, build_sample
+from concerto.data.sampler import SampleTicket
+
+
+class DataError(RuntimeError):
+    """The training data cannot be used (no manifest, empty store, ...)."""
+
+
+def open_store(url: str, version: Optional[int] = None):
+    """``ShardStore.open`` with the store's errors turned into one-line ``DataError``s."""
+    from pipelines.store import ShardStore
+    from pipelines.store.errors import StoreError
+
+    try:
+        store = ShardStore.open(url, version=version)
+    except StoreError as exc:
+        raise DataError(f"data store '{url}': {exc}") from exc
+    except FileNotFoundError as exc:
+        raise DataError(f"data store '{url}': not found ({exc})") from exc
+    return store
+
+
+def check_store(store, name: str) -> list[list[int]]:
+    """Shard layout of a usable store; DataError when it has no segments."""
+    if len(store) == 0:
+        raise DataError(f"data store '{name}': empty (its manifest lists no segments)")
+    shards = [list(s) for s in store.segments_by_shard()]
+    if sum(len(s) for s in shards) != len(store):
+        raise DataError(f"data store '{name}': segments_by_shard covers {sum(len(s) for s in shards)} "
+                        f"of {len(store)} segments")
+    return shards
+
+
+class SegmentDataset:
+    """``dataset[ticket]`` -> sample dict (see ``build_sample``)."""
+
+    def __init__(self, store: Union[str, Any], spec: SampleSpec, version: Optional[int] = None):
+        self.url = store if isinstance(store, str) else None
+        self.version = version
+        self.spec = spec
+        self._store = None if isinstance(store, str) else store
+        self._pid = os.getpid() if self._store is not None else None
+        if self.url is not None:
+            self.version = getattr(self.store, "version", version)
+
+    @property
+    def store(self):
+        # reopen after a fork: Zarr / fsspec handles are per process
+        if self._store is None or (self.url is not None and self._pid != os.getpid()):
+            self._store = open_store(self.url, self.version)
+            self._pid = os.getpid()
+        return self._store
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if self.url is not None:
+            state["_store"] = None
+        return state
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def shards(self) -> list[list[int]]:
+        return check_store(self.store, self.url or type(self.store).__name__)
+
+    def __getitem__(self, ticket: SampleTicket) -> dict:
+        raw = self.store[ticket.index]
+        rng = np.random.default_rng(ticket.rng_seed())
+        sample = build_sample(raw, self.spec, ticket.step, rng)
+        sample["segment_index"] = ticket.index
+        return sample

@@ -1,0 +1,37 @@
+"""Student-to-teacher point matching by nearest original coordinate."""
+from __future__ import annotations
+
+import torch
+
+
+@torch.no_grad()
+def match_nearest(query: torch.Tensor, query_group: torch.Tensor, ref: torch.Tensor,
+                  ref_group: torch.Tensor, radius: float, chunk: int = 4096) -> torch.Tensor:
+    """Pairs (query row, nearest ref row of the same group) closer than ``radius``.
+
+    query [Nq,3], ref [Nr,3] original (pre-augmentation) coordinates in metres;
+    query_group [Nq], ref_group [Nr] int64 group ids (a query point only matches ref
+    points of its own group). Returns int64 [M,2], ordered by query row.
+    """
+    pairs = []
+    for g in torch.unique(query_group).tolist():
+        qi = torch.nonzero(query_group == g).flatten()
+        ri = torch.nonzero(ref_group == g).flatten()
+        if len(qi) == 0 or len(ri) == 0:
+            continue
+        r = ref[ri].float()
+        for s in range(0, len(qi), chunk):
+            q = qi[s:s + chunk]
+            dist, nearest = torch.cdist(query[q].float(), r).min(dim=1)
+            ok = dist < radius
+            pairs.append(torch.stack([q[ok], ri[nearest[ok]]], dim=1))
+    if not pairs:
+        return torch.zeros((0, 2), dtype=torch.long, device=query.device)
+    out = torch.cat(pairs)
+    return out[torch.argsort(out[:, 0])]
+
+
+def offset_to_batch(offset: torch.Tensor) -> torch.Tensor:
+    """Cumulative ends [B] -> batch id per row [offset[-1]]."""
+    counts = torch.diff(offset, prepend=offset.new_zeros(1))
+    return torch.repeat_interleave(torch.arange(len(offset), device=offset.device), counts)

@@ -1,0 +1,161 @@
+"""The Concerto pretraining objective: student, EMA teacher, heads and the loss.
+
+Views (see concerto.data.collate): G=2 global views per sample (the first is the
+principal view), their masked copies, and L=4 local views.
+
+- teacher: backbone on the global views, features upcast ``distill.upcast_level``
+  levels, clustering heads -> prototype scores;
+- student: backbone on the masked global views and on the local views;
+- mask term: masked view v predicts the teacher's view v; roll-mask term: masked
+  view v predicts the teacher's other global view of the same sample; unmask term:
+  local views predict the teacher's principal view of their sample. Points are
+  paired by nearest original coordinate (``distill.match_radius``); targets are
+  Sinkhorn-balanced teacher scores;
+- cross-modal term: the masked principal view's features upcast
+  ``cross_modal.upcast_level`` levels, carried back to the input points, averaged
+  per image patch and mapped linearly to the frozen image encoder's patch feature.
+
+Every student parameter takes part in each forward (the cross-modal predictor runs
+on zero rows when a batch has no images), so DDP needs no unused-parameter search.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from concerto.ssl.cross_modal import PatchPredictor
+from concerto.ssl.head import ClusteringHead
+from concerto.ssl.losses import cross_modal_loss, distillation_loss, pool_patches
+from concerto.ssl.matching import match_nearest, offset_to_batch
+
+
+def upcast_channels(enc_channels, levels: int) -> int:
+    """Channels of features upcast ``levels`` levels from the deepest stage."""
+    return int(sum(enc_channels[-(levels + 1):]))
+
+
+def _scatter_mean(src: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    out = src.new_zeros((size, src.shape[1])).index_add_(0, index, src)
+    count = torch.bincount(index, minlength=size).clamp_min(1).to(src.dtype)
+    return out / count.unsqueeze(1)
+
+
+@dataclass
+class Encoded:
+    """Features at one upcast level: feat [P,C], origin coordinate [P,3], view id [P],
+    and for every input row the row of P that represents it (index [N])."""
+
+    feat: torch.Tensor
+    origin: torch.Tensor
+    view: torch.Tensor
+    index: torch.Tensor
+
+
+def encode(backbone: nn.Module, coord, feat, offset, origin, grid_size: float, levels,
+           mask: Optional[torch.Tensor] = None, point_cls=None, upcast_fn=None) -> list[Encoded]:
+    """Run ``backbone`` once and read features at each upcast level in ``levels``."""
+    if point_cls is None or upcast_fn is None:
+        from concerto.model import Point, upcast
+
+        point_cls, upcast_fn = point_cls or Point, upcast_fn or upcast
+    fields = dict(coord=coord, feat=feat, offset=offset, grid_size=grid_size)
+    if mask is not None:
+        fields["mask"] = mask
+    out = backbone(point_cls(**fields))
+    results = []
+    for lv in levels:
+        p = upcast_fn(out, lv)
+        index = p.index_to_input()
+        n = p["feat"].shape[0]
+        results.append(Encoded(p["feat"], _scatter_mean(origin.float(), index, n), p["batch"], index))
+    return results
+
+
+class StudentNet(nn.Module):
+    """Backbone + clustering heads + patch predictor (the part DDP wraps)."""
+
+    def __init__(self, backbone: nn.Module, head_in: int, cross_in: int, image_channels: int,
+                 head_hidden: int, head_embed: int, num_prototypes: int,
+                 distill_level: int, cross_level: int, grid_size: float):
+        super().__init__()
+        self.backbone = backbone
+        self.mask_head = ClusteringHead(head_in, head_hidden, head_embed, num_prototypes)
+        self.unmask_head = ClusteringHead(head_in, head_hidden, head_embed, num_prototypes)
+        self.patch_predictor = PatchPredictor(cross_in, image_channels)
+        self.distill_level, self.cross_level, self.grid_size = distill_level, cross_level, grid_size
+
+    def forward(self, batch: dict, image_grid_hw: tuple[int, int]) -> dict:
+        masked, cross = encode(self.backbone, batch["global_masked_coord"], batch["global_feat"],
+                               batch["global_offset"], batch["global_origin_coord"], self.grid_size,
+                               (self.distill_level, self.cross_level), mask=batch["global_mask"])
+        (local,) = encode(self.backbone, batch["local_coord"], batch["local_feat"], batch["local_offset"],
+                          batch["local_origin_coord"], self.grid_size, (self.distill_level,))
+        h, w = image_grid_hw
+        num_images = int(batch["images"].shape[0])
+        point_feat = cross.feat[cross.index]  # per input row of the global views
+        patch_id = batch["corr_image"] * (h * w) + batch["corr_patch"]
+        pooled, used = pool_patches(point_feat, batch["corr_row"], patch_id, max(num_images * h * w, 1))
+        return dict(mask_logits=self.mask_head(masked.feat), masked=masked,
+                    unmask_logits=self.unmask_head(local.feat), local=local,
+                    patch_pred=self.patch_predictor(pooled), patch_used=used)
+
+
+class TeacherNet(nn.Module):
+    def __init__(self, student: StudentNet):
+        super().__init__()
+        self.backbone = copy.deepcopy(student.backbone)
+        self.mask_head = copy.deepcopy(student.mask_head)
+        self.unmask_head = copy.deepcopy(student.unmask_head)
+        self.requires_grad_(False)
+
+    def ema_pairs(self, student: StudentNet):
+        """(teacher tensors, student tensors) updated by EMA: backbone and heads."""
+        t, s = [], []
+        for name in ("backbone", "mask_head", "unmask_head"):
+            t += list(getattr(self, name).parameters())
+            s += list(getattr(student, name).parameters())
+        return t, s
+
+    @torch.no_grad()
+    def forward(self, batch: dict, level: int, grid_size: float):
+        (glob,) = encode(self.backbone, batch["global_coord"], batch["global_feat"], batch["global_offset"],
+                         batch["global_origin_coord"], grid_size, (level,))
+        return glob, self.mask_head(glob.feat), self.unmask_head(glob.feat)
+
+
+def roll_views(view: torch.Tensor, num_global: int) -> torch.Tensor:
+    """View id of the other global view of the same sample (num_global == 2)."""
+    return (view // num_global) * num_global + (num_global - 1 - view % num_global)
+
+
+def pretraining_loss(out: dict, teacher_out, image_feat: Optional[torch.Tensor], batch: dict,
+                     cfg, teacher_temp: float) -> dict:
+    """All loss terms and their weighted sum ("loss"). cfg: PretrainConfig."""
+    d, cm = cfg.distill, cfg.cross_modal
+    g = batch["num_global"]
+    nl = batch["num_local"]
+    glob, t_mask, t_unmask = teacher_out
+    masked, local = out["masked"], out["local"]
+    radius, ts, iters = d.match_radius, d.student_temp, d.sinkhorn_iters
+    terms = {}
+    match = match_nearest(masked.origin, masked.view, glob.origin, glob.view, radius)
+    terms["mask"] = distillation_loss(out["mask_logits"], t_mask, match, masked.view, ts, teacher_temp, iters)
+    match = match_nearest(masked.origin, masked.view, glob.origin, roll_views(glob.view, g), radius)
+    terms["roll_mask"] = distillation_loss(out["mask_logits"], t_mask, match, masked.view, ts, teacher_temp, iters)
+    principal = glob.view % g == 0
+    match = match_nearest(local.origin, local.view // nl, glob.origin, torch.where(principal, glob.view // g, -1), radius)
+    terms["unmask"] = distillation_loss(out["unmask_logits"], t_unmask, match, local.view, ts, teacher_temp, iters)
+    loss = d.mask_weight * terms["mask"] + d.roll_mask_weight * terms["roll_mask"] + d.unmask_weight * terms["unmask"]
+    pred = out["patch_pred"]
+    if image_feat is not None and len(out["patch_used"]) > 0:
+        target = image_feat.reshape(-1, image_feat.shape[-1])[out["patch_used"]]
+        terms["cross_modal"] = cross_modal_loss(pred, target, scale=cm.loss_scale)
+        loss = loss + cm.weight * terms["cross_modal"]
+    else:
+        loss = loss + pred.sum() * 0.0  # keeps the predictor in the graph (DDP)
+    terms["loss"] = loss
+    return terms

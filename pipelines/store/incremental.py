@@ -1,0 +1,165 @@
+"""Incremental updates: decide what a new build must write, write it, commit.
+
+Policy for a scene whose content hash changed (and for scenes leaving the build):
+the new version goes into a *new* shard and the old version is simply no longer
+listed by the manifest; old shard files are never touched. A base shard that
+loses scenes is rewritten (its still-listed scenes read back and written into a
+replacement shard) only when its live fraction of points falls below
+``compact_below`` (default 0.5): that bounds the dead bytes a store carries to
+about half, while a typical re-run that changes a few scenes writes only those
+scenes. ``compact_below=1.0`` gives "rewrite exactly the shards that held a
+changed scene"; ``compact_below=0`` never rewrites. Removed sources are a
+manifest-only change; ``gc`` deletes the files once no kept manifest lists them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol, Sequence
+
+from pipelines.records import ProcessedScene
+from pipelines.store.manifest import Manifest, commit, load_manifest
+from pipelines.store.reader import ShardStore
+from pipelines.store.writer import ShardInfo, ShardWriter, pack_scenes, validate_processed
+from preprocess.scene import SceneValidationError
+
+
+class RefLike(Protocol):
+    """What plan_update needs of a SceneRef."""
+
+    source: str
+    key: str
+    content_hash: str
+
+
+@dataclass
+class Plan:
+    """What a build must do against manifest ``base_version`` (None: empty store).
+
+    new / changed: refs to (re)process; unchanged / removed: scene keys.
+    removed = listed scenes whose source left the build or whose source no
+    longer lists them."""
+
+    base_version: int | None
+    new: list = field(default_factory=list)
+    changed: list = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    @property
+    def to_process(self) -> list:
+        return self.new + self.changed
+
+    @property
+    def is_noop(self) -> bool:
+        return not (self.new or self.changed or self.removed)
+
+    def summary(self) -> str:
+        base = "empty store" if self.base_version is None else f"v{self.base_version}"
+        return (f"plan against {base}: {len(self.new)} new, {len(self.changed)} changed, "
+                f"{len(self.unchanged)} unchanged, {len(self.removed)} removed")
+
+
+def plan_update(manifest: Manifest | None, refs: Iterable[RefLike], sources_present: Iterable[str] | None = None) -> Plan:
+    """Compare discovered scenes ``refs`` (key, content_hash, source) with what
+    ``manifest`` lists. ``sources_present``: the sources in this build (default:
+    the sources of ``refs``); listed scenes of other sources are removed."""
+    refs = list(refs)
+    keys = [r.key for r in refs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate scene keys in refs: {sorted({k for k in keys if keys.count(k) > 1})[:5]}")
+    present = set(sources_present) if sources_present is not None else {r.source for r in refs}
+    stray = {r.source for r in refs} - present
+    if stray:
+        raise ValueError(f"refs from sources not in sources_present: {sorted(stray)}")
+    listed = manifest.scenes() if manifest is not None else {}
+    plan = Plan(base_version=None if manifest is None else manifest.version)
+    for r in sorted(refs, key=lambda r: r.key):
+        if r.key not in listed:
+            plan.new.append(r)
+        elif listed[r.key][1].content_hash != r.content_hash:
+            plan.changed.append(r)
+        else:
+            plan.unchanged.append(r.key)
+    ref_keys = set(keys)
+    plan.removed = sorted(k for k in listed if k not in ref_keys)
+    return plan
+
+
+@dataclass
+class UpdateResult:
+    version: int | None  # None when nothing had to change
+    written: list[ShardInfo]  # new shards (new/changed scenes and compacted shards)
+    compacted: list[str]  # base shards replaced by a rewrite
+    skipped: dict[str, str]  # scene key -> why it was not written (old version kept if any)
+
+
+def apply_update(
+    store,
+    plan: Plan,
+    scenes: Sequence[ProcessedScene],
+    failed: dict[str, str] | None = None,
+    *,
+    target_shard_bytes: int = 256 << 20,
+    compact_below: float = 0.5,
+    note: str = "",
+    progress: bool = False,
+) -> UpdateResult:
+    """Write ``scenes`` (the processed ``plan.to_process``) into new shards and
+    commit a manifest on top of ``plan.base_version``.
+
+    A scene that fails validation, or that the caller reports in ``failed``
+    (key -> reason), is skipped: a changed scene then keeps its old version.
+    Raises ManifestConflictError if another writer committed first (the shards
+    written here stay unlisted; re-plan and retry, ``gc`` removes them)."""
+    skipped = dict(failed or {})
+    wanted = {r.key for r in plan.to_process}
+    good: list[ProcessedScene] = []
+    for ps in scenes:
+        if ps.key not in wanted:
+            skipped[ps.key] = "not in the plan"
+            continue
+        try:
+            validate_processed(ps)
+        except SceneValidationError as e:
+            skipped[ps.key] = str(e)
+            continue
+        good.append(ps)
+    if not good and not plan.removed:
+        return UpdateResult(None, [], [], skipped)
+
+    writer = ShardWriter(store)
+    groups = pack_scenes(good, target_shard_bytes)
+    written = []
+    for group in _progress(groups, progress, "writing shards"):
+        written.append(writer.write(group))
+
+    # scenes whose old version stops being listed
+    changed_done = {ps.key for ps in good} & {r.key for r in plan.changed}
+    hidden = changed_done | set(plan.removed)
+    base = load_manifest(store, plan.base_version) if plan.base_version is not None else None
+    compacted: list[str] = []
+    if base is not None and hidden:
+        old = ShardStore(writer.location, base)
+        for sh in base.shards:
+            live = [e for e in sh.scenes if e.key not in hidden]
+            if len(live) == len(sh.scenes) or not live:
+                continue
+            total = sh.points_written or sum(e.n_points for e in sh.scenes)
+            if sum(e.n_points for e in live) / max(total, 1) < compact_below:
+                rewritten = writer.write([old.read_scene(e.key) for e in live])
+                written.append(rewritten)
+                compacted.append(sh.id)
+    version = commit(
+        store, plan.base_version, added_shards=written, removed_shards=compacted,
+        removed_scenes=hidden if base is not None else (),
+        note=note or plan.summary(),
+    )
+    return UpdateResult(version, written, compacted, skipped)
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc)

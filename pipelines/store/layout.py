@@ -1,0 +1,43 @@
+"""The on-disk layout of one shard (a zarr v3 group), in one place.
+
+A shard packs complete scenes; a scene never spans shards. Arrays are the
+concatenation over the shard's scenes (points, images, correspondences,
+segments) with offset tables to find one scene's or one image's rows::
+
+    points/coord     float32 [P,3]  metres, world frame
+    points/color     uint8   [P,3]
+    points/normal    float32 [P,3]
+    points/segment   int32   [P]    -1 = unlabelled (or no labels at all)
+    points/instance  int32   [P]
+    scenes/point_offset   int64 [S+1]
+    scenes/image_offset   int64 [S+1]
+    scenes/segment_offset int64 [S+1]
+    images/rgb_<H>x<W>    uint8 [n,H,W,3]  one chunk per image (ragged sizes
+                                           are grouped by size)
+    images/size_group     int32 [I]   which rgb_<H>x<W> array holds image i
+    images/size_slot      int32 [I]   row of image i in that array
+    images/K              float32 [I,3,3]
+    images/pose           float32 [I,4,4] camera-to-world, OpenCV axes
+    images/corr_offset    int64 [I+1]
+    corr/point            int32 [C]   point index within its scene
+    corr/pixel            uint16 [C,2] (u = column, v = row)
+    segments/scene        int32 [G]   scene index within the shard
+    segments/images       int32 [G,4] image index within the shard, -1 padded
+
+Group attributes: ``format``, ``scenes`` (per-scene JSON metadata, in order),
+``image_sizes`` ([[H, W], ...] naming the rgb_<H>x<W> arrays).
+"""
+from __future__ import annotations
+
+SHARD_FORMAT = "concerto-shard/1"
+MAX_VIEWS = 4
+
+POINT_ARRAYS = ("coord", "color", "normal", "segment", "instance")
+# rows per zarr chunk: 64 Ki points = 768 KiB of coords; a scene read touches
+# at most two partial chunks, and chunks are sharded into one file per array.
+POINT_CHUNK = 1 << 16
+CORR_CHUNK = 1 << 16
+
+
+def rgb_array_name(h: int, w: int) -> str:
+    return f"rgb_{h}x{w}"

@@ -1,0 +1,195 @@
+"""Versioned manifests: the only thing readers trust about what a store holds.
+
+``manifests/v{N:06d}.json`` lists the committed shards and, per shard, the
+scenes it serves (a shard may hold scenes no manifest lists any more: a scene
+that was re-processed or whose source left the build). Version N+1 names its
+parent N. The latest version is the highest N present; a version file is
+created exclusively (see ``StoreLocation.create_exclusive``), so two committers
+racing for the same N cannot overwrite each other: the loser gets
+ManifestConflictError and re-plans.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from pipelines.store.errors import ManifestConflictError, ManifestFormatError, ManifestVersionError, NoManifestError
+from pipelines.store.location import MANIFEST_DIR, SHARD_DIR, StoreLocation
+from pipelines.store.writer import SceneEntry, ShardInfo
+
+MANIFEST_FORMAT = "concerto-store-manifest/1"
+_NAME = re.compile(r"^v(\d{6,})\.json$")
+
+
+def manifest_name(version: int) -> str:
+    return f"v{version:06d}.json"
+
+
+@dataclass
+class Manifest:
+    version: int
+    parent: int | None
+    created: str
+    shards: list[ShardInfo]
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def scenes(self) -> dict[str, tuple[str, SceneEntry]]:
+        """{scene key: (shard id, entry)} over every listed scene."""
+        return {s.key: (sh.id, s) for sh in self.shards for s in sh.scenes}
+
+    def shard(self, shard_id: str) -> ShardInfo:
+        for sh in self.shards:
+            if sh.id == shard_id:
+                return sh
+        raise KeyError(f"shard '{shard_id}' is not listed in manifest v{self.version}")
+
+    def source_counts(self) -> dict[str, dict[str, int]]:
+        """{source: {scenes, segments, points, images, corr}}."""
+        out: dict[str, dict[str, int]] = {}
+        for sh in self.shards:
+            for s in sh.scenes:
+                c = out.setdefault(s.source, dict(scenes=0, segments=0, points=0, images=0, corr=0))
+                c["scenes"] += 1
+                c["segments"] += s.n_segments
+                c["points"] += s.n_points
+                c["images"] += s.n_images
+                c["corr"] += s.n_corr
+        return dict(sorted(out.items()))
+
+    @property
+    def n_segments(self) -> int:
+        return sum(sh.n_segments for sh in self.shards)
+
+    def to_json(self) -> dict:
+        return {
+            "format": MANIFEST_FORMAT,
+            "version": self.version,
+            "parent": self.parent,
+            "created": self.created,
+            "note": self.note,
+            "sources": self.source_counts(),
+            "shards": [sh.to_json() for sh in self.shards],
+            "extra": self.extra,
+        }
+
+    @staticmethod
+    def from_json(d: dict) -> "Manifest":
+        return Manifest(
+            version=int(d["version"]),
+            parent=d.get("parent"),
+            created=d.get("created", ""),
+            shards=[ShardInfo.from_json(s) for s in d["shards"]],
+            note=d.get("note", ""),
+            extra=d.get("extra", {}),
+        )
+
+
+def list_versions(store) -> list[int]:
+    """Committed manifest versions, ascending (temp files are ignored)."""
+    loc = StoreLocation.of(store)
+    out = []
+    for name in loc.listdir(MANIFEST_DIR):
+        m = _NAME.match(name)
+        if m:
+            out.append(int(m.group(1)))
+    return sorted(out)
+
+
+def latest_version(store) -> int | None:
+    v = list_versions(store)
+    return v[-1] if v else None
+
+
+def load_manifest(store, version: int | None = None) -> Manifest:
+    """The manifest at ``version`` (default: the latest)."""
+    loc = StoreLocation.of(store)
+    versions = list_versions(loc)
+    if not versions:
+        raise NoManifestError(f"no manifest at {loc.url} (the store is empty or does not exist)")
+    if version is None:
+        version = versions[-1]
+    if version not in versions:
+        raise ManifestVersionError(f"manifest version {version} not found at {loc.url}; available versions: {versions}")
+    name = manifest_name(version)
+    try:
+        d = json.loads(loc.read_bytes(MANIFEST_DIR, name))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ManifestFormatError(f"{loc.url}/{MANIFEST_DIR}/{name}: not valid JSON ({e})") from e
+    if not isinstance(d, dict) or d.get("format") != MANIFEST_FORMAT:
+        raise ManifestFormatError(f"{loc.url}/{MANIFEST_DIR}/{name}: format is not {MANIFEST_FORMAT}")
+    try:
+        return Manifest.from_json(d)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ManifestFormatError(f"{loc.url}/{MANIFEST_DIR}/{name}: malformed ({type(e).__name__}: {e})") from e
+
+
+def commit(
+    store,
+    base_version: int | None,
+    added_shards: Iterable[ShardInfo] = (),
+    removed_shards: Iterable[str] = (),
+    removed_scenes: Iterable[str] = (),
+    note: str = "",
+) -> int:
+    """Create manifest ``base_version + 1`` = base - removed shards - removed
+    scenes + added shards, and return its version.
+
+    ``base_version`` None means the store has no manifest yet. Raises
+    ManifestConflictError if the new version already exists (someone committed
+    first: re-plan against the newer manifest), ValueError for inconsistent
+    requests (a scene key served twice, removing something not listed, an
+    added shard whose folder is missing)."""
+    loc = StoreLocation.of(store)
+    if base_version is None:
+        if list_versions(loc):
+            raise ManifestConflictError(f"{loc.url} already has manifest v{latest_version(loc)}; commit against it")
+        base_shards: list[ShardInfo] = []
+    else:
+        base_shards = load_manifest(loc, base_version).shards
+    removed_shards = set(removed_shards)
+    removed_scenes = set(removed_scenes)
+    base_ids = {sh.id for sh in base_shards}
+    if removed_shards - base_ids:
+        raise ValueError(f"cannot remove shards not in v{base_version}: {sorted(removed_shards - base_ids)}")
+    shards: list[ShardInfo] = []
+    found = set()
+    for sh in base_shards:
+        if sh.id in removed_shards:
+            continue
+        keep = [s for s in sh.scenes if s.key not in removed_scenes]
+        found.update(s.key for s in sh.scenes if s.key in removed_scenes)
+        if keep:
+            shards.append(sh if len(keep) == len(sh.scenes) else sh.with_scenes(keep))
+    missing = removed_scenes - found - {s.key for sh in base_shards if sh.id in removed_shards for s in sh.scenes}
+    if missing:
+        raise ValueError(f"cannot remove scenes not in v{base_version}: {sorted(missing)}")
+    for sh in added_shards:
+        if sh.id in base_ids:
+            raise ValueError(f"shard '{sh.id}' is already listed in v{base_version}")
+        if not loc.exists(SHARD_DIR, sh.id, "zarr.json"):
+            raise ValueError(f"shard '{sh.id}' has no files in {loc.url}/{SHARD_DIR}")
+        shards.append(sh)
+    seen: dict[str, str] = {}
+    for sh in shards:
+        for s in sh.scenes:
+            if s.key in seen:
+                raise ValueError(f"scene '{s.key}' would be served by two shards ('{seen[s.key]}' and '{sh.id}')")
+            seen[s.key] = sh.id
+    version = (base_version or 0) + 1
+    m = Manifest(
+        version=version,
+        parent=base_version,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        shards=shards,
+        note=note,
+    )
+    data = json.dumps(m.to_json(), indent=1).encode()
+    if not loc.create_exclusive(data, MANIFEST_DIR, manifest_name(version)):
+        raise ManifestConflictError(
+            f"manifest v{version} already exists at {loc.url}: another writer committed first; re-plan against it"
+        )
+    return version

@@ -1,0 +1,299 @@
+"""Read a store at one manifest version: samples (1 point cloud + up to 4
+images), whole scenes, and a per-shard split of the samples for loaders.
+
+Readers touch only shards and scenes the manifest lists. They are picklable
+(zarr handles are dropped and re-opened lazily after unpickling), so DataLoader
+and Dask workers can receive them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pipelines.records import Correspondence, ProcessedScene
+from pipelines.store.errors import ShardCorruptError
+from pipelines.store.layout import POINT_ARRAYS, SHARD_FORMAT, rgb_array_name
+from pipelines.store.location import SHARD_DIR, StoreLocation
+from pipelines.store.manifest import Manifest, load_manifest
+from pipelines.store.writer import ShardInfo, file_digest
+from preprocess.scene import Frame, PointCloud, Scene
+
+_TABLES = (
+    "scenes/point_offset", "scenes/image_offset", "scenes/segment_offset",
+    "images/size_group", "images/size_slot", "images/K", "images/pose", "images/corr_offset",
+    "segments/scene", "segments/images",
+)
+
+
+def array_of_file(rel: str) -> str:
+    """'points/coord/c/0/0' -> 'points/coord'; 'points/zarr.json' -> 'points'."""
+    if "/c/" in rel:
+        return rel.split("/c/")[0]
+    if rel.endswith("zarr.json"):
+        return rel[: -len("zarr.json")].rstrip("/") or "(root)"
+    return rel
+
+
+class ShardReader:
+    """One committed shard. ``check_files``: on first use, compare the shard's
+    files with the manifest's inventory (names and sizes), which catches deleted
+    and truncated chunk files that zarr would otherwise read as fill values."""
+
+    def __init__(self, location: StoreLocation, info: ShardInfo, check_files: bool = True):
+        self.location = location
+        self.info = info
+        self.check_files = check_files
+        self._arrays = None
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    def __getstate__(self):
+        return {"location": self.location, "info": self.info, "check_files": self.check_files}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._arrays = None
+
+    def _corrupt(self, what: str, message: str) -> ShardCorruptError:
+        return ShardCorruptError(self.id, what, message)
+
+    def check_inventory(self) -> None:
+        """Raise ShardCorruptError if a listed file is missing or has another size."""
+        actual = self.location.file_sizes(SHARD_DIR, self.id)
+        if not actual:
+            raise self._corrupt("folder", f"missing: nothing at {self.location.url}/{SHARD_DIR}/{self.id}")
+        for rel, (size, _digest) in sorted(self.info.files.items()):
+            if rel not in actual:
+                raise self._corrupt(f"array '{array_of_file(rel)}'", f"file '{rel}' is missing")
+            if actual[rel] != size:
+                raise self._corrupt(f"array '{array_of_file(rel)}'", f"file '{rel}' has {actual[rel]} bytes, expected {size} (truncated or overwritten)")
+
+    def verify(self) -> list[str]:
+        """Every problem found by re-hashing the shard's files ([] if intact)."""
+        problems = []
+        actual = self.location.file_sizes(SHARD_DIR, self.id)
+        for rel, (size, digest) in sorted(self.info.files.items()):
+            if rel not in actual:
+                problems.append(f"shard '{self.id}': file '{rel}' is missing")
+                continue
+            data = self.location.read_bytes(SHARD_DIR, self.id, rel)
+            if len(data) != size:
+                problems.append(f"shard '{self.id}': file '{rel}' has {len(data)} bytes, expected {size}")
+            elif file_digest(data) != digest:
+                problems.append(f"shard '{self.id}': file '{rel}' content differs from its checksum")
+        return problems
+
+    def _open(self) -> dict:
+        if self._arrays is not None:
+            return self._arrays
+        import zarr
+
+        if self.check_files:
+            self.check_inventory()
+        try:
+            root = zarr.open_group(self.location.zarr_store(SHARD_DIR, self.id, read_only=True), mode="r")
+            attrs = dict(root.attrs)
+        except Exception as e:  # noqa: BLE001 - any zarr failure means a broken shard
+            raise self._corrupt("group metadata", f"cannot open ({type(e).__name__}: {e})") from e
+        if attrs.get("format") != SHARD_FORMAT:
+            raise self._corrupt("group metadata", f"format is {attrs.get('format')!r}, expected {SHARD_FORMAT!r}")
+        arrays: dict = {"attrs": attrs}
+        names = [f"points/{n}" for n in POINT_ARRAYS] + ["corr/point", "corr/pixel"]
+        names += [f"images/{rgb_array_name(h, w)}" for h, w in attrs["image_sizes"]]
+        for name in names + list(_TABLES):
+            try:
+                arrays[name] = root[name]
+            except Exception as e:  # noqa: BLE001
+                raise self._corrupt(f"array '{name}'", f"missing or unreadable metadata ({type(e).__name__}: {e})") from e
+        # small tables are read once and kept in memory
+        for name in _TABLES:
+            arrays[name] = self._read_array(arrays, name, slice(None))
+        self._arrays = arrays
+        return arrays
+
+    def _read_array(self, arrays, name: str, sel) -> np.ndarray:
+        try:
+            return arrays[name][sel]
+        except Exception as e:  # noqa: BLE001 - decode errors surface as many types
+            raise self._corrupt(f"array '{name}'", f"cannot read {sel} ({type(e).__name__}: {e})") from e
+
+    def read(self, name: str, sel=slice(None)) -> np.ndarray:
+        return self._read_array(self._open(), name, sel)
+
+    @property
+    def scene_attrs(self) -> list[dict]:
+        return self._open()["attrs"]["scenes"]
+
+    def _image(self, a: dict, i: int) -> np.ndarray:
+        h, w = a["attrs"]["image_sizes"][int(a["images/size_group"][i])]
+        return self._read_array(a, f"images/{rgb_array_name(h, w)}", int(a["images/size_slot"][i]))
+
+    def _corr(self, a: dict, i: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = int(a["images/corr_offset"][i]), int(a["images/corr_offset"][i + 1])
+        return self._read_array(a, "corr/point", slice(lo, hi)), self._read_array(a, "corr/pixel", slice(lo, hi))
+
+    def _points(self, a: dict, scene: int) -> dict[str, np.ndarray]:
+        lo, hi = int(a["scenes/point_offset"][scene]), int(a["scenes/point_offset"][scene + 1])
+        return {n: self._read_array(a, f"points/{n}", slice(lo, hi)) for n in POINT_ARRAYS}
+
+    def sample(self, scene: int, segment: int) -> dict:
+        """Segment ``segment`` of the shard's scene ``scene`` as a training sample
+        (see ShardStore.__getitem__ for the keys)."""
+        a = self._open()
+        meta = a["attrs"]["scenes"][scene]
+        g = int(a["scenes/segment_offset"][scene]) + segment
+        views = [int(v) for v in a["segments/images"][g] if v >= 0]
+        pts = self._points(a, scene)
+        corr = [self._corr(a, i) for i in views]
+        return {
+            "key": meta["key"],
+            "source": meta["source"],
+            "scene_id": meta["scene_id"],
+            "segment": segment,
+            "coord": pts["coord"],
+            "color": pts["color"],
+            "normal": pts["normal"],
+            "segment_label": pts["segment"],
+            "instance": pts["instance"],
+            "rgb": [self._image(a, i) for i in views],
+            "K": a["images/K"][views].reshape(len(views), 3, 3),
+            "pose": a["images/pose"][views].reshape(len(views), 4, 4),
+            "corr_point": [c[0] for c in corr],
+            "corr_pixel": [c[1] for c in corr],
+        }
+
+    def scene(self, scene: int) -> ProcessedScene:
+        """The shard's scene ``scene`` back as the ProcessedScene that was written
+        (depth is not stored: frames come back with depth None)."""
+        a = self._open()
+        meta = a["attrs"]["scenes"][scene]
+        pts = self._points(a, scene)
+        lo, hi = int(a["scenes/image_offset"][scene]), int(a["scenes/image_offset"][scene + 1])
+        frames, corrs = [], []
+        for j, i in enumerate(range(lo, hi)):
+            frames.append(Frame(name=meta["frame_names"][j], rgb=self._image(a, i), K=a["images/K"][i].copy(), pose=a["images/pose"][i].copy()))
+            corrs.append(Correspondence(*self._corr(a, i)))
+        s_lo, s_hi = int(a["scenes/segment_offset"][scene]), int(a["scenes/segment_offset"][scene + 1])
+        width = int(meta["segment_width"])
+        segments = (a["segments/images"][s_lo:s_hi, :width] - lo).astype(np.int32)
+        sc = Scene(
+            scene_id=meta["scene_id"],
+            source=meta["source"],
+            points=PointCloud(
+                coord=pts["coord"], color=pts["color"], normal=pts["normal"],
+                segment=pts["segment"] if meta["has_segment"] else None,
+                instance=pts["instance"] if meta["has_instance"] else None,
+            ),
+            frames=frames,
+            mesh_path=None if meta["mesh_path"] is None else __import__("pathlib").Path(meta["mesh_path"]),
+            content_hash=meta["content_hash"],
+            meta=meta["meta"],
+        )
+        return ProcessedScene(scene=sc, correspondences=corrs, segments=segments, stats=meta["stats"])
+
+
+class ShardStore:
+    """A store opened at one manifest version.
+
+    ``len(store)`` is the number of samples (segments); ``store[i]`` is a dict::
+
+        key, source, scene_id: str; segment: int (index within the scene)
+        coord float32 [N,3]; color uint8 [N,3]; normal float32 [N,3]
+        segment_label int32 [N] (-1 = none); instance int32 [N]
+        rgb: list of V uint8 [H,W,3] (V = 4, or 0 for scenes without images)
+        K float32 [V,3,3]; pose float32 [V,4,4] camera-to-world, OpenCV axes
+        corr_point: list of V int32 [M_v] (point indices)
+        corr_pixel: list of V uint16 [M_v,2] (u = column, v = row)
+
+    Samples are ordered by shard (manifest order), scene, segment."""
+
+    def __init__(self, location: StoreLocation, manifest: Manifest, check_files: bool = True):
+        self.location = location
+        self.manifest = manifest
+        self.check_files = check_files
+        self._readers: dict[str, ShardReader] = {}
+        self._build_index()
+
+    @classmethod
+    def open(cls, url, version: int | None = None, check_files: bool = True) -> "ShardStore":
+        """Open ``url`` (path or fsspec URL) at manifest ``version`` (default latest).
+        Raises NoManifestError if the store has no manifest."""
+        loc = StoreLocation.of(url)
+        return cls(loc, load_manifest(loc, version), check_files=check_files)
+
+    def _build_index(self):
+        shard_of, scene_of, seg_of = [], [], []
+        self._scene_at: dict[str, tuple[int, int]] = {}
+        for p, sh in enumerate(self.manifest.shards):
+            for e in sh.scenes:
+                self._scene_at[e.key] = (p, e.index)
+                shard_of.append(np.full(e.n_segments, p, np.int32))
+                scene_of.append(np.full(e.n_segments, e.index, np.int32))
+                seg_of.append(np.arange(e.n_segments, dtype=np.int32))
+        cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int32)  # noqa: E731
+        self._shard_of, self._scene_of, self._seg_of = cat(shard_of), cat(scene_of), cat(seg_of)
+
+    def __getstate__(self):
+        return {"location": self.location, "manifest": self.manifest, "check_files": self.check_files}
+
+    def __setstate__(self, state):
+        self.__init__(state["location"], state["manifest"], state["check_files"])
+
+    @property
+    def url(self) -> str:
+        return self.location.url
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    @property
+    def shards(self) -> list[str]:
+        return [sh.id for sh in self.manifest.shards]
+
+    def __len__(self) -> int:
+        return int(self._shard_of.shape[0])
+
+    def reader(self, shard: int | str) -> ShardReader:
+        info = self.manifest.shards[shard] if isinstance(shard, int) else self.manifest.shard(shard)
+        r = self._readers.get(info.id)
+        if r is None:
+            r = self._readers[info.id] = ShardReader(self.location, info, self.check_files)
+        return r
+
+    def locate(self, i: int) -> tuple[str, int, int]:
+        """Sample ``i`` -> (shard id, scene index in the shard, segment in the scene)."""
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"sample {i} out of range: store {self.url} v{self.version} has {n} samples")
+        i %= n
+        return self.manifest.shards[self._shard_of[i]].id, int(self._scene_of[i]), int(self._seg_of[i])
+
+    def __getitem__(self, i: int) -> dict:
+        shard, scene, seg = self.locate(int(i))
+        return self.reader(shard).sample(scene, seg)
+
+    def scene_keys(self) -> list[str]:
+        return list(self._scene_at)
+
+    def read_scene(self, key: str) -> ProcessedScene:
+        if key not in self._scene_at:
+            raise KeyError(f"scene '{key}' is not in store {self.url} v{self.version}")
+        p, idx = self._scene_at[key]
+        return self.reader(p).scene(idx)
+
+    def segments_by_shard(self) -> list[list[int]]:
+        """Sample indices grouped by shard (manifest order), for splitting work
+        across loader workers / ranks with one shard open per worker."""
+        out = [[] for _ in self.manifest.shards]
+        for i, p in enumerate(self._shard_of.tolist()):
+            out[p].append(i)
+        return out
+
+    def verify(self) -> list[str]:
+        """Re-hash every listed shard; returns the problems found ([] if intact)."""
+        problems = []
+        for sh in self.manifest.shards:
+            problems += self.reader(sh.id).verify()
+        return problems

@@ -1,0 +1,356 @@
+"""Pack complete ProcessedScenes into one immutable zarr shard.
+
+A shard is written under a fresh unique id (``<utc time>-<uuid>``) so two writers
+never touch the same files; it becomes visible only when a manifest lists it
+(``pipelines.store.manifest.commit``). A writer that dies leaves an unlisted
+folder that readers ignore and ``gc`` removes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import PurePath
+from typing import Sequence
+
+import numpy as np
+
+from pipelines.records import Correspondence, ProcessedScene
+from pipelines.store.layout import CORR_CHUNK, MAX_VIEWS, POINT_CHUNK, SHARD_FORMAT, rgb_array_name
+from pipelines.store.location import SHARD_DIR, StoreLocation
+from preprocess.scene import SceneValidationError
+
+
+@dataclass
+class SceneEntry:
+    """What a manifest records about one scene of a shard."""
+
+    key: str
+    source: str
+    scene_id: str
+    content_hash: str
+    index: int  # position of the scene within its shard
+    n_points: int
+    n_images: int
+    n_corr: int
+    n_segments: int
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+    @staticmethod
+    def from_json(d: dict) -> "SceneEntry":
+        return SceneEntry(**{k: d[k] for k in SceneEntry.__dataclass_fields__})
+
+
+@dataclass
+class ShardInfo:
+    """A written shard: its id, its scenes, and the inventory of its files
+    ({relative path: [size in bytes, blake2b hex]}) used to detect corruption."""
+
+    id: str
+    scenes: list[SceneEntry]
+    files: dict[str, list]
+    created: str = ""
+    n_scenes_written: int = 0  # scenes physically in the shard (listed or not)
+    points_written: int = 0
+
+    @property
+    def n_points(self) -> int:
+        return sum(s.n_points for s in self.scenes)
+
+    @property
+    def n_segments(self) -> int:
+        return sum(s.n_segments for s in self.scenes)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(v[0]) for v in self.files.values())
+
+    def with_scenes(self, scenes: list[SceneEntry]) -> "ShardInfo":
+        return ShardInfo(self.id, scenes, self.files, self.created, self.n_scenes_written, self.points_written)
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "created": self.created,
+            "n_scenes_written": self.n_scenes_written,
+            "points_written": self.points_written,
+            "bytes": self.nbytes,
+            "scenes": [s.to_json() for s in self.scenes],
+            "files": self.files,
+        }
+
+    @staticmethod
+    def from_json(d: dict) -> "ShardInfo":
+        return ShardInfo(
+            id=d["id"],
+            scenes=[SceneEntry.from_json(s) for s in d["scenes"]],
+            files={k: list(v) for k, v in d["files"].items()},
+            created=d.get("created", ""),
+            n_scenes_written=int(d.get("n_scenes_written", len(d["scenes"]))),
+            points_written=int(d.get("points_written", 0)),
+        )
+
+
+def new_shard_id() -> str:
+    """Sortable by creation time, unique across writers."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:12]
+
+
+def to_json_value(value, scene: str, field_name: str):
+    """numpy scalars/arrays and paths -> JSON values; anything else that JSON
+    cannot hold is a SceneValidationError (metadata must round-trip exactly)."""
+    if isinstance(value, dict):
+        return {str(k): to_json_value(v, scene, f"{field_name}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(v, scene, f"{field_name}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, PurePath):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise SceneValidationError(scene, field_name, f"cannot store a {type(value).__name__} as JSON metadata")
+
+
+def validate_processed(ps: ProcessedScene) -> None:
+    """Check a ProcessedScene before it is written; raises SceneValidationError
+    naming the scene and the field."""
+    scene = ps.scene
+    key = scene.key
+    scene.validate()
+    n_points = len(scene.points)
+    n_frames = len(scene.frames)
+    if len(ps.correspondences) != n_frames:
+        raise SceneValidationError(key, "correspondences", f"{len(ps.correspondences)} correspondence sets for {n_frames} frames")
+    for i, (frame, corr) in enumerate(zip(scene.frames, ps.correspondences)):
+        name = f"correspondences[{i}:{frame.name}]"
+        pi, px = corr.point_index, corr.pixel
+        if not isinstance(pi, np.ndarray) or pi.dtype != np.int32 or pi.ndim != 1:
+            raise SceneValidationError(key, f"{name}.point_index", "expected int32 [M]")
+        if not isinstance(px, np.ndarray) or px.dtype != np.uint16 or px.shape != (pi.shape[0], 2):
+            raise SceneValidationError(key, f"{name}.pixel", f"expected uint16 [{pi.shape[0]}, 2], got {getattr(px, 'dtype', None)} {list(getattr(px, 'shape', []))}")
+        if pi.size and (pi.min() < 0 or pi.max() >= n_points):
+            raise SceneValidationError(key, f"{name}.point_index", f"indices must lie in [0, {n_points}), got [{pi.min()}, {pi.max()}]")
+        if px.size and (px[:, 0].max() >= frame.width or px[:, 1].max() >= frame.height):
+            raise SceneValidationError(key, f"{name}.pixel", f"pixels outside the {frame.width}x{frame.height} image")
+    seg = ps.segments
+    if not isinstance(seg, np.ndarray) or seg.ndim != 2 or not np.issubdtype(seg.dtype, np.integer):
+        raise SceneValidationError(key, "segments", "expected an int32 array [S, V]")
+    if seg.shape[0] == 0:
+        raise SceneValidationError(key, "segments", "a scene needs at least one segment")
+    if seg.shape[1] > MAX_VIEWS:
+        raise SceneValidationError(key, "segments", f"at most {MAX_VIEWS} images per segment, got {seg.shape[1]}")
+    if seg.size and (seg.min() < 0 or seg.max() >= n_frames):
+        raise SceneValidationError(key, "segments", f"frame indices must lie in [0, {n_frames})")
+    to_json_value(ps.stats, key, "stats")
+    to_json_value(scene.meta, key, "meta")
+
+
+def _scene_attrs(ps: ProcessedScene) -> dict:
+    s = ps.scene
+    key = s.key
+    return {
+        "key": key,
+        "source": s.source,
+        "scene_id": s.scene_id,
+        "content_hash": s.content_hash,
+        "mesh_path": None if s.mesh_path is None else str(s.mesh_path),
+        "meta": to_json_value(s.meta, key, "meta"),
+        "stats": to_json_value(ps.stats, key, "stats"),
+        "frame_names": [f.name for f in s.frames],
+        "has_segment": s.points.segment is not None,
+        "has_instance": s.points.instance is not None,
+        "segment_width": int(ps.segments.shape[1]),
+        "n_points": len(s.points),
+        "n_images": len(s.frames),
+        "n_corr": int(sum(len(c) for c in ps.correspondences)),
+        "n_segments": int(ps.segments.shape[0]),
+    }
+
+
+def _label(arr, n: int) -> np.ndarray:
+    return np.full(n, -1, np.int32) if arr is None else arr
+
+
+def file_digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+class ShardWriter:
+    """Writes shards into the store at ``store`` (path or fsspec URL).
+
+    ``write(scenes)`` validates every scene first (nothing is written if one is
+    bad), writes one new shard and returns its ShardInfo; the shard is not yet
+    visible to readers (commit it with ``pipelines.store.manifest.commit``)."""
+
+    def __init__(self, store, *, clevel: int = 3, point_chunk: int = POINT_CHUNK, corr_chunk: int = CORR_CHUNK):
+        self.location = StoreLocation.of(store)
+        self.clevel = clevel
+        self.point_chunk = point_chunk
+        self.corr_chunk = corr_chunk
+
+    def _compressors(self, typesize_shuffle: bool):
+        from zarr.codecs import BloscCodec
+
+        return [BloscCodec(cname="zstd", clevel=self.clevel, shuffle="shuffle" if typesize_shuffle else "noshuffle")]
+
+    def _write_array(self, group, name: str, data: np.ndarray, chunk_rows: int | None = None):
+        """One array; ``chunk_rows`` rows per chunk (None: a single chunk), all
+        chunks of the array sharded into one file so a row range is one file."""
+        rows = max(1, data.shape[0])
+        chunk = rows if chunk_rows is None else min(chunk_rows, rows)
+        chunks = (chunk,) + tuple(max(1, d) for d in data.shape[1:])
+        n_chunks = math.ceil(rows / chunk)
+        shards = None
+        if n_chunks > 1:
+            shards = (n_chunks * chunk,) + chunks[1:]
+        arr = group.create_array(
+            name,
+            shape=data.shape,
+            dtype=data.dtype,
+            chunks=chunks,
+            shards=shards,
+            compressors=self._compressors(data.dtype.itemsize > 1),
+            fill_value=0,
+        )
+        if data.size:
+            arr[...] = data
+        return arr
+
+    def write(self, scenes: Sequence[ProcessedScene], shard_id: str | None = None) -> ShardInfo:
+        import zarr
+
+        if not scenes:
+            raise ValueError("a shard needs at least one scene")
+        keys = [ps.key for ps in scenes]
+        if len(set(keys)) != len(keys):
+            dup = sorted({k for k in keys if keys.count(k) > 1})
+            raise ValueError(f"scenes appear twice in one shard: {dup}")
+        for ps in scenes:
+            validate_processed(ps)
+        shard_id = shard_id or new_shard_id()
+        loc = self.location
+        if loc.exists(SHARD_DIR, shard_id):
+            raise FileExistsError(f"shard '{shard_id}' already exists in {loc.url}")
+
+        pts = [ps.scene.points for ps in scenes]
+        frames = [f for ps in scenes for f in ps.scene.frames]
+        corrs: list[Correspondence] = [c for ps in scenes for c in ps.correspondences]
+        n_pts = np.array([len(p) for p in pts])
+        n_img = np.array([len(ps.scene.frames) for ps in scenes])
+        n_seg = np.array([ps.segments.shape[0] for ps in scenes])
+        point_offset = np.concatenate([[0], np.cumsum(n_pts)]).astype(np.int64)
+        image_offset = np.concatenate([[0], np.cumsum(n_img)]).astype(np.int64)
+        segment_offset = np.concatenate([[0], np.cumsum(n_seg)]).astype(np.int64)
+        corr_offset = np.concatenate([[0], np.cumsum([len(c) for c in corrs])]).astype(np.int64)
+
+        seg_scene = np.repeat(np.arange(len(scenes), dtype=np.int32), n_seg)
+        seg_images = np.full((int(n_seg.sum()), MAX_VIEWS), -1, np.int32)
+        for s, ps in enumerate(scenes):
+            w = ps.segments.shape[1]
+            seg_images[segment_offset[s]:segment_offset[s + 1], :w] = ps.segments + image_offset[s]
+
+        sizes: list[tuple[int, int]] = []
+        size_group = np.zeros(len(frames), np.int32)
+        size_slot = np.zeros(len(frames), np.int32)
+        for i, f in enumerate(frames):
+            hw = (f.height, f.width)
+            if hw not in sizes:
+                sizes.append(hw)
+            size_group[i] = sizes.index(hw)
+            size_slot[i] = int((size_group[:i] == size_group[i]).sum())
+
+        store = loc.zarr_store(SHARD_DIR, shard_id)
+        root = zarr.open_group(store, mode="w-", zarr_format=3)
+        root.attrs.update({
+            "format": SHARD_FORMAT,
+            "scenes": [_scene_attrs(ps) for ps in scenes],
+            "image_sizes": [list(hw) for hw in sizes],
+        })
+        g = root.create_group("points")
+        self._write_array(g, "coord", np.concatenate([p.coord for p in pts]), self.point_chunk)
+        self._write_array(g, "color", np.concatenate([p.color for p in pts]), self.point_chunk)
+        self._write_array(g, "normal", np.concatenate([p.normal for p in pts]), self.point_chunk)
+        self._write_array(g, "segment", np.concatenate([_label(p.segment, len(p)) for p in pts]), self.point_chunk)
+        self._write_array(g, "instance", np.concatenate([_label(p.instance, len(p)) for p in pts]), self.point_chunk)
+        g = root.create_group("scenes")
+        self._write_array(g, "point_offset", point_offset)
+        self._write_array(g, "image_offset", image_offset)
+        self._write_array(g, "segment_offset", segment_offset)
+        g = root.create_group("images")
+        for gi, (h, w) in enumerate(sizes):
+            stack = np.stack([f.rgb for f, sg in zip(frames, size_group) if sg == gi])
+            self._write_array(g, rgb_array_name(h, w), stack, 1)
+        self._write_array(g, "size_group", size_group)
+        self._write_array(g, "size_slot", size_slot)
+        self._write_array(g, "K", np.stack([f.K for f in frames]) if frames else np.zeros((0, 3, 3), np.float32))
+        self._write_array(g, "pose", np.stack([f.pose for f in frames]) if frames else np.zeros((0, 4, 4), np.float32))
+        self._write_array(g, "corr_offset", corr_offset)
+        g = root.create_group("corr")
+        self._write_array(g, "point", np.concatenate([c.point_index for c in corrs]) if corrs else np.zeros(0, np.int32), self.corr_chunk)
+        self._write_array(g, "pixel", np.concatenate([c.pixel for c in corrs]) if corrs else np.zeros((0, 2), np.uint16), self.corr_chunk)
+        g = root.create_group("segments")
+        self._write_array(g, "scene", seg_scene)
+        self._write_array(g, "images", seg_images)
+
+        files = self.inventory(shard_id)
+        entries = [
+            SceneEntry(
+                key=ps.key, source=ps.scene.source, scene_id=ps.scene.scene_id,
+                content_hash=ps.scene.content_hash, index=i, n_points=int(n_pts[i]),
+                n_images=int(n_img[i]), n_corr=int(corr_offset[image_offset[i + 1]] - corr_offset[image_offset[i]]),
+                n_segments=int(n_seg[i]),
+            )
+            for i, ps in enumerate(scenes)
+        ]
+        return ShardInfo(
+            id=shard_id, scenes=entries, files=files,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            n_scenes_written=len(scenes), points_written=int(n_pts.sum()),
+        )
+
+    def inventory(self, shard_id: str) -> dict[str, list]:
+        """{relative path: [size, blake2b]} of every file of a shard."""
+        loc = self.location
+        out = {}
+        for rel in sorted(loc.file_sizes(SHARD_DIR, shard_id)):
+            data = loc.read_bytes(SHARD_DIR, shard_id, rel)
+            out[rel] = [len(data), file_digest(data)]
+        return out
+
+
+def scene_nbytes(ps: ProcessedScene) -> int:
+    """Uncompressed bytes a scene adds to a shard (for packing)."""
+    p = ps.scene.points
+    n = len(p) * (12 + 3 + 12 + 4 + 4)
+    n += sum(f.rgb.nbytes + 100 for f in ps.scene.frames)
+    n += sum(len(c) * 8 for c in ps.correspondences)
+    return n
+
+
+def pack_scenes(scenes: Sequence[ProcessedScene], target_bytes: int = 256 << 20) -> list[list[ProcessedScene]]:
+    """Group scenes into shards of about ``target_bytes`` (uncompressed); each
+    shard holds one source only, so dropping a source drops whole shards."""
+    by_source: dict[str, list[ProcessedScene]] = {}
+    for ps in scenes:
+        by_source.setdefault(ps.scene.source, []).append(ps)
+    groups = []
+    for source in sorted(by_source):
+        cur, size = [], 0
+        for ps in sorted(by_source[source], key=lambda p: p.key):
+            b = scene_nbytes(ps)
+            if cur and size + b > target_bytes:
+                groups.append(cur)
+                cur, size = [], 0
+            cur.append(ps)
+            size += b
+        if cur:
+            groups.append(cur)
+    return groups

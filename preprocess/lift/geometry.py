@@ -1,0 +1,370 @@
+"""Pure geometry for lifting views to a scene (numpy, float64 inside).
+
+Conventions (those of ``preprocess.scene``): OpenCV camera axes (x right, y
+down, z forward); ``pose`` = camera-to-world [4,4]; ``extrinsic`` =
+camera-from-world [3,4] (what VGGT predicts); pixel centres at integer
+coordinates; depth = z-depth, NaN invalid. Quaternions are (x, y, z, w),
+scalar last, as in VGGT's pose encoding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+
+# --- rotations ---------------------------------------------------------------
+
+def quat_to_rotation(q: np.ndarray) -> np.ndarray:
+    """[..., 4] quaternion (x, y, z, w), any norm -> [..., 3, 3] rotation."""
+    q = np.asarray(q, dtype=np.float64)
+    x, y, z, w = np.moveaxis(q, -1, 0)
+    s = 2.0 / np.sum(q * q, axis=-1)
+    R = np.stack([
+        1 - s * (y * y + z * z), s * (x * y - z * w), s * (x * z + y * w),
+        s * (x * y + z * w), 1 - s * (x * x + z * z), s * (y * z - x * w),
+        s * (x * z - y * w), s * (y * z + x * w), 1 - s * (x * x + y * y),
+    ], axis=-1)
+    return R.reshape(q.shape[:-1] + (3, 3))
+
+
+def rotation_to_quat(R: np.ndarray) -> np.ndarray:
+    """[..., 3, 3] rotation -> [..., 4] unit quaternion (x, y, z, w) with w >= 0."""
+    from scipy.spatial.transform import Rotation
+
+    R = np.asarray(R, dtype=np.float64)
+    q = Rotation.from_matrix(R.reshape(-1, 3, 3)).as_quat()  # scipy: scalar last
+    q = np.where(q[:, 3:4] < 0, -q, q)
+    return q.reshape(R.shape[:-2] + (4,))
+
+
+def axis_angle_rotation(axis, angle: float) -> np.ndarray:
+    """[3,3] rotation by ``angle`` radians about ``axis`` (Rodrigues)."""
+    a = np.asarray(axis, dtype=np.float64)
+    a = a / np.linalg.norm(a)
+    K = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    return np.eye(3) + np.sin(angle) * K + (1 - np.cos(angle)) * (K @ K)
+
+
+def rotation_between(a, b) -> np.ndarray:
+    """[3,3] smallest rotation taking unit direction ``a`` onto ``b``."""
+    a = np.asarray(a, np.float64) / np.linalg.norm(a)
+    b = np.asarray(b, np.float64) / np.linalg.norm(b)
+    axis = np.cross(a, b)
+    s = np.linalg.norm(axis)
+    c = float(np.clip(a @ b, -1.0, 1.0))
+    if s < 1e-12:
+        if c > 0:
+            return np.eye(3)
+        # opposite: rotate pi about any axis perpendicular to a
+        perp = np.cross(a, [1.0, 0, 0] if abs(a[0]) < 0.9 else [0, 1.0, 0])
+        return axis_angle_rotation(perp, np.pi)
+    return axis_angle_rotation(axis / s, np.arctan2(s, c))
+
+
+# --- camera models -----------------------------------------------------------
+
+def pose_encoding_to_cameras(pose_enc: np.ndarray, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """VGGT pose encoding [S, 9] (t 3, quat xyzw 4, fov_h, fov_w) of images of
+    size (H, W) -> (extrinsics [S,3,4] camera-from-world, intrinsics [S,3,3]).
+
+    fx = (W/2) / tan(fov_w/2), fy = (H/2) / tan(fov_h/2); principal point at the
+    image centre (W/2, H/2), as in VGGT."""
+    pose_enc = np.asarray(pose_enc, dtype=np.float64)
+    if pose_enc.ndim != 2 or pose_enc.shape[1] != 9:
+        raise ValueError(f"pose encoding must be [S, 9], got {list(pose_enc.shape)}")
+    H, W = image_hw
+    R = quat_to_rotation(pose_enc[:, 3:7])
+    extr = np.concatenate([R, pose_enc[:, :3, None]], axis=2)
+    fov_h, fov_w = pose_enc[:, 7], pose_enc[:, 8]
+    K = np.zeros((len(pose_enc), 3, 3))
+    K[:, 0, 0] = (W / 2.0) / np.tan(fov_w / 2.0)
+    K[:, 1, 1] = (H / 2.0) / np.tan(fov_h / 2.0)
+    K[:, 0, 2] = W / 2.0
+    K[:, 1, 2] = H / 2.0
+    K[:, 2, 2] = 1.0
+    return extr, K
+
+
+def cameras_to_pose_encoding(extrinsics: np.ndarray, intrinsics: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """Inverse of ``pose_encoding_to_cameras`` (principal point is dropped)."""
+    extrinsics = np.asarray(extrinsics, np.float64)
+    intrinsics = np.asarray(intrinsics, np.float64)
+    H, W = image_hw
+    q = rotation_to_quat(extrinsics[:, :3, :3])
+    fov_h = 2 * np.arctan((H / 2.0) / intrinsics[:, 1, 1])
+    fov_w = 2 * np.arctan((W / 2.0) / intrinsics[:, 0, 0])
+    return np.concatenate([extrinsics[:, :3, 3], q, fov_h[:, None], fov_w[:, None]], axis=1)
+
+
+def extrinsic_to_pose(extrinsic: np.ndarray) -> np.ndarray:
+    """camera-from-world [..., 3|4, 4] -> camera-to-world [..., 4, 4] (rigid inverse)."""
+    E = np.asarray(extrinsic, np.float64)
+    R, t = E[..., :3, :3], E[..., :3, 3]
+    Rt = np.swapaxes(R, -1, -2)
+    out = np.zeros(E.shape[:-2] + (4, 4))
+    out[..., :3, :3] = Rt
+    out[..., :3, 3] = -np.einsum("...ij,...j->...i", Rt, t)
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def pose_to_extrinsic(pose: np.ndarray) -> np.ndarray:
+    """camera-to-world [..., 4, 4] -> camera-from-world [..., 3, 4]."""
+    return extrinsic_to_pose(pose)[..., :3, :]
+
+
+def orthonormalize(R: np.ndarray) -> np.ndarray:
+    """Nearest rotation (SVD) to [..., 3, 3]; removes float32 round-off drift."""
+    U, _, Vt = np.linalg.svd(R)
+    D = np.ones(R.shape[:-1])
+    D[..., -1] = np.sign(np.linalg.det(U @ Vt))
+    return (U * D[..., None, :]) @ Vt
+
+
+# --- depth <-> points --------------------------------------------------------
+
+def unproject_depth(depth: np.ndarray, K: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """z-depth [H, W] -> world points [H, W, 3] (NaN where depth is NaN).
+
+    Pixel (row r, col c) is the ray K^-1 [c, r, 1]; camera point = depth * ray;
+    world = R @ p + t with pose = [R | t] camera-to-world."""
+    depth = np.asarray(depth, np.float64)
+    H, W = depth.shape
+    K = np.asarray(K, np.float64)
+    u, v = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
+    x = (u - K[0, 2] - K[0, 1] * (v - K[1, 2]) / K[1, 1]) / K[0, 0]
+    y = (v - K[1, 2]) / K[1, 1]
+    cam = np.stack([x * depth, y * depth, depth], axis=-1)
+    pose = np.asarray(pose, np.float64)
+    return cam @ pose[:3, :3].T + pose[:3, 3]
+
+
+def project_points(points: np.ndarray, K: np.ndarray, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """World points [N, 3] -> (pixel (u, v) [N, 2], z-depth [N]) for a
+    camera-to-world ``pose``."""
+    E = pose_to_extrinsic(pose)
+    cam = np.asarray(points, np.float64) @ E[:3, :3].T + E[:3, 3]
+    z = cam[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uvw = cam @ np.asarray(K, np.float64).T
+        uv = uvw[:, :2] / uvw[:, 2:3]
+    return uv, z
+
+
+def depth_visibility(points: np.ndarray, K: np.ndarray, pose: np.ndarray, depth: np.ndarray,
+                     eps: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """Which world points a depth map sees (the Concerto check): project, round
+    to the nearest pixel, keep if inside the image, the stored depth is valid,
+    the point is in front and |D(pixel) - z| < eps. Returns (mask [N] bool,
+    pixel [N, 2] int (u, v), -1 where not visible)."""
+    H, W = depth.shape
+    uv, z = project_points(points, K, pose)
+    pix = np.full((len(points), 2), -1, np.int64)
+    ok = np.isfinite(uv).all(axis=1) & (z > 0)
+    col = np.floor(uv[:, 0] + 0.5)
+    row = np.floor(uv[:, 1] + 0.5)
+    ok &= (col >= 0) & (col < W) & (row >= 0) & (row < H)
+    idx = np.nonzero(ok)[0]
+    d = depth[row[idx].astype(np.int64), col[idx].astype(np.int64)]
+    good = np.isfinite(d) & (np.abs(d - z[idx]) < eps)
+    vis = np.zeros(len(points), bool)
+    vis[idx[good]] = True
+    pix[vis, 0] = col[vis].astype(np.int64)
+    pix[vis, 1] = row[vis].astype(np.int64)
+    return vis, pix
+
+
+def confidence_mask(conf: np.ndarray, threshold: Optional[float] = None,
+                    percentile: Optional[float] = None) -> np.ndarray:
+    """Pixels to keep: conf >= ``threshold`` (absolute; VGGT confidences are
+    >= 1) and/or conf >= the ``percentile``-th percentile of this batch (the
+    VGGT demo keeps the top 50 %). NaN/inf confidences are dropped."""
+    conf = np.asarray(conf)
+    keep = np.isfinite(conf)
+    if threshold is not None:
+        keep &= conf >= threshold
+    if percentile is not None and keep.any():
+        keep &= conf >= np.percentile(conf[np.isfinite(conf)], percentile)
+    return keep
+
+
+# --- scale and floor ---------------------------------------------------------
+
+# OpenCV camera (y down, z forward) -> z-up world: x stays, forward becomes +y,
+# down becomes -z. A rotation of -90 degrees about x.
+OPENCV_TO_ZUP = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]])
+
+
+def similarity(R: np.ndarray = np.eye(3), t=(0.0, 0.0, 0.0), scale: float = 1.0) -> np.ndarray:
+    """[4,4] x -> scale * (R x) + t."""
+    T = np.eye(4)
+    T[:3, :3] = scale * np.asarray(R, np.float64)
+    T[:3, 3] = t
+    return T
+
+
+def first_camera_zup(pose0: np.ndarray) -> np.ndarray:
+    """[4,4] rigid transform putting the world in the first camera's frame,
+    then z-up (the camera's -y becomes +z, its viewing direction +y). Cameras
+    of walk-through videos are roughly level, so this is a gravity guess that
+    floor alignment then refines."""
+    T = np.eye(4)
+    T[:3, :3] = OPENCV_TO_ZUP
+    return T @ np.linalg.inv(np.asarray(pose0, np.float64))
+
+
+def height_scale(z: np.ndarray, target_height: float = 3.0, percentile: float = 0.0) -> float:
+    """Factor making the z extent of the points ``target_height`` metres. With
+    ``percentile`` p > 0 the extent is taken between the p-th and (100-p)-th
+    percentiles (robust to stray points); p = 0 is max - min (the reference)."""
+    z = np.asarray(z, np.float64)
+    lo, hi = (np.percentile(z, [percentile, 100 - percentile]) if percentile > 0 else (z.min(), z.max()))
+    extent = hi - lo
+    if not np.isfinite(extent) or extent <= 0:
+        raise ValueError(f"cannot normalise scale: z extent is {extent}")
+    return float(target_height / extent)
+
+
+@dataclass
+class FloorFit:
+    normal: np.ndarray  # [3] unit, pointing up (n_z > 0)
+    offset: float  # plane n.x + offset = 0
+    inliers: np.ndarray  # indices into the points given
+    angle_deg: float  # angle between normal and +z
+
+
+class FloorNotFound(ValueError):
+    pass
+
+
+def fit_plane_ransac(points: np.ndarray, threshold: float, iterations: int,
+                     rng: np.random.Generator) -> tuple[np.ndarray, float, np.ndarray]:
+    """RANSAC plane through 3 points: (unit normal, offset, inlier indices) of
+    the plane with most points within ``threshold``; refined by least squares
+    on the inliers."""
+    n = len(points)
+    if n < 3:
+        raise FloorNotFound(f"need at least 3 points to fit a plane, got {n}")
+    best = None
+    tri = rng.integers(0, n, size=(iterations, 3))
+    a, b, c = points[tri[:, 0]], points[tri[:, 1]], points[tri[:, 2]]
+    normals = np.cross(b - a, c - a)
+    norms = np.linalg.norm(normals, axis=1)
+    valid = norms > 1e-12
+    normals = normals[valid] / norms[valid, None]
+    offsets = -np.einsum("ij,ij->i", normals, a[valid])
+    # score in chunks to bound memory: [chunk, n] distances
+    best_count = -1
+    for s in range(0, len(normals), 64):
+        d = np.abs(normals[s:s + 64] @ points.T + offsets[s:s + 64, None])
+        counts = (d < threshold).sum(axis=1)
+        k = int(np.argmax(counts))
+        if counts[k] > best_count:
+            best_count = int(counts[k])
+            best = (normals[s + k], offsets[s + k])
+    if best is None:
+        raise FloorNotFound("all sampled point triples were degenerate")
+    normal, offset = best
+    inl = np.nonzero(np.abs(points @ normal + offset) < threshold)[0]
+    if len(inl) >= 3:  # least-squares refinement
+        centroid = points[inl].mean(axis=0)
+        _, _, Vt = np.linalg.svd(points[inl] - centroid, full_matrices=False)
+        refined = Vt[-1]
+        if refined @ normal < 0:
+            refined = -refined
+        normal, offset = refined, -refined @ centroid
+        inl = np.nonzero(np.abs(points @ normal + offset) < threshold)[0]
+    return normal, float(offset), inl
+
+
+def fit_floor(points: np.ndarray, lowest_fraction: float = 0.2, threshold: float = 0.01,
+              iterations: int = 1000, max_angle_deg: float = 40.0, max_trials: int = 6,
+              seed: int = 0) -> FloorFit:
+    """Floor plane of a z-up cloud: RANSAC on the lowest ``lowest_fraction`` of
+    points by z; a plane tilted more than ``max_angle_deg`` from horizontal is
+    discarded with its inliers and the search repeated (up to ``max_trials``),
+    as in the Concerto RE10K preprocessing."""
+    points = np.asarray(points, np.float64)
+    z = points[:, 2]
+    low = np.nonzero(z <= np.percentile(z, 100 * lowest_fraction))[0]
+    rng = np.random.default_rng(seed)
+    remaining = low
+    for _ in range(max_trials):
+        if len(remaining) < 3:
+            break
+        normal, offset, inl = fit_plane_ransac(points[remaining], threshold, iterations, rng)
+        if normal[2] < 0:
+            normal, offset = -normal, -offset
+        angle = float(np.degrees(np.arccos(np.clip(normal[2], -1.0, 1.0))))
+        if angle <= max_angle_deg:
+            return FloorFit(normal, offset, remaining[inl], angle)
+        remaining = np.setdiff1d(remaining, remaining[inl])
+    raise FloorNotFound(f"no plane within {max_angle_deg} degrees of horizontal among the lowest "
+                        f"{100 * lowest_fraction:.0f}% of points after {max_trials} trials")
+
+
+def floor_alignment(points: np.ndarray, fit: Optional[FloorFit] = None, **fit_kwargs) -> tuple[np.ndarray, FloorFit]:
+    """[4,4] rigid transform rotating the floor normal onto +z and moving the
+    floor (mean height of its inliers) to z = 0."""
+    points = np.asarray(points, np.float64)
+    fit = fit or fit_floor(points, **fit_kwargs)
+    R = rotation_between(fit.normal, [0.0, 0.0, 1.0])
+    z = (points[fit.inliers] @ R.T)[:, 2]
+    return similarity(R, (0.0, 0.0, -float(z.mean()))), fit
+
+
+def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply [4,4] similarity/rigid T to [N, 3] points."""
+    return np.asarray(points, np.float64) @ T[:3, :3].T + T[:3, 3]
+
+
+def transform_poses(T: np.ndarray, poses: np.ndarray) -> np.ndarray:
+    """Camera-to-world poses [S,4,4] after the world moves by similarity T
+    (x -> s R x + t): rotation R @ R_c, centre T(c). Depth then scales by s."""
+    T = np.asarray(T, np.float64)
+    s = np.cbrt(np.linalg.det(T[:3, :3]))
+    R = T[:3, :3] / s
+    out = np.array(poses, dtype=np.float64, copy=True)
+    out[:, :3, :3] = R @ out[:, :3, :3]
+    out[:, :3, 3] = transform_points(T, out[:, :3, 3])
+    return out
+
+
+# --- normals, subsampling ----------------------------------------------------
+
+def estimate_normals(points: np.ndarray, k: int = 16, viewpoints: Optional[np.ndarray] = None) -> np.ndarray:
+    """Unit normals [N, 3] by PCA of the k nearest neighbours; when
+    ``viewpoints`` [N, 3] (the camera centre each point was seen from) is given,
+    each normal is flipped to face its viewpoint."""
+    from scipy.spatial import cKDTree
+
+    points = np.asarray(points, np.float64)
+    n = len(points)
+    if n == 0:
+        return np.zeros((0, 3), np.float32)
+    k = max(3, min(k, n))
+    _, nn = cKDTree(points).query(points, k=k)
+    nbrs = points[nn]  # [N, k, 3]
+    centred = nbrs - nbrs.mean(axis=1, keepdims=True)
+    cov = np.einsum("nki,nkj->nij", centred, centred)
+    _, vecs = np.linalg.eigh(cov)
+    normals = vecs[:, :, 0]  # eigenvector of the smallest eigenvalue
+    if viewpoints is not None:
+        flip = np.einsum("ij,ij->i", normals, np.asarray(viewpoints) - points) < 0
+        normals[flip] *= -1
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    return normals.astype(np.float32)
+
+
+def voxel_subsample(points: np.ndarray, voxel: float, priority: Optional[np.ndarray] = None) -> np.ndarray:
+    """Indices keeping one point per ``voxel``-sized cell: the one with the
+    highest ``priority`` (e.g. confidence), else the first. Sorted ascending."""
+    points = np.asarray(points, np.float64)
+    if len(points) == 0:
+        return np.zeros(0, np.int64)
+    cells = np.floor((points - points.min(axis=0)) / voxel).astype(np.int64)
+    order = np.argsort(-priority, kind="stable") if priority is not None else np.arange(len(points))
+    _, first = np.unique(cells[order], axis=0, return_index=True)
+    return np.sort(order[first])

@@ -1,0 +1,281 @@
+"""Lifting a group of video frames to a scene record.
+
+A ``Lifter`` turns S RGB images (plus whatever cameras/depth the data has) into
+``LiftedViews``: the images at the resolution depth is predicted at, per-view
+z-depth with a confidence, intrinsics and camera-to-world poses in one common
+(arbitrary, un-normalised) world frame.
+
+- ``VGGTLifter`` runs our VGGT implementation (cameras and depth predicted).
+- ``GivenDepthLifter`` uses depth and cameras that come with the data (e.g. a
+  capture with a depth sensor or synthetic renders); confidence is 1 where the
+  depth is valid.
+
+``scene_from_views`` then makes the scene: z-up from the first camera, scale so
+the scene is ``target_height`` metres tall, floor found by RANSAC and moved to
+z = 0 with normal +z, points unprojected from confident depth, voxel
+subsampled, coloured from the images, normals by PCA facing the cameras.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from preprocess.lift import geometry as geo
+from preprocess.scene import Frame, PointCloud, Scene
+
+
+@dataclass
+class LiftedViews:
+    """S views in one world frame (units arbitrary until ``scene_from_views``).
+
+    rgb uint8 [S,H,W,3]; depth float32 [S,H,W] z-depth, NaN invalid; conf
+    float32 [S,H,W] (higher = more reliable); K float32 [S,3,3]; pose float32
+    [S,4,4] camera-to-world, OpenCV axes."""
+
+    rgb: np.ndarray
+    depth: np.ndarray
+    conf: np.ndarray
+    K: np.ndarray
+    pose: np.ndarray
+    names: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.rgb.shape[0])
+
+
+class LiftError(ValueError):
+    """Lifting failed for a scene (names the scene and the step)."""
+
+    def __init__(self, scene: str, step: str, message: str):
+        self.scene, self.step = scene, step
+        super().__init__(f"scene '{scene}': {step}: {message}")
+
+
+@runtime_checkable
+class Lifter(Protocol):
+    name: str
+
+    def lift(self, images: Sequence[np.ndarray], K: Optional[np.ndarray] = None, pose: Optional[np.ndarray] = None,
+             depth: Optional[Sequence[np.ndarray]] = None) -> LiftedViews:
+        """images: S uint8 [H,W,3]; K [S,3,3] and pose [S,4,4] (camera-to-world)
+        of those images if the data has them; depth S float [H,W] if any."""
+        ...
+
+
+# --- VGGT ---------------------------------------------------------------------
+
+def vggt_input_size(height: int, width: int, target: int = 518, patch: int = 14) -> tuple[int, int, int]:
+    """VGGT "crop" preprocessing size: width -> ``target``, height scaled and
+    rounded to a multiple of ``patch``, then centre-cropped to ``target`` if
+    taller. Returns (resized_h, crop_top, final_h)."""
+    new_h = int(round(height * (target / width) / patch) * patch)
+    new_h = max(new_h, patch)
+    top = max(0, (new_h - target) // 2)
+    return new_h, top, min(new_h, target)
+
+
+def preprocess_for_vggt(images: Sequence[np.ndarray], target: int = 518, patch: int = 14) -> np.ndarray:
+    """S uint8 [H,W,3] (same size) -> uint8 [S, h, target, 3] resized (bicubic)
+    and centre-cropped as VGGT's loader does."""
+    from PIL import Image
+
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise ValueError(f"all views must have the same size, got {sorted(shapes)}")
+    H, W = images[0].shape[:2]
+    new_h, top, out_h = vggt_input_size(H, W, target, patch)
+    out = []
+    for im in images:
+        r = np.asarray(Image.fromarray(im).resize((target, new_h), Image.Resampling.BICUBIC))
+        out.append(r[top:top + out_h])
+    return np.stack(out)
+
+
+class VGGTLifter:
+    """Cameras and depth from our VGGT. The model's world frame is the first
+    view's camera frame; pose encoding -> extrinsics/intrinsics at the model's
+    input resolution (principal point at the centre)."""
+
+    name = "vggt"
+
+    def __init__(self, model=None, checkpoint: str = "facebook/VGGT-1B", device: Optional[str] = None,
+                 autocast_dtype=None):
+        import torch
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if model is None:
+            from preprocess.lift.vggt_model import load_vggt
+
+            model = load_vggt(checkpoint, device=self.device)
+        self.model = model.to(self.device).eval()
+        self.autocast_dtype = autocast_dtype
+
+    def lift(self, images, K=None, pose=None, depth=None) -> LiftedViews:
+        import torch
+
+        cfg = self.model.config
+        rgb = preprocess_for_vggt(list(images), cfg.img_size, cfg.patch_size)
+        x = torch.from_numpy(rgb).to(self.device).permute(0, 3, 1, 2).float().div(255.0)
+        with torch.inference_mode():
+            out = self.model(x, with_points=False, autocast_dtype=self.autocast_dtype)
+        S, h, w = rgb.shape[:3]
+        extr, Kp = geo.pose_encoding_to_cameras(out.pose_enc[0].double().cpu().numpy(), (h, w))
+        d = out.depth[0].float().cpu().numpy()
+        c = out.depth_conf[0].float().cpu().numpy()
+        d = np.where(np.isfinite(d) & (d > 0), d, np.nan).astype(np.float32)
+        poses = geo.extrinsic_to_pose(extr)
+        return LiftedViews(rgb=rgb, depth=d, conf=c.astype(np.float32), K=Kp.astype(np.float32),
+                           pose=poses.astype(np.float32), meta={"lifter": self.name})
+
+
+class GivenDepthLifter:
+    """Depth and cameras supplied by the data (no network). Depth must be at the
+    images' resolution; values <= 0 or non-finite are invalid."""
+
+    name = "given-depth"
+
+    def lift(self, images, K=None, pose=None, depth=None) -> LiftedViews:
+        if K is None or pose is None or depth is None:
+            raise ValueError("GivenDepthLifter needs K, pose and depth for every view")
+        rgb = np.stack(list(images))
+        d = np.stack([np.asarray(x, np.float32) for x in depth])
+        if d.shape != rgb.shape[:3]:
+            raise ValueError(f"depth maps {list(d.shape)} do not match the images {list(rgb.shape[:3])}")
+        valid = np.isfinite(d) & (d > 0)
+        return LiftedViews(rgb=rgb, depth=np.where(valid, d, np.nan).astype(np.float32),
+                           conf=valid.astype(np.float32), K=np.asarray(K, np.float32),
+                           pose=np.asarray(pose, np.float32), meta={"lifter": self.name})
+
+
+# --- views -> scene ---------------------------------------------------------------
+
+@dataclass
+class LiftOptions:
+    """How ``scene_from_views`` turns views into a scene.
+
+    conf_threshold / conf_percentile: keep depth pixels at or above (see
+    ``geometry.confidence_mask``); target_height: metres from lowest to highest
+    point; align_floor / require_floor: RANSAC floor alignment, and whether a
+    missing floor is an error (the reference drops such clips); voxel_size
+    (metres) and max_points: subsampling; normal_k: neighbours for normals."""
+
+    conf_threshold: Optional[float] = None
+    conf_percentile: Optional[float] = 50.0
+    target_height: float = 3.0
+    height_percentile: float = 0.0
+    align_floor: bool = True
+    require_floor: bool = True
+    floor_lowest_fraction: float = 0.2
+    floor_threshold: float = 0.01
+    floor_iterations: int = 1000
+    floor_max_angle_deg: float = 40.0
+    voxel_size: float = 0.02
+    max_points: Optional[int] = 200_000
+    normal_k: int = 16
+    visibility_eps: float = 0.01
+    seed: int = 0
+
+
+def _visible_count(points: np.ndarray, frame: Frame, eps: float) -> int:
+    """Points of ``points`` that ``frame`` sees by the depth check; the
+    pipeline's own check when available, so both agree by construction."""
+    try:
+        from pipelines.correspondence import frame_correspondence
+    except ImportError:  # pipeline not installed: same check, local copy
+        vis, _ = geo.depth_visibility(points, frame.K, frame.pose, frame.depth, eps)
+        return int(vis.sum())
+    return len(frame_correspondence(points.astype(np.float32), frame, eps))
+
+
+def view_overlap(points_per_view: Sequence[np.ndarray], frames: Sequence[Frame], eps: float = 0.01) -> np.ndarray:
+    """[S, S] fraction of view i's lifted points that view j sees by the depth
+    check (diagonal ~1 by construction)."""
+    S = len(frames)
+    out = np.zeros((S, S), np.float32)
+    for i, pts in enumerate(points_per_view):
+        if len(pts) == 0:
+            continue
+        for j, fr in enumerate(frames):
+            out[i, j] = _visible_count(pts, fr, eps) / len(pts)
+    return out
+
+
+def scene_from_views(views: LiftedViews, scene_id: str, source: str, options: Optional[LiftOptions] = None,
+                     content_hash: str = "", meta: Optional[dict] = None) -> Scene:
+    """Lifted views -> validated Scene (frames carry rgb, K, pose, depth in metres).
+
+    Raises LiftError naming the scene and the step when nothing confident is
+    left or no floor is found (with ``require_floor``)."""
+    o = options or LiftOptions()
+    key = f"{source}/{scene_id}"
+    S, H, W = views.depth.shape
+    depth = views.depth.astype(np.float64)
+    keep = geo.confidence_mask(views.conf, o.conf_threshold, o.conf_percentile) & np.isfinite(depth) & (depth > 0)
+    if not keep.any():
+        raise LiftError(key, "confidence", "no depth pixel passes the confidence threshold")
+    depth = np.where(keep, depth, np.nan)
+
+    # 1. world -> first camera, z up
+    T = geo.first_camera_zup(views.pose[0])
+    poses = geo.transform_poses(T, views.pose.astype(np.float64))
+    per_view = [geo.unproject_depth(depth[i], views.K[i], poses[i]) for i in range(S)]
+    masks = [keep[i] for i in range(S)]
+    pts = np.concatenate([p[m] for p, m in zip(per_view, masks)])
+
+    # 2. scale: scene height -> target_height; lowest point at z = 0
+    s = geo.height_scale(pts[:, 2], o.target_height, o.height_percentile)
+    Ts = geo.similarity(scale=s, t=(0.0, 0.0, -s * pts[:, 2].min()))
+    T = Ts @ T
+    pts = geo.transform_points(Ts, pts)
+    poses = geo.transform_poses(Ts, poses)
+    depth = depth * s
+
+    # 3. floor
+    floor_info = None
+    if o.align_floor:
+        try:
+            Tf, fit = geo.floor_alignment(pts, lowest_fraction=o.floor_lowest_fraction, threshold=o.floor_threshold,
+                                          iterations=o.floor_iterations, max_angle_deg=o.floor_max_angle_deg,
+                                          seed=o.seed)
+        except geo.FloorNotFound as e:
+            if o.require_floor:
+                raise LiftError(key, "floor alignment", str(e)) from e
+        else:
+            T = Tf @ T
+            pts = geo.transform_points(Tf, pts)
+            poses = geo.transform_poses(Tf, poses)
+            floor_info = dict(angle_deg=fit.angle_deg, inliers=int(len(fit.inliers)))
+
+    # 4. subsample, colour, normals
+    src_view = np.concatenate([np.full(int(m.sum()), i) for i, m in enumerate(masks)])
+    src_pix = np.concatenate([np.argwhere(m) for m in masks])  # (row, col)
+    conf = np.concatenate([views.conf[i][m] for i, m in enumerate(masks)])
+    idx = geo.voxel_subsample(pts, o.voxel_size, priority=conf) if o.voxel_size else np.arange(len(pts))
+    if o.max_points is not None and len(idx) > o.max_points:
+        rng = np.random.default_rng(o.seed)
+        idx = np.sort(rng.choice(idx, o.max_points, replace=False))
+    coord = pts[idx]
+    color = views.rgb[src_view[idx], src_pix[idx, 0], src_pix[idx, 1]]
+    normal = geo.estimate_normals(coord, o.normal_k, viewpoints=poses[src_view[idx], :3, 3])
+
+    # 5. frames (rotations re-orthonormalised after float math)
+    R = geo.orthonormalize(poses[:, :3, :3])
+    poses[:, :3, :3] = R
+    names = views.names or [f"view{i}" for i in range(S)]
+    frames = [Frame(name=names[i], rgb=np.ascontiguousarray(views.rgb[i]), K=views.K[i].astype(np.float32),
+                    pose=poses[i].astype(np.float32), depth=depth[i].astype(np.float32)) for i in range(S)]
+    kept_view_points = [coord[src_view[idx] == i] for i in range(S)]
+    scene_meta = dict(meta or {})
+    scene_meta.update(
+        lifter=views.meta.get("lifter", "?"), scale=s, world_transform=T.tolist(), floor=floor_info,
+        view_overlap=view_overlap(kept_view_points, frames, o.visibility_eps).tolist(),
+    )
+    scene = Scene(scene_id=scene_id, source=source,
+                  points=PointCloud(coord=coord.astype(np.float32), color=color.astype(np.uint8), normal=normal),
+                  frames=frames, content_hash=content_hash, meta=scene_meta)
+    return scene.validate(require_depth=True)

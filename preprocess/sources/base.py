@@ -1,0 +1,102 @@
+"""What every dataset adapter implements, and the registry that finds them by kind.
+
+An adapter is constructed as ``Adapter(path, name=None, **options)``.
+``discover()`` lists the scenes cheaply (no heavy loading) with a content hash of
+their raw inputs; ``load(ref)`` reads one scene into the scene record
+(``preprocess.scene.Scene``). Frames may come without depth when the scene has a
+``mesh_path``: the renderer fills it in later (``preprocess.render``).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Protocol, runtime_checkable
+
+from preprocess.scene import Scene
+
+
+@dataclass(frozen=True)
+class SceneRef:
+    """A scene found by ``discover``: enough to load it and to decide whether a
+    store already holds it (``key`` + ``content_hash``)."""
+
+    source: str
+    scene_id: str
+    content_hash: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}/{self.scene_id}"
+
+
+@runtime_checkable
+class SceneSource(Protocol):
+    kind: str
+    name: str
+
+    def discover(self) -> list[SceneRef]: ...
+
+    def load(self, ref: SceneRef) -> Scene: ...
+
+
+class SourceError(RuntimeError):
+    """A dataset layout problem: names the scene and the missing/malformed file."""
+
+    def __init__(self, scene: str, what: str, message: str):
+        self.scene = scene
+        self.what = what
+        super().__init__(f"scene '{scene}': {what}: {message}")
+
+
+_REGISTRY: dict[str, Callable[..., SceneSource]] = {}
+
+
+def register_source(kind: str):
+    """Class decorator: ``@register_source("scannet")``."""
+
+    def wrap(cls):
+        cls.kind = kind
+        _REGISTRY[kind] = cls
+        return cls
+
+    return wrap
+
+
+def available_sources() -> list[str]:
+    _import_builtin_sources()
+    return sorted(_REGISTRY)
+
+
+def make_source(kind: str, path: str | Path, name: str | None = None, **options) -> SceneSource:
+    """Build the adapter registered under ``kind``; ``name`` (default: kind) is the
+    source name used in store keys, so one kind can appear twice in a build."""
+    _import_builtin_sources()
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown source kind '{kind}'; known kinds: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[kind](path, name=name, **options)
+
+
+def _import_builtin_sources() -> None:
+    import importlib
+    import pkgutil
+
+    import preprocess.sources as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name != "base" and not mod.name.startswith("_"):
+            importlib.import_module(f"preprocess.sources.{mod.name}")
+
+
+def hash_files(paths: Iterable[str | Path], extra: str = "", chunk: int = 1 << 20) -> str:
+    """sha1 over the bytes of ``paths`` (in the given order) and ``extra`` (e.g.
+    the adapter's options). Used as a scene's content hash."""
+    h = hashlib.sha1()
+    h.update(extra.encode())
+    for p in paths:
+        p = Path(p)
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,346 @@
+"""The Pointcept / Concerto preprocessed layout: read it (source kind
+"pointcept") and write it (``export_pointcept``).
+
+Layout (Pointcept's ``pointcept/datasets/preprocessing/concerto/*`` output)::
+
+    <root>/<split>/<scene>/coord.npy          float32 [N,3] metres
+                           color.npy          uint8 [N,3]
+                           normal.npy         float32 [N,3]       (optional: estimated if missing)
+                           segment*.npy       int [N] or [N,k]    (optional; first column used)
+                           instance.npy       int [N] or [N,k]    (optional)
+    <root>/images/<split>/<scene>/color/<frame>.png|jpg
+                                  depth/<frame>.png               (optional, uint16, depth_scale units per metre, 0 = none)
+                                  pose/<frame>.npy                [4,4] camera-to-world, OpenCV axes
+                                  intrinsic/<frame>.npy | intrinsic/intrinsic.npy   [3,3] or [4,4] (one shared file allowed)
+                                  correspondence/<frame>.npy      float [M,3] rows (u = column, v = row, point index);
+                                                                  -1 * ones((1,3)) when the frame sees no point
+    <root>/splits/<split>.json     {"<scene>_<k>": {"pointclouds": dir, "images": [4 colour paths],
+                                                     "correspondences": [4 paths]}}
+
+A scene may sit deeper than one level (Structured3D: ``<split>/scene_XXXXX/room_YYY``);
+its id joins the parts with "_". Colour images may sit in a sub-folder
+(Structured3D ``color/prsp``); panoramas (``color/pano``) are skipped (not pinhole).
+ARKitScenes correspondences are named by timestamp without the video id; that is
+handled. Pointcept's S3DIS output stores world-to-camera matrices in ``pose/``:
+read it with ``pose_convention="world_to_camera"``.
+
+The stored correspondences are kept in ``scene.meta["correspondences"]``
+({frame name: pipelines.records.Correspondence}) so a build can reuse them when
+the scene has neither depth nor a mesh.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from pipelines.records import Correspondence, ProcessedScene
+from preprocess.scene import Frame, PointCloud, Scene
+from preprocess.sources._common import (
+    AdapterBase,
+    depth_from_raw,
+    estimate_normals,
+    orthonormalize,
+    pose_is_valid,
+    read_rgb,
+    read_uint16_png,
+    rigid_inverse,
+    write_rgb,
+    write_uint16_png,
+)
+from preprocess.sources.base import SceneRef, SourceError, register_source
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPG", ".PNG")
+_SEGMENT_KEYS = ("segment20", "segment", "segment25", "segment200")
+
+
+def _natural_key(s: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def _load_npy(path: Path, scene: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise SourceError(scene, str(path), f"cannot read .npy ({type(exc).__name__}: {exc})") from exc
+
+
+@register_source("pointcept")
+class PointceptSource(AdapterBase):
+    """Options: frame_skip (1), splits (None = every top-level folder except
+    images/ and splits/), segment_key (None = first of segment20, segment,
+    segment25, segment200), depth_scale (1000 units per metre), read_depth (True),
+    pose_convention ("camera_to_world" | "world_to_camera"), hash_mode ("stat")."""
+
+    OPTIONS = {"splits": None, "segment_key": None, "depth_scale": 1000.0, "read_depth": True,
+               "pose_convention": "camera_to_world"}
+
+    def __init__(self, path, name=None, **options):
+        super().__init__(path, name, **options)
+        if self.options["pose_convention"] not in ("camera_to_world", "world_to_camera"):
+            raise ValueError(f"source '{self.name}' (pointcept): pose_convention must be camera_to_world or world_to_camera")
+        if float(self.options["depth_scale"]) <= 0:
+            raise ValueError(f"source '{self.name}' (pointcept): depth_scale must be positive")
+
+    # ------------------------------------------------------------------ discovery
+    def _splits(self) -> list[str]:
+        if self.options["splits"] is not None:
+            return list(self.options["splits"])
+        return sorted(d.name for d in self.path.iterdir() if d.is_dir() and d.name not in ("images", "splits") and not d.name.startswith("."))
+
+    def _scenes(self) -> dict[str, tuple[str, Path]]:
+        """scene id -> (split, path of the folder relative to the split)."""
+        out: dict[str, tuple[str, Path]] = {}
+        for split in self._splits():
+            base = self.path / split
+            if not base.is_dir():
+                continue
+            for dirpath, dirnames, filenames in os.walk(base):
+                dirnames.sort()
+                if "coord.npy" in filenames:
+                    rel = Path(dirpath).relative_to(base)
+                    out["_".join(rel.parts)] = (split, rel)
+                    dirnames[:] = []
+        return dict(sorted(out.items()))
+
+    def _scene_files(self, split: str, rel: Path) -> list[Path]:
+        pc = self.path / split / rel
+        files = [p for p in pc.iterdir() if p.suffix == ".npy"]
+        img = self.path / "images" / split / rel
+        if img.is_dir():
+            files += [Path(dp) / f for dp, _, fs in os.walk(img) for f in fs]
+        return files
+
+    def discover(self) -> list[SceneRef]:
+        return [self.ref(sid, self._scene_files(split, rel)) for sid, (split, rel) in self._scenes().items()]
+
+    # ------------------------------------------------------------------ loading
+    def load(self, ref: SceneRef) -> Scene:
+        key = self.key(ref.scene_id)
+        scenes = self._scenes()
+        if ref.scene_id not in scenes:
+            raise SourceError(key, str(self.path), "scene folder (with coord.npy) not found")
+        split, rel = scenes[ref.scene_id]
+        points = self._points(self.path / split / rel, key)
+        frames, corrs, skipped = self._frames(self.path / "images" / split / rel, key, len(points))
+        scene = Scene(
+            scene_id=ref.scene_id, source=self.name, points=points, frames=frames, mesh_path=None,
+            content_hash=ref.content_hash,
+            meta={"dataset": "pointcept", "split": split, "correspondences": corrs, "skipped_frames": skipped},
+        )
+        return scene.validate()
+
+    def _points(self, d: Path, key: str) -> PointCloud:
+        coord = _load_npy(d / "coord.npy", key)
+        if coord.ndim != 2 or coord.shape[1] != 3 or len(coord) == 0:
+            raise SourceError(key, str(d / "coord.npy"), f"expected [N,3] coordinates, got shape {list(coord.shape)}")
+        if not np.isfinite(coord).all():
+            raise SourceError(key, str(d / "coord.npy"), "NaN/inf coordinates")
+        n = len(coord)
+
+        def per_point(name, cols):
+            p = d / f"{name}.npy"
+            if not p.is_file():
+                return None
+            arr = _load_npy(p, key)
+            if arr.shape[0] != n or (cols is not None and arr.shape[1:] != (cols,)):
+                raise SourceError(key, str(p), f"expected {n} rows{'' if cols is None else f' x {cols}'}, got shape {list(arr.shape)}")
+            return arr
+
+        color = per_point("color", 3)
+        if color is None:
+            color = np.full((n, 3), 128, np.uint8)
+        elif color.dtype != np.uint8:
+            color = np.clip(np.round(color), 0, 255).astype(np.uint8)
+        normal = per_point("normal", 3)
+        normal = estimate_normals(coord) if normal is None else normal.astype(np.float32)
+        seg_key = self.options["segment_key"] or next((k for k in _SEGMENT_KEYS if (d / f"{k}.npy").is_file()), None)
+        segment = per_point(seg_key, None) if seg_key else None
+        instance = per_point("instance", None)
+
+        def labels(arr):
+            if arr is None:
+                return None
+            arr = arr.reshape(n, -1)[:, 0].astype(np.int64)
+            return np.where(arr < 0, -1, arr).astype(np.int32)
+
+        return PointCloud(coord=coord.astype(np.float32), color=color, normal=normal,
+                          segment=labels(segment), instance=labels(instance))
+
+    def _frames(self, d: Path, key: str, num_points: int):
+        if not (d / "color").is_dir():
+            return [], {}, []
+        color_files = sorted(
+            (p for p in (d / "color").rglob("*") if p.suffix in IMAGE_SUFFIXES and "pano" not in p.relative_to(d / "color").parts),
+            key=lambda p: _natural_key(p.relative_to(d / "color").as_posix()),
+        )
+        color_files = color_files[:: self.frame_skip]
+        shared_K = self._shared_intrinsic(d, key)
+        frames, corrs, skipped = [], {}, []
+        for cf in color_files:
+            sub = cf.relative_to(d / "color").parent  # "" or e.g. "prsp"
+            stem = cf.stem
+            name = (sub / stem).as_posix()
+            pose_path = d / "pose" / f"{stem}.npy"
+            if not pose_path.is_file():
+                raise SourceError(key, str(pose_path), f"missing pose for colour image {cf.name}")
+            pose = _load_npy(pose_path, key).astype(np.float64)
+            if pose.shape != (4, 4):
+                raise SourceError(key, str(pose_path), f"pose must be [4,4], got {list(pose.shape)}")
+            if self.options["pose_convention"] == "world_to_camera" and np.isfinite(pose).all():
+                pose = rigid_inverse(pose)
+            if not np.isfinite(pose).all():
+                skipped.append(name)
+                continue
+            if not pose_is_valid(pose):
+                raise SourceError(key, str(pose_path), "not a rigid camera-to-world transform")
+            pose[:3, :3] = orthonormalize(pose[:3, :3])  # float32 files lose digits
+            K_path = d / "intrinsic" / f"{stem}.npy"
+            if K_path.is_file():
+                K = _load_npy(K_path, key)
+            elif shared_K is not None:
+                K = shared_K
+            else:
+                raise SourceError(key, str(K_path), f"missing intrinsics for colour image {cf.name}")
+            K = np.asarray(K, np.float64)[:3, :3].astype(np.float32)
+            rgb = read_rgb(cf, key)
+            depth = None
+            depth_path = d / "depth" / sub / f"{stem}.png"
+            if self.options["read_depth"] and depth_path.is_file():
+                raw = read_uint16_png(depth_path, key)
+                if raw.shape != rgb.shape[:2]:
+                    raise SourceError(key, str(depth_path), f"depth is {list(raw.shape)}, colour is {list(rgb.shape[:2])}")
+                depth = depth_from_raw(raw, float(self.options["depth_scale"]), invalid=(0, 65535))
+            frames.append(Frame(name=name, rgb=rgb, K=K, pose=pose.astype(np.float32), depth=depth))
+            corr = self._correspondence(d, sub, stem, key, num_points, rgb.shape[:2])
+            if corr is not None:
+                corrs[name] = corr
+        return frames, corrs, skipped
+
+    def _shared_intrinsic(self, d: Path, key: str) -> Optional[np.ndarray]:
+        kd = d / "intrinsic"
+        if not kd.is_dir():
+            return None
+        if (kd / "intrinsic.npy").is_file():
+            return _load_npy(kd / "intrinsic.npy", key)
+        files = list(kd.glob("*.npy"))
+        return _load_npy(files[0], key) if len(files) == 1 else None
+
+    def _correspondence(self, d: Path, sub: Path, stem: str, key: str, n: int, hw) -> Optional[Correspondence]:
+        names = [stem] + ([stem.split("_", 1)[1]] if "_" in stem else [])  # ARKitScenes drops the video id
+        folders = [d / "correspondence", d / "correspondence" / f"{sub.name}_correspondence", d / "correspondence" / sub]
+        path = next((f / f"{nm}.npy" for f in folders for nm in names if (f / f"{nm}.npy").is_file()), None)
+        if path is None:
+            return None
+        arr = _load_npy(path, key)
+        if arr.ndim != 2 or arr.shape[1] != 3:
+            raise SourceError(key, str(path), f"correspondence must be [M,3] (u, v, point index), got {list(arr.shape)}")
+        if len(arr) == 1 and (arr == -1).all():
+            return Correspondence.empty()
+        idx = arr[:, 2].astype(np.int64)
+        u, v = arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64)
+        h, w = hw
+        if (idx < 0).any() or (idx >= n).any() or (u < 0).any() or (u >= w).any() or (v < 0).any() or (v >= h).any():
+            raise SourceError(key, str(path), "correspondence has point indices or pixels out of range")
+        return Correspondence(point_index=idx.astype(np.int32), pixel=np.stack([u, v], 1).astype(np.uint16))
+
+
+# ---------------------------------------------------------------------- export
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def export_pointcept(
+    scene_or_processed: Union[Scene, ProcessedScene],
+    out_dir: Union[str, Path],
+    split: str = "train",
+    depth_scale: float = 1000.0,
+    path_prefix: Optional[str] = None,
+    write_splits: bool = True,
+) -> Path:
+    """Write a scene in the Pointcept/Concerto layout under ``out_dir`` and
+    return the point-cloud folder.
+
+    For a ProcessedScene, its correspondences and segments (groups of 4 frames)
+    are written; for a Scene, correspondences come from
+    ``scene.meta["correspondences"]`` if present, and the split file groups
+    consecutive frames by 4 (as Pointcept's splits.py does). Depth (if any) is
+    stored as uint16 PNG in 1/depth_scale m, 0 = none. ``path_prefix`` replaces
+    ``out_dir`` in the split json paths (e.g. "data/scannet", what Pointcept's
+    configs expect); default: absolute paths."""
+    out_dir = Path(out_dir)
+    if isinstance(scene_or_processed, ProcessedScene):
+        scene = scene_or_processed.scene
+        corr_list = list(scene_or_processed.correspondences)
+        segments = np.asarray(scene_or_processed.segments)
+        groups = [[int(j) for j in row] for row in segments.reshape(len(segments), -1)] if segments.size else []
+    else:
+        scene = scene_or_processed
+        by_name = scene.meta.get("correspondences") or {}
+        corr_list = [by_name.get(f.name) for f in scene.frames]
+        groups = [list(range(i, min(i + 4, len(scene.frames)))) for i in range(0, len(scene.frames), 4)]
+    scene.validate()
+    sid = _safe(scene.scene_id)
+    pc_dir = out_dir / split / sid
+    img_dir = out_dir / "images" / split / sid
+    pc_dir.mkdir(parents=True, exist_ok=True)
+    pts = scene.points
+    np.save(pc_dir / "coord.npy", pts.coord.astype(np.float32))
+    np.save(pc_dir / "color.npy", pts.color.astype(np.uint8))
+    np.save(pc_dir / "normal.npy", pts.normal.astype(np.float32))
+    if pts.segment is not None:
+        np.save(pc_dir / "segment.npy", pts.segment.astype(np.int32))
+    if pts.instance is not None:
+        np.save(pc_dir / "instance.npy", pts.instance.astype(np.int32))
+
+    names = []
+    used = set()
+    for i, frame in enumerate(scene.frames):
+        name = _safe(frame.name)
+        if name in used:
+            name = f"{name}_{i}"
+        used.add(name)
+        names.append(name)
+        write_rgb(img_dir / "color" / f"{name}.png", frame.rgb)
+        (img_dir / "pose").mkdir(parents=True, exist_ok=True)
+        (img_dir / "intrinsic").mkdir(parents=True, exist_ok=True)
+        np.save(img_dir / "pose" / f"{name}.npy", frame.pose.astype(np.float32))
+        np.save(img_dir / "intrinsic" / f"{name}.npy", frame.K.astype(np.float32))
+        if frame.depth is not None:
+            d = np.nan_to_num(frame.depth, nan=0.0) * depth_scale
+            write_uint16_png(img_dir / "depth" / f"{name}.png", np.clip(np.round(d), 0, 65535))
+        corr = corr_list[i] if i < len(corr_list) else None
+        if corr is not None:
+            (img_dir / "correspondence").mkdir(parents=True, exist_ok=True)
+            if len(corr) == 0:
+                arr = -np.ones((1, 3))
+            else:
+                arr = np.concatenate([corr.pixel.astype(np.float64), corr.point_index.astype(np.float64)[:, None]], axis=1)
+            np.save(img_dir / "correspondence" / f"{name}.npy", arr)
+
+    if write_splits and groups:
+        def shown(p: Path) -> str:
+            if path_prefix is None:
+                return str(p.resolve())
+            return str(Path(path_prefix) / p.relative_to(out_dir))
+
+        split_path = out_dir / "splits" / f"{split}.json"
+        split_path.parent.mkdir(parents=True, exist_ok=True)
+        entries = json.loads(split_path.read_text()) if split_path.is_file() else {}
+        entries = {k: v for k, v in entries.items() if not k.startswith(f"{sid}_") or not k[len(sid) + 1:].isdigit()}
+        for k, group in enumerate(groups):
+            entries[f"{sid}_{k}"] = {
+                "pointclouds": shown(pc_dir),
+                "images": [shown(img_dir / "color" / f"{names[j]}.png") for j in group],
+                "correspondences": [shown(img_dir / "correspondence" / f"{names[j]}.npy") for j in group],
+            }
+        tmp = split_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(entries, indent=2))
+        os.replace(tmp, split_path)
+    return pc_dir

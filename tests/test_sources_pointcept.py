@@ -1,0 +1,163 @@
+"""Pointcept/Concerto preprocessed layout: reading it, and the round trip
+export_pointcept -> pointcept source."""
+import json
+
+import numpy as np
+import pytest
+
+import source_fixtures as fx
+from pipelines.records import Correspondence, ProcessedScene
+from preprocess.scene import Frame, PointCloud, Scene
+from preprocess.sources import SourceError, make_source
+from preprocess.sources.pointcept import PointceptSource, export_pointcept
+
+
+def _write_pointcept_scannet(root, scene_id="scene0000_00", split="train"):
+    """What Pointcept's concerto/scannet/preprocess_scannet.py writes (with -p -c)."""
+    pose = fx.make_pose()
+    K = fx.make_K()
+    X = fx.known_point(pose, K)
+    verts, _ = fx.plane_mesh(pose, X)
+    pc = root / split / scene_id
+    pc.mkdir(parents=True)
+    np.save(pc / "coord.npy", verts.astype(np.float32))
+    np.save(pc / "color.npy", np.arange(15, dtype=np.uint8).reshape(5, 3))
+    np.save(pc / "normal.npy", np.tile(-pose[:3, 2], (5, 1)).astype(np.float32))
+    np.save(pc / "segment20.npy", np.array([0, 1, -1, 19, -1], np.int64))
+    np.save(pc / "segment200.npy", np.array([5, 6, -1, 7, -1], np.int64))
+    np.save(pc / "instance.npy", np.array([0, 0, -1, -1, 1], np.int64))
+    img = root / "images" / split / scene_id
+    K4 = np.eye(4, dtype=np.float32)
+    K4[:3, :3] = K
+    (img / "intrinsic").mkdir(parents=True)
+    np.save(img / "intrinsic" / "intrinsic.npy", K4)
+    (img / "pose").mkdir()
+    (img / "correspondence").mkdir()
+    for idx in (0, 75, 150):
+        fx.write_png_rgb(img / "color" / f"{idx}.png", fx.gradient_rgb(seed=idx))
+        fx.write_png16(img / "depth" / f"{idx}.png", np.full((fx.H, fx.W), int(fx.Z0 * 1000), np.uint16))
+        np.save(img / "pose" / f"{idx}.npy", pose.astype(np.float32))
+        corr = np.array([[fx.U0, fx.V0, 4], [0, 0, 0]], np.float64) if idx != 150 else -np.ones((1, 3))
+        np.save(img / "correspondence" / f"{idx}.npy", corr)
+    return X
+
+
+def test_reads_pointcept_scannet_output(tmp_path):
+    X = _write_pointcept_scannet(tmp_path)
+    src = make_source("pointcept", tmp_path, name="scannet_pc")
+    refs = src.discover()
+    assert [r.scene_id for r in refs] == ["scene0000_00"]
+    scene = src.load(refs[0])
+    scene.validate(require_depth=True)
+    assert scene.key == "scannet_pc/scene0000_00" and scene.meta["split"] == "train"
+    assert [f.name for f in scene.frames] == ["0", "75", "150"]  # numeric order, not lexical
+    np.testing.assert_array_equal(scene.points.segment, [0, 1, -1, 19, -1])  # segment20 preferred
+    np.testing.assert_array_equal(scene.points.instance, [0, 0, -1, -1, 1])
+    for f in scene.frames:
+        u, v, z = fx.project(f.pose, f.K, X)
+        assert abs(u - fx.U0) < 1e-2 and abs(v - fx.V0) < 1e-2
+        assert f.depth[fx.V0, fx.U0] == pytest.approx(z, abs=1e-3)
+    corr = scene.meta["correspondences"]
+    assert len(corr["150"]) == 0
+    c = corr["0"]
+    assert c.point_index.dtype == np.int32 and c.pixel.dtype == np.uint16
+    assert c.pixel[0].tolist() == [fx.U0, fx.V0] and c.point_index[0] == 4
+    assert [f.name for f in PointceptSource(tmp_path, frame_skip=2).load(refs[0]).frames] == ["0", "150"]
+    assert PointceptSource(tmp_path, segment_key="segment200").load(refs[0]).points.segment.tolist() == [5, 6, -1, 7, -1]
+
+
+def test_nested_structured3d_style_scene_and_arkit_style_names(tmp_path):
+    pose, K = fx.make_pose(), fx.make_K()
+    X = fx.known_point(pose, K)
+    pc = tmp_path / "val" / "scene_03001" / "room_7"
+    pc.mkdir(parents=True)
+    np.save(pc / "coord.npy", fx.plane_mesh(pose, X)[0].astype(np.float32))
+    img = tmp_path / "images" / "val" / "scene_03001" / "room_7"
+    fx.write_png_rgb(img / "color" / "prsp" / "0.png", fx.gradient_rgb())
+    fx.write_png_rgb(img / "color" / "pano" / "0.png", fx.gradient_rgb(w=64, h=32))
+    (img / "pose").mkdir(parents=True)
+    (img / "intrinsic").mkdir()
+    np.save(img / "pose" / "0.npy", pose)
+    np.save(img / "intrinsic" / "0.npy", K)
+    (img / "correspondence" / "prsp_correspondence").mkdir(parents=True)
+    np.save(img / "correspondence" / "prsp_correspondence" / "0.npy", np.array([[fx.U0, fx.V0, 4]], np.int32))
+    src = PointceptSource(tmp_path)
+    scene = src.load(src.discover()[0])
+    assert scene.scene_id == "scene_03001_room_7"
+    assert [f.name for f in scene.frames] == ["prsp/0"]  # the panorama is skipped
+    assert scene.frames[0].depth is None
+    assert scene.meta["correspondences"]["prsp/0"].point_index.tolist() == [4]
+    assert scene.points.color.dtype == np.uint8 and np.isfinite(scene.points.normal).all()
+
+
+def _synthetic_scene():
+    pose, K = fx.make_pose(), fx.make_K()
+    X = fx.known_point(pose, K)
+    verts, faces = fx.plane_mesh(pose, X)
+    depth = np.full((fx.H, fx.W), fx.Z0, np.float32)
+    depth[0, :5] = np.nan
+    frames = [Frame(name=str(i), rgb=fx.gradient_rgb(seed=i), K=K.astype(np.float32), pose=pose.astype(np.float32),
+                    depth=depth.copy()) for i in range(5)]
+    pts = PointCloud(coord=verts.astype(np.float32), color=np.full((5, 3), 7, np.uint8),
+                     normal=np.tile(np.float32([0, 0, 1]), (5, 1)), segment=np.array([3, -1, 2, 2, 0], np.int32),
+                     instance=np.array([-1, 1, 1, 2, 2], np.int32))
+    return Scene("scene0042_00", "scannet", pts, frames, content_hash="abc").validate(), X
+
+
+def test_round_trip_export_then_read(tmp_path):
+    scene, X = _synthetic_scene()
+    corrs = [Correspondence(np.array([4, 0], np.int32), np.array([[fx.U0, fx.V0], [3, 1]], np.uint16)),
+             Correspondence.empty(), Correspondence(np.array([2], np.int32), np.array([[31, 23]], np.uint16)),
+             Correspondence.empty()]
+    processed = ProcessedScene(scene.replace(frames=scene.frames[:4]), corrs, np.array([[0, 1, 2, 3]], np.int32))
+    pc_dir = export_pointcept(processed, tmp_path / "out", split="val", path_prefix="data/mine")
+    assert pc_dir == tmp_path / "out" / "val" / "scene0042_00"
+    split = json.loads((tmp_path / "out" / "splits" / "val.json").read_text())
+    assert list(split) == ["scene0042_00_0"]
+    assert split["scene0042_00_0"]["pointclouds"] == "data/mine/val/scene0042_00"
+    assert split["scene0042_00_0"]["images"][2] == "data/mine/images/val/scene0042_00/color/2.png"
+
+    back = PointceptSource(tmp_path / "out").load(PointceptSource(tmp_path / "out").discover()[0])
+    back.validate(require_depth=True)
+    np.testing.assert_array_equal(back.points.coord, scene.points.coord)
+    np.testing.assert_array_equal(back.points.color, scene.points.color)
+    np.testing.assert_array_equal(back.points.normal, scene.points.normal)
+    np.testing.assert_array_equal(back.points.segment, scene.points.segment)
+    np.testing.assert_array_equal(back.points.instance, scene.points.instance)
+    assert [f.name for f in back.frames] == ["0", "1", "2", "3"]
+    for a, b in zip(scene.frames, back.frames):
+        np.testing.assert_array_equal(a.rgb, b.rgb)  # PNG is lossless
+        np.testing.assert_allclose(a.K, b.K)
+        np.testing.assert_allclose(a.pose, b.pose, atol=1e-6)
+        np.testing.assert_array_equal(np.isnan(a.depth), np.isnan(b.depth))
+        np.testing.assert_allclose(a.depth[~np.isnan(a.depth)], b.depth[~np.isnan(b.depth)], atol=5e-4)
+    got = back.meta["correspondences"]
+    for i, c in enumerate(corrs):
+        np.testing.assert_array_equal(got[str(i)].point_index, c.point_index)
+        np.testing.assert_array_equal(got[str(i)].pixel, c.pixel)
+    u, v, _ = fx.project(back.frames[0].pose, back.frames[0].K, X)
+    assert abs(u - fx.U0) < 1e-2 and abs(v - fx.V0) < 1e-2
+
+    # a plain Scene (no segments): frames grouped by 4, as Pointcept's splits.py does
+    export_pointcept(scene, tmp_path / "out", split="val")
+    split = json.loads((tmp_path / "out" / "splits" / "val.json").read_text())
+    assert sorted(split) == ["scene0042_00_0", "scene0042_00_1"]
+    assert len(split["scene0042_00_1"]["images"]) == 1
+
+
+def test_hash_changes_and_bad_files(tmp_path):
+    _write_pointcept_scannet(tmp_path)
+    src = PointceptSource(tmp_path)
+    h0 = src.discover()[0].content_hash
+    assert src.discover()[0].content_hash == h0
+    pose_file = tmp_path / "images" / "train" / "scene0000_00" / "pose" / "75.npy"
+    np.save(pose_file, np.eye(4, dtype=np.float32) * 2)  # not rigid
+    assert src.discover()[0].content_hash != h0
+    with pytest.raises(SourceError, match=r"scene0000_00.*75\.npy.*rigid"):
+        src.load(src.discover()[0])
+    pose_file.unlink()
+    with pytest.raises(SourceError, match=r"75\.npy.*missing pose"):
+        src.load(src.discover()[0])
+    (tmp_path / "train" / "scene0000_00" / "coord.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(SourceError, match=r"scene0000_00.*coord\.npy"):
+        src.load(src.discover()[0])
