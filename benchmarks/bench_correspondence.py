@@ -126,6 +126,26 @@ def reference_pipeline(scene, renderer, render=True, radius=0.01):
     return total
 
 
+def write_png(scene, path, radius=0.01):
+    """Frame 0 side by side: depth (grey), pixels holding a depth-check pair
+    (green), pixels the KD-tree method matched (magenta)."""
+    from PIL import Image
+
+    from pipelines.correspondence import frame_correspondence, reference_pixel_matches
+
+    frame = scene.frames[0]
+    d = frame.depth
+    grey = np.nan_to_num((d - np.nanmin(d)) / max(np.nanmax(d) - np.nanmin(d), 1e-6), nan=0.0)
+    base = np.repeat((255 * (1 - grey))[..., None], 3, axis=2).astype(np.uint8)
+    depth_check, kd = base.copy(), base.copy()
+    c = frame_correspondence(scene.points.coord, frame)
+    depth_check[c.pixel[:, 1], c.pixel[:, 0]] = (0, 200, 0)
+    pix, _, _ = reference_pixel_matches(scene.points.coord, frame, radius)
+    kd[pix[:, 1], pix[:, 0]] = (220, 0, 220)
+    Image.fromarray(np.concatenate([base, depth_check, kd], axis=1)).save(path)
+    print(f"wrote {path}")
+
+
 def timed(fn, repeat=1):
     best = float("inf")
     out = None
@@ -144,6 +164,7 @@ def main():
     ap.add_argument("--big-frames", type=int, default=100)
     ap.add_argument("--no-big", action="store_true")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--png", type=Path, default=None, help="write frame 0's correspondences of both methods as a PNG")
     args = ap.parse_args()
 
     mesh, size = furnished_room()
@@ -175,6 +196,8 @@ def main():
         print(f"{name:44s} {t:8.3f} {rate(t):9.2f} {t_ref / t:12.1f}")
     print(f"ratio ours vs reference (both given depth): {t_ref_d / t_ours:.1f}x; both rendering: {t_ref / t_ours_r:.1f}x")
     print(f"pairs found: depth check {n_ours:,}; KD-tree pixels matched {n_ref:,}")
+    if args.png is not None:
+        write_png(scene, args.png)
 
     if args.no_big:
         return

@@ -121,7 +121,10 @@ class RunConfig:
     save_every: int = 1000
     log_every: int = 10
     seed: int = 0
-    find_unused_parameters: bool = True
+    find_unused_parameters: bool = False
+    # torch intra-op threads per process; 0 keeps torch's default. CPU runs sharing
+    # cores (several ranks, or a busy machine) are much faster with 1.
+    num_threads: int = 0
 
 
 @dataclass
@@ -152,8 +155,8 @@ class PretrainConfig:
         randomly initialised one-layer DINOv2 at 56 px (4 x 4 patches), fp32."""
         cfg = PretrainConfig()
         cfg.model.preset = "tiny"
-        cfg.views.max_points = 2048
-        cfg.views.principal_max_points = 2048
+        cfg.views.max_points = 1024
+        cfg.views.principal_max_points = 1024
         cfg.distill.head_hidden = 64
         cfg.distill.head_embed = 32
         cfg.distill.num_prototypes = 64
@@ -166,6 +169,7 @@ class PretrainConfig:
         cfg.run.steps = 100
         cfg.run.save_every = 50
         cfg.run.log_every = 1
+        cfg.run.num_threads = 1
         return cfg
 
     def to_dict(self) -> dict:

@@ -151,6 +151,8 @@ def train(cfg: PretrainConfig, data: Any, output: str | Path, resume: bool = Fal
     from concerto.ssl.pretrainer import StudentNet, TeacherNet, pretraining_loss, upcast_channels
 
     rank, world, device = init_distributed()
+    if cfg.run.num_threads > 0:
+        torch.set_num_threads(cfg.run.num_threads)
     output = Path(output)
     ckpt_root = output / "checkpoints"
     start_state, start_rng = None, None
@@ -294,7 +296,18 @@ def train(cfg: PretrainConfig, data: Any, output: str | Path, resume: bool = Fal
     if writer is not None:
         writer.close()
     return dict(step=step, last=last, output=str(output), seconds=time.perf_counter() - t0,
-                rank=rank, world_size=world)
+                rank=rank, world_size=world, param_checksum=parameter_digest(student))
+
+
+def parameter_digest(module: torch.nn.Module) -> str:
+    """sha256 of every parameter's bytes, in name order (equal digests = equal weights)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(module.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -25,12 +25,12 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from pipelines.records import Correspondence
-from preprocess.scene import Frame, Scene, SceneValidationError, validate_frame
+from preprocess.scene import Frame, Scene, validate_frame
 
 # Point-views (points x frames) processed per vectorised step. Each float64
-# temporary of that size is 16 MB, and a step holds a handful of them, so the
-# working set stays around 100 MB whatever the cloud and frame counts are.
-DEFAULT_POINT_VIEWS_PER_STEP = 1 << 21
+# temporary of that size is 8 MB and a step holds about eight of them, so the
+# working set stays under ~100 MB whatever the cloud and frame counts are.
+DEFAULT_POINT_VIEWS_PER_STEP = 1 << 20
 
 
 def project_points(coord: np.ndarray, K: np.ndarray, world_to_camera: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,20 +79,31 @@ def _depth_check_block(
     depth maps float32 [H_b, W_b]. Returns (frame_in_block, point_in_chunk, col,
     row) of the kept pairs, ordered by frame, then point.
     """
-    # [B, C] camera-space depth, then the image plane; float64 so that pixel
-    # rounding and the eps test match a per-point evaluation exactly.
-    z = np.einsum("bj,cj->bc", proj[:, 2, :3], coord) + proj[:, 2, 3:]
-    fb, pc = np.nonzero(z > 0)
-    zs = z[fb, pc]
-    xs = coord[pc]
-    u = np.einsum("kj,kj->k", proj[fb, 0, :3], xs) + proj[fb, 0, 3]
-    v = np.einsum("kj,kj->k", proj[fb, 1, :3], xs) + proj[fb, 1, 3]
-    col = np.floor(u / zs + 0.5)
-    row = np.floor(v / zs + 0.5)
-    inside = (col >= 0) & (row >= 0) & (col < widths[fb]) & (row < heights[fb])
-    fb, pc, zs = fb[inside], pc[inside], zs[inside]
-    col = col[inside].astype(np.int64)
-    row = row[inside].astype(np.int64)
+    B, C = proj.shape[0], coord.shape[0]
+    # One BLAS call gives the homogeneous image coordinates of every point in
+    # every frame, [B, 3, C]; float64 so that pixel rounding and the eps test
+    # match a per-point evaluation.
+    hom = (proj[:, :, :3].reshape(3 * B, 3) @ coord.T).reshape(B, 3, C)
+    hom += proj[:, :, 3, None]
+    z = hom[:, 2]
+    uv = hom[:, :2]
+    # In place: (u, v) -> floor(u / z + 0.5), floor(v / z + 0.5), the pixel.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.divide(uv, z[:, None, :], out=uv)
+    uv += 0.5
+    np.floor(uv, out=uv)
+    col, row = hom[:, 0], hom[:, 1]
+    # z <= 0 gave inf/NaN above; the z test drops those before any cast.
+    inside = z > 0
+    inside &= col >= 0
+    inside &= row >= 0
+    inside &= col < widths[:, None]
+    inside &= row < heights[:, None]
+    flat = np.flatnonzero(inside)
+    fb, pc = np.divmod(flat, C)
+    zs = z.reshape(-1)[flat]
+    col = col.reshape(-1)[flat].astype(np.int64)
+    row = row.reshape(-1)[flat].astype(np.int64)
     # Entries are ordered by frame (row-major nonzero over [B, C]), so each
     # frame's depth lookups are one contiguous slice: gather from its own map
     # rather than copying all maps into one array.
@@ -136,25 +147,27 @@ def _correspond_frames(coord: np.ndarray, frames: Sequence[Frame], eps: float, c
         heights = np.array([f.height for f in block], np.int64)
         widths = np.array([f.width for f in block], np.int64)
         depths = [f.depth for f in block]
-        f_parts, p_parts, c_parts, r_parts = [], [], [], []
+        # Results go straight into per-frame lists in their final compact dtypes
+        # (8 bytes a pair): peak memory is the output plus one step's working
+        # set. Chunks come in increasing point order, so points stay ascending.
+        pts_parts = [[] for _ in block]
+        pix_parts = [[] for _ in block]
         for p0 in range(0, n, chunk):
             xyz = coord[p0 : p0 + chunk].astype(np.float64)
             fb, pc, col, row = _depth_check_block(xyz, proj, heights, widths, depths, eps)
-            f_parts.append(fb)
-            p_parts.append(pc + p0)
-            c_parts.append(col)
-            r_parts.append(row)
-        fb = np.concatenate(f_parts)
-        # Chunks come in increasing point order and each is ordered by (frame,
-        # point), so a stable sort by frame leaves points ascending per frame.
-        order = np.argsort(fb, kind="stable")
-        fb = fb[order]
-        pts = np.concatenate(p_parts)[order].astype(np.int32)
-        pix = np.stack([np.concatenate(c_parts)[order], np.concatenate(r_parts)[order]], axis=1).astype(np.uint16)
-        bounds = np.searchsorted(fb, np.arange(len(block) + 1))
+            bounds = np.searchsorted(fb, np.arange(len(block) + 1))
+            for b in range(len(block)):
+                s, e = bounds[b], bounds[b + 1]
+                if e > s:
+                    pts_parts[b].append((pc[s:e] + p0).astype(np.int32))
+                    pix_parts[b].append(np.stack([col[s:e], row[s:e]], axis=1).astype(np.uint16))
+            del fb, pc, col, row
         for b in range(len(block)):
-            s, e = bounds[b], bounds[b + 1]
-            out.append(Correspondence(pts[s:e].copy(), pix[s:e].copy()))
+            if pts_parts[b]:
+                out.append(Correspondence(np.concatenate(pts_parts[b]), np.concatenate(pix_parts[b])))
+            else:
+                out.append(Correspondence.empty())
+            pts_parts[b] = pix_parts[b] = None  # free the pieces frame by frame
     return out
 
 

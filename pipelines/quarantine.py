@@ -143,3 +143,18 @@ def write_build_report(store, summary: dict) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     name = f"build-v{int(version):06d}-{stamp}-{uuid.uuid4().hex[:6]}.json"
     return write_json_atomic(store, summary, REPORT_DIR, name)
+
+
+def refresh_after_discovery(
+    store,
+    discovery_failures: Iterable[SceneFailure],
+    discovered_sources: Iterable[str],
+    discovered_keys: Iterable[str],
+) -> dict[str, SceneFailure]:
+    """Record sources that failed discovery, and forget entries a successful
+    discovery made stale: scenes no longer in their source and earlier
+    "source/*" failures of sources that now work."""
+    ok = set(discovered_sources)
+    keys = set(discovered_keys)
+    stale = [k for k, f in load_quarantine(store).items() if f.source in ok and k not in keys]
+    return update_quarantine(store, discovery_failures, resolved=stale)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from corr_synth import intrinsics, look_at, make_cloud, make_frame, random_scene, room_scene
+import pipelines.correspondence as corr_mod
 from pipelines.correspondence import (
     correspondence_agreement,
     frame_correspondence,
@@ -43,8 +44,8 @@ def test_matches_brute_force_on_random_scenes(seed):
     rng = np.random.default_rng(seed)
     scene = random_scene(rng, n_points=400, n_frames=6)
     coord = scene.points.coord
-    # a small chunk forces several point chunks and frame blocks
-    for chunk in (None, 37):
+    # 37: many point chunks; half the step budget: frame blocks of 2 frames
+    for chunk in (None, 37, corr_mod.DEFAULT_POINT_VIEWS_PER_STEP // 2):
         corrs = scene_correspondences(scene, eps=0.01, chunk_points=chunk)
         assert len(corrs) == len(scene.frames)
         total = 0
@@ -60,6 +61,30 @@ def test_matches_brute_force_on_random_scenes(seed):
         single = frame_correspondence(coord, frame)
         np.testing.assert_array_equal(single.point_index, corr.point_index)
         np.testing.assert_array_equal(single.pixel, corr.pixel)
+
+
+def test_work_per_step_is_bounded(monkeypatch):
+    """Each vectorised step sees at most the step budget of point-views, and the
+    result does not depend on the budget."""
+    rng = np.random.default_rng(4)
+    scene = random_scene(rng, n_points=3000, n_frames=9)
+    expected = scene_correspondences(scene)
+    budget = 5000
+    monkeypatch.setattr(corr_mod, "DEFAULT_POINT_VIEWS_PER_STEP", budget)
+    shapes = []
+    inner = corr_mod._depth_check_block
+
+    def spy(coord, proj, *args):
+        shapes.append((proj.shape[0], coord.shape[0]))
+        return inner(coord, proj, *args)
+
+    monkeypatch.setattr(corr_mod, "_depth_check_block", spy)
+    got = scene_correspondences(scene)
+    assert len(shapes) > 3 and max(b * c for b, c in shapes) <= budget
+    assert sum(b for b, c in shapes if c == shapes[0][1]) >= 9  # every frame visited
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a.point_index, b.point_index)
+        np.testing.assert_array_equal(a.pixel, b.pixel)
 
 
 def test_project_points_matches_definition():

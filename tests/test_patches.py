@@ -49,14 +49,14 @@ def _margin_ok(pixel, src_hw, grid, margin=1.0):
 
 @pytest.mark.parametrize(
     "src_hw, grid",
-    [((480, 640), PatchGrid(518, 14)), ((640, 480), PatchGrid(518, 14)), ((1440, 1920), PatchGrid(518, 14)), ((240, 320), PatchGrid(512, 16)), ((300, 500), PatchGrid((224, 448), 14))],
+    [((480, 640), PatchGrid(518, 14)), ((640, 480), PatchGrid(518, 14)), ((960, 1280), PatchGrid(518, 14)), ((240, 320), PatchGrid(512, 16)), ((300, 500), PatchGrid((224, 448), 14))],
 )
 def test_painted_pixel_lands_in_predicted_patch(src_hw, grid):
     rng = np.random.default_rng(0)
     H, W = src_hw
     x0, y0, w, h = crop_box(src_hw, grid)
     checked = 0
-    while checked < 12:
+    while checked < 8:
         # a 1-pixel dot is too faint after a 4x downscale; paint the pixel's
         # footprint block so the colour survives, centred on the pixel
         u, v = int(rng.integers(x0, x0 + w)), int(rng.integers(y0, y0 + h))

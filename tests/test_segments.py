@@ -103,7 +103,8 @@ def test_process_scene_downsizes_images_consistently():
         assert diff.max() <= 1
         agree += int((diff == 0).all(axis=1).sum())
         total += len(corr)
-    assert agree / total > 0.5
+    # a factor of exactly 2 maps pixel rounding exactly (float32 K aside)
+    assert agree / total > 0.99
 
 
 def test_process_scene_rejects_bad_scene():

@@ -161,3 +161,13 @@ def test_hash_changes_and_bad_files(tmp_path):
     (tmp_path / "train" / "scene0000_00" / "coord.npy").write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(SourceError, match=r"scene0000_00.*coord\.npy"):
         src.load(src.discover()[0])
+
+
+def test_sensor_sized_depth_next_to_full_size_colour_is_not_used(tmp_path):
+    """Pointcept's ScanNet output: 1296x968 colour with 640x480 sensor depth."""
+    _write_pointcept_scannet(tmp_path)
+    fx.write_png16(tmp_path / "images/train/scene0000_00/depth/75.png", np.full((12, 16), 2500, np.uint16))
+    src = PointceptSource(tmp_path)
+    scene = src.load(src.discover()[0])
+    assert [f.depth is None for f in scene.frames] == [False, True, False]
+    assert scene.meta["depth_size_mismatch"] == ["75"]

@@ -111,3 +111,53 @@ def test_hash_and_errors(dataset):
     (cam.parent / "depth.png").unlink()
     with pytest.raises(SourceError, match=r"full/1/depth\.png.*missing"):
         src.load(src.discover()[0])
+
+
+def _zip_dataset(src_root, out_dir):
+    """The published form: zip archives whose members start with Structured3D/."""
+    import zipfile
+
+    out_dir.mkdir()
+    base = src_root / "Structured3D"
+    for i, scene in enumerate(sorted(base.glob("scene_*"))):
+        with zipfile.ZipFile(out_dir / f"Structured3D_perspective_full_{i:02d}.zip", "w") as zf:
+            for f in sorted(scene.rglob("*")):
+                if f.is_file():
+                    zf.write(f, f.relative_to(src_root).as_posix())
+
+
+def test_reads_the_zip_archives_in_place(dataset, tmp_path):
+    import pickle
+
+    zdir = tmp_path / "zips"
+    _zip_dataset(dataset, zdir)
+    folder, zipped = Structured3DSource(dataset), Structured3DSource(zdir)
+    refs = zipped.discover()
+    assert [r.scene_id for r in refs] == [r.scene_id for r in folder.discover()]
+    assert refs == Structured3DSource(zdir).discover()
+    a, b = folder.load(folder.discover()[0]), zipped.load(refs[0])
+    np.testing.assert_array_equal(a.points.coord, b.points.coord)
+    np.testing.assert_array_equal(a.points.segment, b.points.segment)
+    for fa, fb in zip(a.frames, b.frames):
+        np.testing.assert_array_equal(fa.rgb, fb.rgb)
+        np.testing.assert_array_equal(fa.pose, fb.pose)
+    clone = pickle.loads(pickle.dumps(zipped))  # open archives are not shipped to workers
+    assert clone.load(refs[1]).scene_id == refs[1].scene_id
+
+    # a changed member changes that room's hash (its CRC), not the other's
+    import zipfile
+
+    z1 = zdir / "Structured3D_perspective_full_01.zip"
+    names = zipfile.ZipFile(z1).namelist()
+    with zipfile.ZipFile(z1, "w") as zf:
+        for n in names:
+            data = b"1 2 3 0 1 0 0 0 1 0.8 0.6 1\n" if n.endswith("camera_pose.txt") else (dataset / n).read_bytes()
+            zf.writestr(n, data)
+    after = Structured3DSource(zdir).discover()
+    assert after[0] == refs[0] and after[1].content_hash != refs[1].content_hash
+    with zipfile.ZipFile(z1, "w") as zf:
+        for n in names:
+            zf.writestr(n, b"not a png" if n.endswith("depth.png") else (dataset / n).read_bytes())
+    bad = Structured3DSource(zdir)
+    with pytest.raises(SourceError, match=r"scene_00001_room_7.*Structured3D_perspective_full_01\.zip:.*depth\.png.*decode"):
+        bad.load(bad.discover()[1])

@@ -68,6 +68,10 @@ def write_store(url, scenes, **writer_kw):
     return info, commit(url, None, [info])
 
 
+def shard_files(url, info):
+    return ShardStore.open(url).reader(info.id).inventory()
+
+
 @pytest.mark.parametrize("chunks", [dict(point_chunk=512, corr_chunk=100), {}])
 def test_round_trip_bit_exact(tmp_path, chunks):
     rng = np.random.default_rng(0)
@@ -230,6 +234,18 @@ def test_verify_catches_flipped_bytes(tmp_path):
     assert inspect_main([url, "--verify"], out=open(tmp_path / "o.txt", "w")) == 1
 
 
+def test_inventory_file_damage(tmp_path):
+    url, info, shard = _corruptible_store(tmp_path)
+    inv = shard / "inventory.json"
+    inv.write_text(inv.read_text().replace("points", "pOints", 1))
+    with pytest.raises(ShardCorruptError, match=rf"shard '{info.id}': file 'inventory.json': content differs"):
+        ShardStore.open(url)[0]
+    inv.unlink()
+    with pytest.raises(ShardCorruptError, match=rf"shard '{info.id}': file 'inventory.json': missing"):
+        ShardStore.open(url)[0]
+    assert ShardStore.open(url).verify() == [f"shard '{info.id}': file 'inventory.json': missing"]
+
+
 def test_inspect_cli(tmp_path, capsys):
     rng = np.random.default_rng(7)
     scenes = mixed_scenes(rng)
@@ -281,4 +297,61 @@ def test_manifest_records_counts(tmp_path):
     assert src["images"] == 9 and src["corr"] == sum(len(c) for p in scenes for c in p.correspondences)
     assert src["segments"] == 3 + 1 + 1
     m = load_manifest(url)
-    assert m.shards[0].files and all(len(v) == 2 for v in m.shards[0].files.values())
+    files = json.loads((tmp_path / "s" / "shards" / m.shards[0].id / "inventory.json").read_text())
+    assert len(files) + 1 == m.shards[0].n_files and sum(v[0] for v in files.values()) < m.shards[0].nbytes
+    assert "points/coord/c/0/0" in files and "files" not in raw["shards"][0]
+
+
+def test_coalesce_ranges():
+    from pipelines.store.reader import coalesce
+
+    assert coalesce([(10, 20), (0, 5), (5, 8)], max_gap=0) == [(0, 8), (10, 20)]
+    assert coalesce([(0, 100), (110, 200)], max_gap=0.25) == [(0, 200)]  # 10-row gap < 25 % of 100
+    assert coalesce([(0, 100), (200, 300)], max_gap=0.25) == [(0, 100), (200, 300)]
+    assert coalesce([(3, 4), (3, 4), (0, 10)], max_gap=0) == [(0, 10)]
+
+
+def test_sharded_files_option_round_trips(tmp_path):
+    rng = np.random.default_rng(10)
+    scenes = mixed_scenes(rng)
+    url = str(tmp_path / "s")
+    info, _ = write_store(url, scenes, point_chunk=512, corr_chunk=100, shard_files=True)
+    files = shard_files(url, info)
+    assert "points/coord/c/0/0" in files and "points/coord/c/1/0" not in files  # one file per array
+    store = ShardStore.open(url)
+    for ps in scenes:
+        assert_scene_equal(store.read_scene(ps.key), ps)
+
+
+def test_direct_chunk_reads_match_zarr(tmp_path):
+    """The direct local-disk read path and zarr's own path return the same bytes."""
+    rng = np.random.default_rng(11)
+    scenes = mixed_scenes(rng)
+    url = str(tmp_path / "s")
+    write_store(url, scenes, point_chunk=300, corr_chunk=64)
+    fast, slow = ShardStore.open(url), ShardStore.open(url, direct=False)
+    fast[0]
+    rows = fast.reader(0)._rows
+    assert {"points/coord", "points/segment", "corr/pixel", "images/rgb_24x32"} <= set(rows)
+    assert slow.reader(0)._open() and slow.reader(0)._rows == {}
+    for i in range(len(fast)):
+        a, b = fast[i], slow[i]
+        for k in a:
+            if isinstance(a[k], list):
+                assert all(x.dtype == y.dtype and x.tobytes() == y.tobytes() for x, y in zip(a[k], b[k])) and len(a[k]) == len(b[k])
+            elif isinstance(a[k], np.ndarray):
+                assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and a[k].tobytes() == b[k].tobytes()
+            else:
+                assert a[k] == b[k]
+    # row ranges across chunk borders, single rows, empty ranges
+    r = fast.reader(0)
+    for name, sel in [("points/coord", slice(250, 950)), ("points/color", slice(0, 0)), ("corr/point", slice(60, 200)), ("points/normal", 299)]:
+        assert np.array_equal(r._rows[name].read(sel), r._arrays[name][sel])
+
+
+def test_direct_path_truncated_chunk(tmp_path):
+    url, info, shard = _corruptible_store(tmp_path)
+    chunk = shard / "points" / "normal" / "c" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-7])
+    with pytest.raises(ShardCorruptError, match=rf"shard '{info.id}': array 'points/normal'.*blosc header says"):
+        ShardStore.open(url, check_files=False)[0]

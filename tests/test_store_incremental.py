@@ -82,8 +82,9 @@ def test_default_policy_compacts_mostly_dead_shard(tmp_path):
     assert_scene_equal(store.read_scene("a/big"), big2)
     assert_scene_equal(store.read_scene("a/small"), small)
     small2 = synthetic_scene(rng, "a", "small", n_points=100, content_hash="v2")
-    _, res = build(url, [big2, small2], base=2)  # the other way round: 800/900 live
-    assert res.compacted == []
+    _, res = build(url, [big2, small2], base=2)  # small's shard empties: dropped, nothing rewritten
+    assert res.compacted == [] and len(res.written) == 1
+    assert len(load_manifest(url).shards) == 2
 
 
 def test_add_source_leaves_old_shards_byte_identical(tmp_path):
@@ -264,3 +265,30 @@ def test_concurrent_apply_conflict(tmp_path):
     assert sorted(ShardStore.open(url).scene_keys()) == sorted(p.key for p in a + b)
     plan_c = plan_update(load_manifest(url), [ref(p) for p in a + b + c])
     assert apply_update(url, plan_c, c).version == 3
+
+
+def test_parallel_writers_then_one_commit(tmp_path):
+    """The distributed shape of a build: workers write shards independently
+    (here: two Dask worker processes), one commit lists them."""
+    from dask.distributed import Client, LocalCluster
+
+    from pipelines.store import commit_update, pack_scenes
+
+    rng = np.random.default_rng(8)
+    url = str(tmp_path / "store")
+    a = dataset(rng, "a", 4)
+    plan = plan_update(None, [ref(p) for p in a])
+    groups = pack_scenes(a, target_bytes=60_000)
+    assert len(groups) >= 2
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1") as cluster, Client(cluster) as client:
+        written = client.gather(client.map(lambda g: ShardWriter(url).write(g), groups, pure=False))
+        res = commit_update(url, plan, written)
+        store = ShardStore.open(url)
+        # the reader pickles to workers and reads there
+        keys = client.gather(client.map(lambda i, s=store: s[i]["key"], list(range(len(store)))))
+    assert res.version == 1 and len({sh.id for sh in written}) == len(groups)
+    assert sorted(set(keys)) == sorted(p.key for p in a)
+    for p in a:
+        assert_scene_equal(store.read_scene(p.key), p)
+    with pytest.raises(ValueError, match="did not ask for"):
+        commit_update(url, plan_update(load_manifest(url), [ref(p) for p in a]), written)

@@ -45,8 +45,11 @@ class ShardLoader:
         self.sampler.load_state_dict(state)
 
     def _loader(self) -> DataLoader:
+        # own generator: creating the iterator must not draw from the global torch RNG,
+        # or a resumed run (one more iterator than an uninterrupted one) would diverge
+        generator = torch.Generator().manual_seed(self.sampler.seed * 1000003 + self.sampler.epoch)
         return DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=self.num_workers,
-                          collate_fn=collate_samples, persistent_workers=False,
+                          collate_fn=collate_samples, persistent_workers=False, generator=generator,
                           multiprocessing_context="fork" if self.num_workers else None)
 
     def epoch(self) -> Iterator[dict]:

@@ -197,7 +197,7 @@ class PointTransformerV3(nn.Module):
             proj_drop=c.proj_drop, layer_scale=c.layer_scale, pre_norm=c.pre_norm,
             sparse_conv_backend=c.sparse_conv_backend, attention_backend=c.attention_backend,
         )
-        dp = torch.linspace(0, c.drop_path, sum(c.enc_depths)).tolist()
+        dp = torch.linspace(0, c.drop_path, sum(c.enc_depths), device="cpu").tolist()
         self.enc = nn.ModuleDict()
         for s in range(self.num_stages):
             stage = nn.ModuleDict()
@@ -213,7 +213,7 @@ class PointTransformerV3(nn.Module):
 
         self.dec = None
         if not c.enc_mode:
-            dp = torch.linspace(0, c.drop_path, sum(c.dec_depths)).tolist()
+            dp = torch.linspace(0, c.drop_path, sum(c.dec_depths), device="cpu").tolist()
             dec_channels = list(c.dec_channels) + [c.enc_channels[-1]]
             self.dec = nn.ModuleDict()
             for s in reversed(range(self.num_stages - 1)):

@@ -53,24 +53,22 @@ def hilbert_encode(grid_coord: torch.Tensor, depth: int = MAX_DEPTH) -> torch.Te
     """
     g = grid_coord.long()
     x = [g[:, 0].clone(), g[:, 1].clone(), g[:, 2].clone()]
-    q = 1 << (depth - 1)
-    while q > 1:
-        p = q - 1
+    for level in range(depth - 1, 0, -1):
+        p = (1 << level) - 1  # the bits below this level
         for i in range(3):
-            on = (x[i] & q) != 0
+            on = -((x[i] >> level) & 1)  # all ones where axis i has this bit set
+            if i == 0:
+                x[0] ^= on & p  # bit set: invert the low bits of axis 0
+                continue
             # bit set: invert the low bits of axis 0; bit clear: swap low bits of axes 0 and i
-            t = torch.where(on, torch.zeros_like(x[0]), (x[0] ^ x[i]) & p)
-            x[0] = torch.where(on, x[0] ^ p, x[0] ^ t)
-            if i:
-                x[i] = x[i] ^ t
-        q >>= 1
-    x[1] = x[1] ^ x[0]
-    x[2] = x[2] ^ x[1]
+            t = (x[0] ^ x[i]) & p & ~on
+            x[0] ^= (on & p) | t
+            x[i] ^= t
+    x[1] ^= x[0]
+    x[2] ^= x[1]
     t = torch.zeros_like(x[0])
-    q = 1 << (depth - 1)
-    while q > 1:
-        t = torch.where((x[2] & q) != 0, t ^ (q - 1), t)
-        q >>= 1
+    for level in range(depth - 1, 0, -1):
+        t ^= -((x[2] >> level) & 1) & ((1 << level) - 1)
     return interleave3(x[0] ^ t, x[1] ^ t, x[2] ^ t)
 
 

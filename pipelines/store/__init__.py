@@ -15,7 +15,7 @@ from pipelines.store.errors import (
     StoreError,
 )
 from pipelines.store.gc import GcReport, gc
-from pipelines.store.incremental import Plan, UpdateResult, apply_update, plan_update
+from pipelines.store.incremental import Plan, UpdateResult, apply_update, commit_update, plan_update, write_update
 from pipelines.store.location import StoreLocation
 from pipelines.store.manifest import Manifest, commit, latest_version, list_versions, load_manifest
 from pipelines.store.reader import ShardReader, ShardStore
@@ -24,6 +24,6 @@ from pipelines.store.writer import SceneEntry, ShardInfo, ShardWriter, pack_scen
 __all__ = [
     "GcReport", "Manifest", "ManifestConflictError", "ManifestFormatError", "ManifestVersionError",
     "NoManifestError", "Plan", "SceneEntry", "ShardCorruptError", "ShardInfo", "ShardReader", "ShardStore",
-    "ShardWriter", "StoreError", "StoreLocation", "UpdateResult", "apply_update", "commit", "gc",
+    "ShardWriter", "StoreError", "StoreLocation", "UpdateResult", "apply_update", "commit", "commit_update", "write_update", "gc",
     "latest_version", "list_versions", "load_manifest", "pack_scenes", "plan_update", "validate_processed",
 ]

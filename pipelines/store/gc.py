@@ -38,7 +38,9 @@ def gc(store, keep_last: int | None = None, min_age_s: float = 3600.0, dry_run: 
 
     def old_enough(*parts) -> bool:
         m = loc.modified(*parts)
-        return m is None or now - m >= min_age_s
+        if m is None:  # unknown age (some fsspec filesystems): only when forced
+            return min_age_s <= 0
+        return now - m >= min_age_s
 
     for v in versions:
         if v not in kept:

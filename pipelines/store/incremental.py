@@ -105,13 +105,26 @@ def apply_update(
     progress: bool = False,
 ) -> UpdateResult:
     """Write ``scenes`` (the processed ``plan.to_process``) into new shards and
-    commit a manifest on top of ``plan.base_version``.
+    commit a manifest on top of ``plan.base_version``: ``write_update`` then
+    ``commit_update`` in one process. (A distributed build calls
+    ``pack_scenes`` + ``ShardWriter.write`` in its workers and ``commit_update``
+    once with the ShardInfos they return.)
 
     A scene that fails validation, or that the caller reports in ``failed``
     (key -> reason), is skipped: a changed scene then keeps its old version.
     Raises ManifestConflictError if another writer committed first (the shards
     written here stay unlisted; re-plan and retry, ``gc`` removes them)."""
-    skipped = dict(failed or {})
+    written, skipped = write_update(store, plan, scenes, target_shard_bytes=target_shard_bytes, progress=progress)
+    skipped = {**(failed or {}), **skipped}
+    return commit_update(store, plan, written, skipped=skipped, compact_below=compact_below, note=note)
+
+
+def write_update(
+    store, plan: Plan, scenes: Sequence[ProcessedScene], *, target_shard_bytes: int = 256 << 20, progress: bool = False
+) -> tuple[list[ShardInfo], dict[str, str]]:
+    """Validate and write the plan's processed scenes into new (unlisted)
+    shards. Returns (shards written, {skipped key: reason})."""
+    skipped: dict[str, str] = {}
     wanted = {r.key for r in plan.to_process}
     good: list[ProcessedScene] = []
     for ps in scenes:
@@ -124,35 +137,50 @@ def apply_update(
             skipped[ps.key] = str(e)
             continue
         good.append(ps)
-    if not good and not plan.removed:
-        return UpdateResult(None, [], [], skipped)
-
     writer = ShardWriter(store)
-    groups = pack_scenes(good, target_shard_bytes)
-    written = []
-    for group in _progress(groups, progress, "writing shards"):
-        written.append(writer.write(group))
+    written = [writer.write(group) for group in _progress(pack_scenes(good, target_shard_bytes), progress, "writing shards")]
+    return written, skipped
 
-    # scenes whose old version stops being listed
-    changed_done = {ps.key for ps in good} & {r.key for r in plan.changed}
-    hidden = changed_done | set(plan.removed)
+
+def commit_update(
+    store,
+    plan: Plan,
+    written: Sequence[ShardInfo],
+    *,
+    skipped: dict[str, str] | None = None,
+    compact_below: float = 0.5,
+    note: str = "",
+) -> UpdateResult:
+    """Commit shards written for ``plan``: their scenes become listed, the old
+    versions of changed scenes and the removed scenes stop being listed, and
+    base shards left with less than ``compact_below`` of their points live are
+    rewritten (see the module docstring). Returns version None when there was
+    nothing to commit."""
+    skipped = dict(skipped or {})
+    written = list(written)
+    new_keys = {s.key for sh in written for s in sh.scenes}
+    stray = new_keys - {r.key for r in plan.to_process}
+    if stray:
+        raise ValueError(f"written shards hold scenes the plan did not ask for: {sorted(stray)[:5]}")
+    if not written and not plan.removed:
+        return UpdateResult(None, [], [], skipped)
+    hidden = (new_keys & {r.key for r in plan.changed}) | set(plan.removed)
     base = load_manifest(store, plan.base_version) if plan.base_version is not None else None
     compacted: list[str] = []
     if base is not None and hidden:
-        old = ShardStore(writer.location, base)
+        old = ShardStore.open(store, plan.base_version)
+        writer = ShardWriter(store)
         for sh in base.shards:
             live = [e for e in sh.scenes if e.key not in hidden]
             if len(live) == len(sh.scenes) or not live:
                 continue
             total = sh.points_written or sum(e.n_points for e in sh.scenes)
             if sum(e.n_points for e in live) / max(total, 1) < compact_below:
-                rewritten = writer.write([old.read_scene(e.key) for e in live])
-                written.append(rewritten)
+                written.append(writer.write([old.read_scene(e.key) for e in live]))
                 compacted.append(sh.id)
     version = commit(
         store, plan.base_version, added_shards=written, removed_shards=compacted,
-        removed_scenes=hidden if base is not None else (),
-        note=note or plan.summary(),
+        removed_scenes=hidden if base is not None else (), note=note or plan.summary(),
     )
     return UpdateResult(version, written, compacted, skipped)
 

@@ -18,7 +18,7 @@ from typing import Iterable
 
 from pipelines.store.errors import ManifestConflictError, ManifestFormatError, ManifestVersionError, NoManifestError
 from pipelines.store.location import MANIFEST_DIR, SHARD_DIR, StoreLocation
-from pipelines.store.writer import SceneEntry, ShardInfo
+from pipelines.store.writer import INVENTORY, SceneEntry, ShardInfo
 
 MANIFEST_FORMAT = "concerto-store-manifest/1"
 _NAME = re.compile(r"^v(\d{6,})\.json$")
@@ -170,8 +170,8 @@ def commit(
     for sh in added_shards:
         if sh.id in base_ids:
             raise ValueError(f"shard '{sh.id}' is already listed in v{base_version}")
-        if not loc.exists(SHARD_DIR, sh.id, "zarr.json"):
-            raise ValueError(f"shard '{sh.id}' has no files in {loc.url}/{SHARD_DIR}")
+        if not loc.exists(SHARD_DIR, sh.id, INVENTORY):  # written last by the writer
+            raise ValueError(f"shard '{sh.id}' is missing or unfinished in {loc.url}/{SHARD_DIR}")
         shards.append(sh)
     seen: dict[str, str] = {}
     for sh in shards:

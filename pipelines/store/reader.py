@@ -7,14 +7,21 @@ and Dask workers can receive them.
 """
 from __future__ import annotations
 
+import asyncio
+import json
+from pathlib import Path
+
+import numcodecs.blosc
 import numpy as np
+from zarr.core.sync import sync as zarr_sync
 
 from pipelines.records import Correspondence, ProcessedScene
 from pipelines.store.errors import ShardCorruptError
+from pipelines.store.fastread import row_readers
 from pipelines.store.layout import POINT_ARRAYS, SHARD_FORMAT, rgb_array_name
 from pipelines.store.location import SHARD_DIR, StoreLocation
 from pipelines.store.manifest import Manifest, load_manifest
-from pipelines.store.writer import ShardInfo, file_digest
+from pipelines.store.writer import INVENTORY, ShardInfo, file_digest
 from preprocess.scene import Frame, PointCloud, Scene
 
 _TABLES = (
@@ -33,37 +40,70 @@ def array_of_file(rel: str) -> str:
     return rel
 
 
+def coalesce(ranges: list[tuple[int, int]], max_gap: float) -> list[tuple[int, int]]:
+    """Merge half-open row ranges [lo, hi) into fewer, sorted ranges. Two ranges
+    merge when the rows between them are at most ``max_gap`` times the rows
+    wanted (reading a few unneeded rows beats another request). Every input
+    range lies inside one output range."""
+    out: list[list[int]] = []
+    for lo, hi in sorted(set(ranges)):
+        if out and lo - out[-1][1] <= max_gap * max(hi - lo, out[-1][1] - out[-1][0]):
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return [(lo, hi) for lo, hi in out]
+
+
 class ShardReader:
     """One committed shard. ``check_files``: on first use, compare the shard's
     files with the manifest's inventory (names and sizes), which catches deleted
     and truncated chunk files that zarr would otherwise read as fill values."""
 
-    def __init__(self, location: StoreLocation, info: ShardInfo, check_files: bool = True):
+    def __init__(self, location: StoreLocation, info: ShardInfo, check_files: bool = True, direct: bool = True):
         self.location = location
         self.info = info
         self.check_files = check_files
+        self.direct = direct
         self._arrays = None
+        self._inventory = None
+        self._rows: dict = {}
 
     @property
     def id(self) -> str:
         return self.info.id
 
     def __getstate__(self):
-        return {"location": self.location, "info": self.info, "check_files": self.check_files}
+        return {"location": self.location, "info": self.info, "check_files": self.check_files, "direct": self.direct}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._arrays = None
+        self._inventory = None
+        self._rows = {}
 
     def _corrupt(self, what: str, message: str) -> ShardCorruptError:
         return ShardCorruptError(self.id, what, message)
 
+    def inventory(self) -> dict[str, list]:
+        """{relative path: [size, blake2b]} from the shard's inventory file,
+        checked against the digest the manifest holds."""
+        if self._inventory is None:
+            if not self.location.exists(SHARD_DIR, self.id):
+                raise self._corrupt("folder", f"missing: nothing at {self.location.url}/{SHARD_DIR}/{self.id}")
+            try:
+                data = self.location.read_bytes(SHARD_DIR, self.id, INVENTORY)
+            except FileNotFoundError as e:
+                raise self._corrupt(f"file '{INVENTORY}'", "missing") from e
+            if file_digest(data) != self.info.inventory_digest:
+                raise self._corrupt(f"file '{INVENTORY}'", "content differs from the digest in the manifest")
+            self._inventory = json.loads(data)
+        return self._inventory
+
     def check_inventory(self) -> None:
         """Raise ShardCorruptError if a listed file is missing or has another size."""
+        files = self.inventory()
         actual = self.location.file_sizes(SHARD_DIR, self.id)
-        if not actual:
-            raise self._corrupt("folder", f"missing: nothing at {self.location.url}/{SHARD_DIR}/{self.id}")
-        for rel, (size, _digest) in sorted(self.info.files.items()):
+        for rel, (size, _digest) in sorted(files.items()):
             if rel not in actual:
                 raise self._corrupt(f"array '{array_of_file(rel)}'", f"file '{rel}' is missing")
             if actual[rel] != size:
@@ -71,9 +111,13 @@ class ShardReader:
 
     def verify(self) -> list[str]:
         """Every problem found by re-hashing the shard's files ([] if intact)."""
+        try:
+            files = self.inventory()
+        except ShardCorruptError as e:
+            return [str(e)]
         problems = []
         actual = self.location.file_sizes(SHARD_DIR, self.id)
-        for rel, (size, digest) in sorted(self.info.files.items()):
+        for rel, (size, digest) in sorted(files.items()):
             if rel not in actual:
                 problems.append(f"shard '{self.id}': file '{rel}' is missing")
                 continue
@@ -91,6 +135,10 @@ class ShardReader:
 
         if self.check_files:
             self.check_inventory()
+        # Blosc's own thread pool oversubscribes the cores when loader / Dask
+        # workers already read in parallel; single-threaded decoding measured
+        # faster here (benchmarks/bench_store.py). Process-wide numcodecs setting.
+        numcodecs.blosc.use_threads = False
         try:
             root = zarr.open_group(self.location.zarr_store(SHARD_DIR, self.id, read_only=True), mode="r")
             attrs = dict(root.attrs)
@@ -109,6 +157,8 @@ class ShardReader:
         # small tables are read once and kept in memory
         for name in _TABLES:
             arrays[name] = self._read_array(arrays, name, slice(None))
+        if self.direct and self.location.is_local:
+            self._rows = row_readers(self.location.path(SHARD_DIR, self.id), {n: arrays[n] for n in names})
         self._arrays = arrays
         return arrays
 
@@ -118,6 +168,38 @@ class ShardReader:
         except Exception as e:  # noqa: BLE001 - decode errors surface as many types
             raise self._corrupt(f"array '{name}'", f"cannot read {sel} ({type(e).__name__}: {e})") from e
 
+    def _read_many(self, arrays, requests: list[tuple[str, object]]) -> list[np.ndarray]:
+        """Read several (array name, selection): directly from the chunk files
+        when the fast path supports the array (see fastread), the rest in one
+        round trip through zarr's event loop (the per-call hand-off, not the
+        decoding, dominates small reads)."""
+        out: list = [None] * len(requests)
+        via_zarr = []
+        for k, (name, sel) in enumerate(requests):
+            rows = self._rows.get(name)
+            if rows is None:
+                via_zarr.append(k)
+                continue
+            try:
+                out[k] = rows.read(sel)
+            except Exception as e:  # noqa: BLE001 - missing file, bad frame, short chunk
+                raise self._corrupt(f"array '{name}'", f"cannot read {sel} ({type(e).__name__}: {e})") from e
+        if not via_zarr:
+            return out
+
+        async def one(name, sel):
+            try:
+                return await arrays[name]._async_array.getitem(sel)
+            except Exception as e:  # noqa: BLE001
+                raise self._corrupt(f"array '{name}'", f"cannot read {sel} ({type(e).__name__}: {e})") from e
+
+        async def all_of():
+            return await asyncio.gather(*(one(*requests[k]) for k in via_zarr))
+
+        for k, got in zip(via_zarr, zarr_sync(all_of())):
+            out[k] = got
+        return out
+
     def read(self, name: str, sel=slice(None)) -> np.ndarray:
         return self._read_array(self._open(), name, sel)
 
@@ -125,17 +207,41 @@ class ShardReader:
     def scene_attrs(self) -> list[dict]:
         return self._open()["attrs"]["scenes"]
 
-    def _image(self, a: dict, i: int) -> np.ndarray:
-        h, w = a["attrs"]["image_sizes"][int(a["images/size_group"][i])]
-        return self._read_array(a, f"images/{rgb_array_name(h, w)}", int(a["images/size_slot"][i]))
-
-    def _corr(self, a: dict, i: int) -> tuple[np.ndarray, np.ndarray]:
-        lo, hi = int(a["images/corr_offset"][i]), int(a["images/corr_offset"][i + 1])
-        return self._read_array(a, "corr/point", slice(lo, hi)), self._read_array(a, "corr/pixel", slice(lo, hi))
-
-    def _points(self, a: dict, scene: int) -> dict[str, np.ndarray]:
+    def _scene_data(self, a: dict, scene: int, images: list[int]):
+        """(points {name: array}, [rgb], [(corr point, corr pixel)]) of a scene and
+        some of its images, read in one batch. Row ranges that (nearly) touch are
+        read as one range: each zarr request costs about a millisecond of CPU."""
         lo, hi = int(a["scenes/point_offset"][scene]), int(a["scenes/point_offset"][scene + 1])
-        return {n: self._read_array(a, f"points/{n}", slice(lo, hi)) for n in POINT_ARRAYS}
+        req = [(f"points/{n}", slice(lo, hi)) for n in POINT_ARRAYS]
+        # images: consecutive slots of one size group -> one slice
+        img_ranges: dict[str, list[tuple[int, int]]] = {}
+        for i in images:
+            h, w = a["attrs"]["image_sizes"][int(a["images/size_group"][i])]
+            slot = int(a["images/size_slot"][i])
+            img_ranges.setdefault(f"images/{rgb_array_name(h, w)}", []).append((slot, slot + 1))
+        img_reads = [(name, r) for name, rs in img_ranges.items() for r in coalesce(rs, max_gap=0)]
+        co = a["images/corr_offset"]
+        corr_ranges = [(int(co[i]), int(co[i + 1])) for i in images]
+        corr_reads = coalesce(corr_ranges, max_gap=0.25)
+        req += [(name, slice(*r)) for name, r in img_reads]
+        req += [(arr, slice(*r)) for r in corr_reads for arr in ("corr/point", "corr/pixel")]
+        got = self._read_many(a, req)
+        n_pts, n_img = len(POINT_ARRAYS), len(img_reads)
+        pts = dict(zip(POINT_ARRAYS, got[:n_pts]))
+        img_blocks = {(name, r): block for (name, r), block in zip(img_reads, got[n_pts:n_pts + n_img])}
+        corr_blocks = got[n_pts + n_img:]
+        rgb = []
+        for i in images:
+            h, w = a["attrs"]["image_sizes"][int(a["images/size_group"][i])]
+            name, slot = f"images/{rgb_array_name(h, w)}", int(a["images/size_slot"][i])
+            (r0, _r1), block = next(((r, b) for (n, r), b in img_blocks.items() if n == name and r[0] <= slot < r[1]))
+            rgb.append(block[slot - r0])
+        corr = []
+        for c_lo, c_hi in corr_ranges:
+            k = next(k for k, (r0, r1) in enumerate(corr_reads) if r0 <= c_lo and c_hi <= r1)
+            r0 = corr_reads[k][0]
+            corr.append((corr_blocks[2 * k][c_lo - r0:c_hi - r0], corr_blocks[2 * k + 1][c_lo - r0:c_hi - r0]))
+        return pts, rgb, corr
 
     def sample(self, scene: int, segment: int) -> dict:
         """Segment ``segment`` of the shard's scene ``scene`` as a training sample
@@ -144,8 +250,7 @@ class ShardReader:
         meta = a["attrs"]["scenes"][scene]
         g = int(a["scenes/segment_offset"][scene]) + segment
         views = [int(v) for v in a["segments/images"][g] if v >= 0]
-        pts = self._points(a, scene)
-        corr = [self._corr(a, i) for i in views]
+        pts, rgb, corr = self._scene_data(a, scene, views)
         return {
             "key": meta["key"],
             "source": meta["source"],
@@ -156,7 +261,7 @@ class ShardReader:
             "normal": pts["normal"],
             "segment_label": pts["segment"],
             "instance": pts["instance"],
-            "rgb": [self._image(a, i) for i in views],
+            "rgb": rgb,
             "K": a["images/K"][views].reshape(len(views), 3, 3),
             "pose": a["images/pose"][views].reshape(len(views), 4, 4),
             "corr_point": [c[0] for c in corr],
@@ -168,12 +273,13 @@ class ShardReader:
         (depth is not stored: frames come back with depth None)."""
         a = self._open()
         meta = a["attrs"]["scenes"][scene]
-        pts = self._points(a, scene)
         lo, hi = int(a["scenes/image_offset"][scene]), int(a["scenes/image_offset"][scene + 1])
-        frames, corrs = [], []
-        for j, i in enumerate(range(lo, hi)):
-            frames.append(Frame(name=meta["frame_names"][j], rgb=self._image(a, i), K=a["images/K"][i].copy(), pose=a["images/pose"][i].copy()))
-            corrs.append(Correspondence(*self._corr(a, i)))
+        pts, rgb, corr = self._scene_data(a, scene, list(range(lo, hi)))
+        frames = [
+            Frame(name=meta["frame_names"][j], rgb=rgb[j], K=a["images/K"][i].copy(), pose=a["images/pose"][i].copy())
+            for j, i in enumerate(range(lo, hi))
+        ]
+        corrs = [Correspondence(p, px) for p, px in corr]
         s_lo, s_hi = int(a["scenes/segment_offset"][scene]), int(a["scenes/segment_offset"][scene + 1])
         width = int(meta["segment_width"])
         segments = (a["segments/images"][s_lo:s_hi, :width] - lo).astype(np.int32)
@@ -186,7 +292,7 @@ class ShardReader:
                 instance=pts["instance"] if meta["has_instance"] else None,
             ),
             frames=frames,
-            mesh_path=None if meta["mesh_path"] is None else __import__("pathlib").Path(meta["mesh_path"]),
+            mesh_path=None if meta["mesh_path"] is None else Path(meta["mesh_path"]),
             content_hash=meta["content_hash"],
             meta=meta["meta"],
         )
@@ -208,19 +314,22 @@ class ShardStore:
 
     Samples are ordered by shard (manifest order), scene, segment."""
 
-    def __init__(self, location: StoreLocation, manifest: Manifest, check_files: bool = True):
+    def __init__(self, location: StoreLocation, manifest: Manifest, check_files: bool = True, direct: bool = True):
         self.location = location
         self.manifest = manifest
         self.check_files = check_files
+        self.direct = direct
         self._readers: dict[str, ShardReader] = {}
         self._build_index()
 
     @classmethod
-    def open(cls, url, version: int | None = None, check_files: bool = True) -> "ShardStore":
+    def open(cls, url, version: int | None = None, check_files: bool = True, direct: bool = True) -> "ShardStore":
         """Open ``url`` (path or fsspec URL) at manifest ``version`` (default latest).
-        Raises NoManifestError if the store has no manifest."""
+        Raises NoManifestError if the store has no manifest. ``direct``: on local
+        disks read chunk files without zarr's event loop where the layout allows
+        (same bytes, several times less CPU; see pipelines.store.fastread)."""
         loc = StoreLocation.of(url)
-        return cls(loc, load_manifest(loc, version), check_files=check_files)
+        return cls(loc, load_manifest(loc, version), check_files=check_files, direct=direct)
 
     def _build_index(self):
         shard_of, scene_of, seg_of = [], [], []
@@ -235,10 +344,10 @@ class ShardStore:
         self._shard_of, self._scene_of, self._seg_of = cat(shard_of), cat(scene_of), cat(seg_of)
 
     def __getstate__(self):
-        return {"location": self.location, "manifest": self.manifest, "check_files": self.check_files}
+        return {"location": self.location, "manifest": self.manifest, "check_files": self.check_files, "direct": self.direct}
 
     def __setstate__(self, state):
-        self.__init__(state["location"], state["manifest"], state["check_files"])
+        self.__init__(state["location"], state["manifest"], state["check_files"], state.get("direct", True))
 
     @property
     def url(self) -> str:
@@ -259,7 +368,7 @@ class ShardStore:
         info = self.manifest.shards[shard] if isinstance(shard, int) else self.manifest.shard(shard)
         r = self._readers.get(info.id)
         if r is None:
-            r = self._readers[info.id] = ShardReader(self.location, info, self.check_files)
+            r = self._readers[info.id] = ShardReader(self.location, info, self.check_files, self.direct)
         return r
 
     def locate(self, i: int) -> tuple[str, int, int]:

@@ -16,6 +16,45 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q
 
 
+def look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """float32 [4,4] camera-to-world pose (OpenCV axes: x right, y down, z
+    forward) of a camera at ``eye`` looking at ``target``, world z up."""
+    z = target - eye
+    z = z / np.linalg.norm(z)
+    x = np.cross(z, [0.0, 0.0, 1.0])
+    x = x / np.linalg.norm(x)
+    y = np.cross(z, x)
+    pose = np.eye(4, dtype=np.float32)
+    pose[:3, :3] = np.stack([x, y, z], 1)
+    pose[:3, 3] = eye
+    return pose
+
+
+def project(coord: np.ndarray, K: np.ndarray, pose: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the points of coord [N,3] in front of the camera and inside the
+    h x w image, and their pixels uint16 [M,2] (u, v), nearest pixel centre.
+    No occlusion test: good enough for pictures and benchmarks."""
+    R, t = pose[:3, :3].astype(np.float64), pose[:3, 3].astype(np.float64)
+    cam = (coord - t) @ R
+    z = cam[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = (cam @ K.T.astype(np.float64))[:, :2] / z[:, None]
+    px = np.floor(uv + 0.5)
+    ok = (z > 0.1) & (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
+    idx = np.nonzero(ok)[0].astype(np.int32)
+    return idx, px[ok].astype(np.uint16)
+
+
+def smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """uint8 [h,w,3]: colour gradients plus mild noise (compresses like a photo
+    more than white noise does)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    a = rng.uniform(0.5, 3, 3)
+    img = 127 + 100 * np.sin(xx[..., None] / w * a * np.pi + yy[..., None] / h * a[::-1] * np.pi + rng.uniform(0, 6, 3))
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
 def synthetic_scene(
     rng: np.random.Generator,
     source: str,
@@ -26,9 +65,12 @@ def synthetic_scene(
     corr_per_image: int = 200,
     labels: bool = True,
     content_hash: str | None = None,
+    geometric: bool = False,
 ) -> ProcessedScene:
     """A valid ProcessedScene. image_sizes: (H, W) per frame; [] gives a scene
-    without images (one segment of shape [1, 0]); default four 24x32 frames."""
+    without images (one segment of shape [1, 0]); default four 24x32 frames.
+    geometric: cameras on a circle look at the cloud, correspondences are the
+    real projections and images are smooth (else everything is random)."""
     image_sizes = [(24, 32)] * 4 if image_sizes is None else image_sizes
     pts = PointCloud(
         coord=rng.uniform(-3, 3, (n_points, 3)).astype(np.float32),
@@ -39,16 +81,24 @@ def synthetic_scene(
     )
     frames, corrs = [], []
     for i, (h, w) in enumerate(image_sizes):
-        pose = np.eye(4, dtype=np.float32)
-        pose[:3, :3] = random_rotation(rng)
-        pose[:3, 3] = rng.uniform(-1, 1, 3)
         K = np.array([[w, 0, w / 2], [0, w, h / 2], [0, 0, 1]], np.float32)
-        frames.append(Frame(name=f"frame{i:04d}", rgb=rng.integers(0, 256, (h, w, 3), dtype=np.uint8), K=K, pose=pose))
-        m = int(rng.integers(corr_per_image // 2, corr_per_image + 1))
-        corrs.append(Correspondence(
-            point_index=rng.integers(0, n_points, m).astype(np.int32),
-            pixel=np.stack([rng.integers(0, w, m), rng.integers(0, h, m)], 1).astype(np.uint16),
-        ))
+        if geometric:
+            angle = 2 * np.pi * i / max(len(image_sizes), 1) + rng.uniform(0, 0.3)
+            pose = look_at(np.array([8 * np.cos(angle), 8 * np.sin(angle), 1.5]), rng.uniform(-0.5, 0.5, 3))
+            rgb = smooth_image(rng, h, w)
+            idx, px = project(pts.coord, K, pose, h, w)
+            corrs.append(Correspondence(point_index=idx, pixel=px))
+        else:
+            pose = np.eye(4, dtype=np.float32)
+            pose[:3, :3] = random_rotation(rng)
+            pose[:3, 3] = rng.uniform(-1, 1, 3)
+            rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            m = int(rng.integers(corr_per_image // 2, corr_per_image + 1))
+            corrs.append(Correspondence(
+                point_index=rng.integers(0, n_points, m).astype(np.int32),
+                pixel=np.stack([rng.integers(0, w, m), rng.integers(0, h, m)], 1).astype(np.uint16),
+            ))
+        frames.append(Frame(name=f"frame{i:04d}", rgb=rgb, K=K, pose=pose))
     if frames:
         segments = np.stack([rng.choice(len(frames), size=min(4, len(frames)), replace=False) for _ in range(n_segments)]).astype(np.int32)
     else:

@@ -7,6 +7,7 @@ folder that readers ignore and ``gc`` removes.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -46,14 +47,22 @@ class SceneEntry:
         return SceneEntry(**{k: d[k] for k in SceneEntry.__dataclass_fields__})
 
 
+INVENTORY = "inventory.json"
+
+
 @dataclass
 class ShardInfo:
-    """A written shard: its id, its scenes, and the inventory of its files
-    ({relative path: [size in bytes, blake2b hex]}) used to detect corruption."""
+    """A written shard as a manifest records it: its id, the scenes it serves,
+    and the digest of its inventory file (``<shard>/inventory.json``: {relative
+    path: [size in bytes, blake2b hex]} of every other file), used to detect
+    missing, truncated or altered files. The inventory lives beside the data, not
+    in the manifest, so manifests stay small however many chunk files a shard has."""
 
     id: str
     scenes: list[SceneEntry]
-    files: dict[str, list]
+    inventory_digest: str
+    nbytes: int = 0
+    n_files: int = 0
     created: str = ""
     n_scenes_written: int = 0  # scenes physically in the shard (listed or not)
     points_written: int = 0
@@ -66,12 +75,8 @@ class ShardInfo:
     def n_segments(self) -> int:
         return sum(s.n_segments for s in self.scenes)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(int(v[0]) for v in self.files.values())
-
     def with_scenes(self, scenes: list[SceneEntry]) -> "ShardInfo":
-        return ShardInfo(self.id, scenes, self.files, self.created, self.n_scenes_written, self.points_written)
+        return dataclasses.replace(self, scenes=scenes)
 
     def to_json(self) -> dict:
         return {
@@ -80,8 +85,9 @@ class ShardInfo:
             "n_scenes_written": self.n_scenes_written,
             "points_written": self.points_written,
             "bytes": self.nbytes,
+            "n_files": self.n_files,
+            "inventory_digest": self.inventory_digest,
             "scenes": [s.to_json() for s in self.scenes],
-            "files": self.files,
         }
 
     @staticmethod
@@ -89,7 +95,9 @@ class ShardInfo:
         return ShardInfo(
             id=d["id"],
             scenes=[SceneEntry.from_json(s) for s in d["scenes"]],
-            files={k: list(v) for k, v in d["files"].items()},
+            inventory_digest=d["inventory_digest"],
+            nbytes=int(d.get("bytes", 0)),
+            n_files=int(d.get("n_files", 0)),
             created=d.get("created", ""),
             n_scenes_written=int(d.get("n_scenes_written", len(d["scenes"]))),
             points_written=int(d.get("points_written", 0)),
@@ -188,28 +196,43 @@ class ShardWriter:
 
     ``write(scenes)`` validates every scene first (nothing is written if one is
     bad), writes one new shard and returns its ShardInfo; the shard is not yet
-    visible to readers (commit it with ``pipelines.store.manifest.commit``)."""
+    visible to readers (commit it with ``pipelines.store.manifest.commit``).
 
-    def __init__(self, store, *, clevel: int = 3, point_chunk: int = POINT_CHUNK, corr_chunk: int = CORR_CHUNK):
+    shard_files: pack each array's chunks into one file with zarr's sharding
+    codec (fewer files, for object stores with per-object costs). Off by
+    default: on local disks it cost 30-50 % more CPU per read (an index read
+    per request), see benchmarks/bench_store.py."""
+
+    def __init__(self, store, *, clevel: int = 3, point_chunk: int = POINT_CHUNK, corr_chunk: int = CORR_CHUNK,
+                 shard_files: bool = False, numeric_codec: str = "lz4"):
         self.location = StoreLocation.of(store)
+        self.numeric_codec = numeric_codec
+        self.shard_files = shard_files
         self.clevel = clevel
         self.point_chunk = point_chunk
         self.corr_chunk = corr_chunk
 
-    def _compressors(self, typesize_shuffle: bool):
+    def _compressors(self, image: bool):
+        """Images: zstd (lossless, ~2x smaller than lz4 on photos). Everything
+        else: byte-shuffled lz4, which decodes several times faster than zstd:
+        a sample reads a whole scene's points, so decode speed matters more."""
         from zarr.codecs import BloscCodec
 
-        return [BloscCodec(cname="zstd", clevel=self.clevel, shuffle="shuffle" if typesize_shuffle else "noshuffle")]
+        if image:
+            return [BloscCodec(cname="zstd", clevel=self.clevel, shuffle="noshuffle")]
+        if self.numeric_codec == "none":
+            return []
+        return [BloscCodec(cname=self.numeric_codec, clevel=5, shuffle="shuffle")]
 
-    def _write_array(self, group, name: str, data: np.ndarray, chunk_rows: int | None = None):
-        """One array; ``chunk_rows`` rows per chunk (None: a single chunk), all
-        chunks of the array sharded into one file so a row range is one file."""
+    def _write_array(self, group, name: str, data: np.ndarray, chunk_rows: int | None = None, image: bool = False):
+        """One array; ``chunk_rows`` rows per chunk (None: a single chunk); with
+        ``shard_files`` all chunks of the array go into one file."""
         rows = max(1, data.shape[0])
         chunk = rows if chunk_rows is None else min(chunk_rows, rows)
         chunks = (chunk,) + tuple(max(1, d) for d in data.shape[1:])
         n_chunks = math.ceil(rows / chunk)
         shards = None
-        if n_chunks > 1:
+        if n_chunks > 1 and self.shard_files:
             shards = (n_chunks * chunk,) + chunks[1:]
         arr = group.create_array(
             name,
@@ -217,8 +240,11 @@ class ShardWriter:
             dtype=data.dtype,
             chunks=chunks,
             shards=shards,
-            compressors=self._compressors(data.dtype.itemsize > 1),
+            compressors=self._compressors(image),
             fill_value=0,
+            # every chunk is a file, even all-zero ones: a missing file then
+            # always means damage (and the direct reader needs no fill logic)
+            config={"write_empty_chunks": True},
         )
         if data.size:
             arr[...] = data
@@ -287,7 +313,7 @@ class ShardWriter:
         g = root.create_group("images")
         for gi, (h, w) in enumerate(sizes):
             stack = np.stack([f.rgb for f, sg in zip(frames, size_group) if sg == gi])
-            self._write_array(g, rgb_array_name(h, w), stack, 1)
+            self._write_array(g, rgb_array_name(h, w), stack, 1, image=True)
         self._write_array(g, "size_group", size_group)
         self._write_array(g, "size_slot", size_slot)
         self._write_array(g, "K", np.stack([f.K for f in frames]) if frames else np.zeros((0, 3, 3), np.float32))
@@ -301,6 +327,9 @@ class ShardWriter:
         self._write_array(g, "images", seg_images)
 
         files = self.inventory(shard_id)
+        inventory = json.dumps(files, sort_keys=True).encode()
+        # written last: a shard with an inventory file finished writing
+        loc.fs.pipe_file(loc.path(SHARD_DIR, shard_id, INVENTORY), inventory)
         entries = [
             SceneEntry(
                 key=ps.key, source=ps.scene.source, scene_id=ps.scene.scene_id,
@@ -311,16 +340,20 @@ class ShardWriter:
             for i, ps in enumerate(scenes)
         ]
         return ShardInfo(
-            id=shard_id, scenes=entries, files=files,
+            id=shard_id, scenes=entries, inventory_digest=file_digest(inventory),
+            nbytes=sum(v[0] for v in files.values()) + len(inventory), n_files=len(files) + 1,
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             n_scenes_written=len(scenes), points_written=int(n_pts.sum()),
         )
 
     def inventory(self, shard_id: str) -> dict[str, list]:
-        """{relative path: [size, blake2b]} of every file of a shard."""
+        """{relative path: [size, blake2b]} of every file of a shard (but the
+        inventory file itself)."""
         loc = self.location
         out = {}
         for rel in sorted(loc.file_sizes(SHARD_DIR, shard_id)):
+            if rel == INVENTORY:
+                continue
             data = loc.read_bytes(SHARD_DIR, shard_id, rel)
             out[rel] = [len(data), file_digest(data)]
         return out

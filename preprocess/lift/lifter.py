@@ -124,7 +124,11 @@ class VGGTLifter:
         with torch.inference_mode():
             out = self.model(x, with_points=False, autocast_dtype=self.autocast_dtype)
         S, h, w = rgb.shape[:3]
-        extr, Kp = geo.pose_encoding_to_cameras(out.pose_enc[0].double().cpu().numpy(), (h, w))
+        enc = out.pose_enc[0].double().cpu().numpy()
+        fov = enc[:, 7:]
+        if not np.isfinite(enc).all() or (fov <= 1e-3).any() or (fov >= np.pi - 1e-3).any():
+            raise ValueError(f"VGGT predicted unusable cameras (fov_h, fov_w per view: {np.round(fov, 4).tolist()})")
+        extr, Kp = geo.pose_encoding_to_cameras(enc, (h, w))
         d = out.depth[0].float().cpu().numpy()
         c = out.depth_conf[0].float().cpu().numpy()
         d = np.where(np.isfinite(d) & (d > 0), d, np.nan).astype(np.float32)

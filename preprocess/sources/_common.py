@@ -62,6 +62,16 @@ class AdapterBase:
         if not self.path.is_dir():
             raise ValueError(f"source '{self.name}' ({self.kind}): dataset path '{self.path}' is not a directory")
 
+    def cache(self) -> dict:
+        """Per-process scratch space (open archives, loaded meshes). Dropped when
+        the adapter is pickled to a worker, so it is rebuilt there lazily."""
+        return self.__dict__.setdefault("_cache", {})
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_cache", None)
+        return state
+
     @property
     def frame_skip(self) -> int:
         return int(self.options["frame_skip"])
@@ -69,7 +79,10 @@ class AdapterBase:
     def options_key(self) -> str:
         """The options as a stable string: part of every content hash, because
         they change what ``load`` produces."""
-        return f"{self.kind}|" + "|".join(f"{k}={self.options[k]!r}" for k in sorted(self.options))
+        def show(v):
+            return repr(str(v)) if isinstance(v, Path) else repr(v)  # Path("x") and "x" are one config
+
+        return f"{self.kind}|" + "|".join(f"{k}={show(self.options[k])}" for k in sorted(self.options))
 
     def ref(self, scene_id: str, files: Iterable[Path]) -> SceneRef:
         return SceneRef(self.name, scene_id, scene_hash(files, self.options_key(), self.options["hash_mode"]))
@@ -229,7 +242,13 @@ def read_ply(path: Path, scene: str) -> dict:
         raise SourceError(scene, str(path), f"cannot read PLY ({type(exc).__name__}: {exc})") from exc
     raw = (loaded.metadata or {}).get("_ply_raw", {})
     vert = raw.get("vertex", {}).get("data")
-    props = {name: np.asarray(vert[name]) for name in vert.dtype.names} if vert is not None and vert.dtype.names else {}
+    # trimesh keeps binary vertex data as a structured array, ascii as a dict
+    if isinstance(vert, dict):
+        props = {name: np.asarray(arr).reshape(-1) for name, arr in vert.items()}
+    elif vert is not None and getattr(vert.dtype, "names", None):
+        props = {name: np.asarray(vert[name]) for name in vert.dtype.names}
+    else:
+        props = {}
     coord = np.asarray(loaded.vertices, dtype=np.float64)
     if coord.ndim != 2 or coord.shape[0] == 0:
         raise SourceError(scene, str(path), "PLY has no vertices")

@@ -126,11 +126,12 @@ class PointceptSource(AdapterBase):
             raise SourceError(key, str(self.path), "scene folder (with coord.npy) not found")
         split, rel = scenes[ref.scene_id]
         points = self._points(self.path / split / rel, key)
-        frames, corrs, skipped = self._frames(self.path / "images" / split / rel, key, len(points))
+        frames, corrs, skipped, depth_unused = self._frames(self.path / "images" / split / rel, key, len(points))
         scene = Scene(
             scene_id=ref.scene_id, source=self.name, points=points, frames=frames, mesh_path=None,
             content_hash=ref.content_hash,
-            meta={"dataset": "pointcept", "split": split, "correspondences": corrs, "skipped_frames": skipped},
+            meta={"dataset": "pointcept", "split": split, "correspondences": corrs, "skipped_frames": skipped,
+                  "depth_size_mismatch": depth_unused},
         )
         return scene.validate()
 
@@ -173,14 +174,14 @@ class PointceptSource(AdapterBase):
 
     def _frames(self, d: Path, key: str, num_points: int):
         if not (d / "color").is_dir():
-            return [], {}, []
+            return [], {}, [], []
         color_files = sorted(
             (p for p in (d / "color").rglob("*") if p.suffix in IMAGE_SUFFIXES and "pano" not in p.relative_to(d / "color").parts),
             key=lambda p: _natural_key(p.relative_to(d / "color").as_posix()),
         )
         color_files = color_files[:: self.frame_skip]
         shared_K = self._shared_intrinsic(d, key)
-        frames, corrs, skipped = [], {}, []
+        frames, corrs, skipped, depth_mismatch = [], {}, [], []
         for cf in color_files:
             sub = cf.relative_to(d / "color").parent  # "" or e.g. "prsp"
             stem = cf.stem
@@ -212,14 +213,17 @@ class PointceptSource(AdapterBase):
             depth_path = d / "depth" / sub / f"{stem}.png"
             if self.options["read_depth"] and depth_path.is_file():
                 raw = read_uint16_png(depth_path, key)
-                if raw.shape != rgb.shape[:2]:
-                    raise SourceError(key, str(depth_path), f"depth is {list(raw.shape)}, colour is {list(rgb.shape[:2])}")
-                depth = depth_from_raw(raw, float(self.options["depth_scale"]), invalid=(0, 65535))
+                if raw.shape == rgb.shape[:2]:
+                    depth = depth_from_raw(raw, float(self.options["depth_scale"]), invalid=(0, 65535))
+                else:
+                    # Pointcept's ScanNet output keeps the 640x480 sensor depth next to
+                    # 1296x968 colour: another camera, not a resize, so it is not used
+                    depth_mismatch.append(name)
             frames.append(Frame(name=name, rgb=rgb, K=K, pose=pose.astype(np.float32), depth=depth))
             corr = self._correspondence(d, sub, stem, key, num_points, rgb.shape[:2])
             if corr is not None:
                 corrs[name] = corr
-        return frames, corrs, skipped
+        return frames, corrs, skipped, depth_mismatch
 
     def _shared_intrinsic(self, d: Path, key: str) -> Optional[np.ndarray]:
         kd = d / "intrinsic"

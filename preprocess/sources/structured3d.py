@@ -1,4 +1,7 @@
-"""Structured3D (unzipped) in its published layout; one scene per room.
+"""Structured3D in its published layout; one scene per room.
+
+The dataset path holds either the published zip archives (every ``*.zip`` is
+read in place, nothing extracted) or an extracted copy:
 
     <path>/[Structured3D/]scene_<sceneID>/2D_rendering/<roomID>/perspective/full/<positionID>/
         rgb_rawlight.png     colour
@@ -21,20 +24,19 @@ Panoramas are not read (they are not pinhole images).
 """
 from __future__ import annotations
 
+import hashlib
+import io
+import os
+import re
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from preprocess.scene import Frame, PointCloud, Scene
-from preprocess.sources._common import (
-    AdapterBase,
-    depth_from_raw,
-    intrinsics,
-    read_rgb,
-    read_uint16_png,
-    require_file,
-)
-from preprocess.sources.base import SceneRef, SourceError, register_source
+from preprocess.sources._common import AdapterBase, decode_rgb, depth_from_raw, intrinsics, require_file
+from preprocess.sources.base import SceneRef, SourceError, hash_files, register_source
 
 # NYU40 ids of the 25 Structured3D benchmark classes (Pointcept's order).
 STRUCTURED3D_25_NYU40_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 14, 15, 16, 17, 18, 19, 22, 24, 25, 32, 34, 35, 38, 39, 40)
@@ -94,67 +96,144 @@ def image_normals(points: np.ndarray, camera_centre: np.ndarray) -> np.ndarray:
     return n
 
 
+_NEEDED = ("rgb_rawlight.png", "depth.png", "semantic.png", "camera_pose.txt")
+_PERSPECTIVE = re.compile(r"^(?:Structured3D/)?(scene_[^/]+)/2D_rendering/([^/]+)/perspective/full/([^/]+)/([^/]+)$")
+
+
+class DatasetFiles:
+    """The perspective-view files of a Structured3D copy, from an extracted
+    folder or straight from the published zip archives (every ``*.zip`` in the
+    dataset path). Maps "scene/room/position/file" -> where to read it.
+
+    Content signatures: folder = size + mtime (or sha1 of the bytes with
+    hash_mode "content"); zip = the member's CRC-32 and size from the
+    archive's directory, a content hash that costs no reading."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.zips = sorted(root.glob("*.zip"))
+        # (scene, room) -> position -> file name -> zip path (str) or file path
+        self.rooms: dict[tuple[str, str], dict[str, dict[str, str]]] = {}
+        self.zip_info: dict[str, tuple[str, int, int]] = {}  # member name -> (zip, crc, size)
+        if self.zips:
+            for z in self.zips:
+                with zipfile.ZipFile(z) as zf:
+                    for info in zf.infolist():
+                        self._add(info.filename, str(z))
+                        self.zip_info[info.filename] = (str(z), info.CRC, info.file_size)
+        else:
+            base = root / "Structured3D" if (root / "Structured3D").is_dir() else root
+            for scene_dir in sorted(base.glob("scene_*")):
+                for dirpath, _, files in os.walk(scene_dir / "2D_rendering"):
+                    for f in files:
+                        full = Path(dirpath) / f
+                        self._add(full.relative_to(base).as_posix(), str(full))
+
+    def _add(self, name: str, where: str) -> None:
+        m = _PERSPECTIVE.match(name)
+        if m and m[4] in _NEEDED:
+            self.rooms.setdefault((m[1], m[2]), {}).setdefault(m[3], {})[m[4]] = name if self.zips else where
+
+    def signature(self, ref: str, mode: str) -> str:
+        if self.zips:
+            z, crc, size = self.zip_info[ref]
+            return f"{ref}:{Path(z).name}:{crc}:{size}"
+        if mode == "content":
+            return f"{ref}:{hash_files([ref])}"
+        st = Path(ref).stat()
+        return f"{ref}:{st.st_size}:{st.st_mtime_ns}"
+
+    def read(self, ref: str, scene: str, zips_open: dict) -> bytes:
+        if not self.zips:
+            require_file(scene, Path(ref))
+            return Path(ref).read_bytes()
+        z = self.zip_info[ref][0]
+        try:
+            if z not in zips_open:
+                zips_open[z] = zipfile.ZipFile(z)
+            return zips_open[z].read(ref)
+        except (zipfile.BadZipFile, zlib.error, OSError, KeyError) as exc:
+            raise SourceError(scene, f"{z}:{ref}", f"cannot read archive member ({type(exc).__name__}: {exc})") from exc
+
+    def describe(self, ref: str) -> str:
+        return f"{self.zip_info[ref][0]}:{ref}" if self.zips else ref
+
+
 @register_source("structured3d")
 class Structured3DSource(AdapterBase):
     """Options: frame_skip (1), min_view_cosine (0.15: drop points seen at
     grazing angles, where depth edges smear), voxel_size (None: keep every
     pixel's point; else keep one point per voxel of this size in metres),
-    hash_mode ("stat")."""
+    hash_mode ("stat"; ignored for zips, whose CRCs are content hashes)."""
 
     OPTIONS = {"min_view_cosine": 0.15, "voxel_size": None}
 
-    def _scene_root(self) -> Path:
-        return self.path / "Structured3D" if (self.path / "Structured3D").is_dir() else self.path
+    def _files(self) -> DatasetFiles:
+        cache = self.cache()
+        if "files" not in cache:
+            cache["files"] = DatasetFiles(self.path)
+        return cache["files"]
 
-    def _rooms(self) -> dict[str, Path]:
-        out = {}
-        for scene_dir in sorted(self._scene_root().glob("scene_*")):
-            rendering = scene_dir / "2D_rendering"
-            if not rendering.is_dir():
-                continue
-            for room in sorted(rendering.iterdir(), key=lambda p: p.name):
-                if (room / "perspective" / "full").is_dir():
-                    out[f"{scene_dir.name}_room_{room.name}"] = room
-        return out
+    def _rooms(self) -> dict[str, tuple[str, str]]:
+        return {f"{scene}_room_{room}": (scene, room) for scene, room in sorted(self._files().rooms)}
 
-    def _positions(self, room: Path) -> list[Path]:
-        full = room / "perspective" / "full"
-        ps = sorted((p for p in full.iterdir() if p.is_dir()), key=lambda p: (len(p.name), p.name))
-        return ps[:: self.frame_skip]
+    def _positions(self, scene: str, room: str) -> list[tuple[str, dict[str, str]]]:
+        positions = self._files().rooms[(scene, room)]
+        names = sorted(positions, key=lambda p: (len(p), p))[:: self.frame_skip]
+        return [(p, positions[p]) for p in names]
 
     def discover(self) -> list[SceneRef]:
+        files = DatasetFiles(self.path)  # always re-scan: discovery must see changes
+        self.cache()["files"] = files
+        mode = self.options["hash_mode"]
         refs = []
-        for sid, room in self._rooms().items():
-            files = [f for p in self._positions(room) for f in p.iterdir() if f.name in
-                     ("rgb_rawlight.png", "depth.png", "semantic.png", "camera_pose.txt")]
-            refs.append(self.ref(sid, files))
+        for sid, (scene, room) in self._rooms().items():
+            h = hashlib.sha1(self.options_key().encode())
+            for pos, entries in self._positions(scene, room):
+                for fname in sorted(entries):
+                    h.update(f"{pos}/{fname}={files.signature(entries[fname], mode)}\n".encode())
+            refs.append(SceneRef(self.name, sid, h.hexdigest()))
         return refs
 
     def load(self, ref: SceneRef) -> Scene:
         key = self.key(ref.scene_id)
         rooms = self._rooms()
         if ref.scene_id not in rooms:
-            raise SourceError(key, str(self.path), "room folder not found")
+            raise SourceError(key, str(self.path), "room not found (no perspective/full views)")
+        scene_name, room = rooms[ref.scene_id]
+        files = self._files()
+        zips_open = self.cache().setdefault("zips_open", {})
+        room_dir = f"{scene_name}/2D_rendering/{room}/perspective/full"
+
+        def read(entries: dict, pos: str, fname: str, required=True):
+            if fname not in entries:
+                if required:
+                    raise SourceError(key, f"{self.path}/{room_dir}/{pos}/{fname}", "missing file")
+                return None, None
+            return files.read(entries[fname], key, zips_open), files.describe(entries[fname])
+
         frames, coords, colors, normals, labels = [], [], [], [], []
-        for pos in self._positions(rooms[ref.scene_id]):
-            rgb = read_rgb(pos / "rgb_rawlight.png", key)
-            raw = read_uint16_png(pos / "depth.png", key)
+        for pos, entries in self._positions(scene_name, room):
+            data, where = read(entries, pos, "rgb_rawlight.png")
+            rgb = decode_rgb(data, key, where)
+            data, where = read(entries, pos, "depth.png")
+            raw = _decode_uint16(data, key, where)
             if raw.shape != rgb.shape[:2]:
-                raise SourceError(key, str(pos / "depth.png"), f"depth is {list(raw.shape)}, colour is {list(rgb.shape[:2])}")
+                raise SourceError(key, where, f"depth is {list(raw.shape)}, colour is {list(rgb.shape[:2])}")
             depth = depth_from_raw(raw, 1000.0)
-            cam_file = require_file(key, pos / "camera_pose.txt", "camera pose")
+            data, where = read(entries, pos, "camera_pose.txt")
             try:
-                values = np.array(cam_file.read_text().split(), dtype=np.float64)
+                values = np.array(data.decode("ascii", "replace").split(), dtype=np.float64)
             except ValueError as exc:
-                raise SourceError(key, str(cam_file), f"non-numeric camera pose ({exc})") from exc
+                raise SourceError(key, where, f"non-numeric camera pose ({exc})") from exc
             if values.size < 11 or not np.isfinite(values[:11]).all():
-                raise SourceError(key, str(cam_file), f"expected 'vx vy vz tx ty tz ux uy uz xfov yfov 1', got {values.size} numbers")
+                raise SourceError(key, where, f"expected 'vx vy vz tx ty tz ux uy uz xfov yfov 1', got {values.size} numbers")
             if not (0 < values[9] < np.pi / 2 and 0 < values[10] < np.pi / 2):
-                raise SourceError(key, str(cam_file), f"fov half-angles must be in (0, pi/2) radians, got {values[9]}, {values[10]}")
+                raise SourceError(key, where, f"fov half-angles must be in (0, pi/2) radians, got {values[9]}, {values[10]}")
             if np.linalg.norm(np.cross(values[3:6], values[6:9])) < 1e-9:
-                raise SourceError(key, str(cam_file), "view and up directions are parallel or zero")
+                raise SourceError(key, where, "view and up directions are parallel or zero")
             K, pose = camera_from_structured3d(values, rgb.shape[1], rgb.shape[0])
-            frames.append(Frame(name=pos.name, rgb=rgb, K=K, pose=pose, depth=depth))
+            frames.append(Frame(name=pos, rgb=rgb, K=K, pose=pose, depth=depth))
 
             pts = unproject(depth, K, pose)
             nrm = image_normals(pts, pose[:3, 3].astype(np.float64))
@@ -169,19 +248,19 @@ class Structured3DSource(AdapterBase):
             coords.append(pts[keep])
             colors.append(rgb[keep])
             normals.append(nrm[keep])
-            sem_path = pos / "semantic.png"
-            if sem_path.is_file():
-                sem = np.asarray(read_rgb_or_gray(sem_path, key))
+            data, where = read(entries, pos, "semantic.png", required=False)
+            if data is not None:
+                sem = _decode_labels(data, key, where)
                 if sem.shape != depth.shape:
-                    raise SourceError(key, str(sem_path), f"semantic is {list(sem.shape)}, depth is {list(depth.shape)}")
+                    raise SourceError(key, where, f"semantic is {list(sem.shape)}, depth is {list(depth.shape)}")
                 labels.append(nyu40_to_structured3d25(sem)[keep])
             else:
                 labels.append(np.full(int(keep.sum()), -1, np.int32))
         if not frames:
-            raise SourceError(key, str(rooms[ref.scene_id] / "perspective" / "full"), "room has no perspective views")
+            raise SourceError(key, f"{self.path}/{room_dir}", "room has no perspective views")
         coord = np.concatenate(coords)
         if len(coord) == 0:
-            raise SourceError(key, str(rooms[ref.scene_id]), "no valid depth in any perspective view")
+            raise SourceError(key, f"{self.path}/{room_dir}", "no valid depth in any perspective view")
         color, normal, segment = np.concatenate(colors), np.concatenate(normals), np.concatenate(labels)
         if self.options["voxel_size"]:
             grid = np.floor(coord / float(self.options["voxel_size"])).astype(np.int64)
@@ -195,13 +274,26 @@ class Structured3DSource(AdapterBase):
         return scene.validate(require_depth=True)
 
 
-def read_rgb_or_gray(path: Path, scene: str) -> np.ndarray:
+def _decode_uint16(data: bytes, scene: str, where: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            arr = np.asarray(im)
+    except Exception as exc:
+        raise SourceError(scene, where, f"cannot decode depth image ({type(exc).__name__}: {exc})") from exc
+    if arr.ndim != 2:
+        raise SourceError(scene, where, f"depth image must have one channel, got shape {list(arr.shape)}")
+    return arr.astype(np.uint16)
+
+
+def _decode_labels(data: bytes, scene: str, where: str) -> np.ndarray:
     """uint8 [H,W] label image (first channel if stored as RGB)."""
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             arr = np.asarray(im)
     except Exception as exc:
-        raise SourceError(scene, str(path), f"cannot decode label image ({type(exc).__name__}: {exc})") from exc
+        raise SourceError(scene, where, f"cannot decode label image ({type(exc).__name__}: {exc})") from exc
     return arr if arr.ndim == 2 else arr[..., 0]

@@ -1,0 +1,184 @@
+"""The build-dataset flow, end to end: real Prefect (a temporary local server),
+a real Dask LocalCluster, real Zarr stores, tiny synthetic rooms.
+
+Prefect costs ~10-15 s per flow run here, so each test packs several checks
+into few runs."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import flows  # noqa: F401  (project Prefect defaults before prefect is imported)
+from flows.settings import PROJECT_ROOT
+from pipelines.quarantine import load_quarantine
+from pipelines.store import ShardStore, ShardWriter, latest_version, list_versions, load_manifest
+from pipelines.store.location import SHARD_DIR
+from preprocess.sources import make_source
+
+pytestmark = pytest.mark.slow
+
+TINY = dict(frames_per_scene=4, image_width=64, image_height=48, points_per_scene=2000)
+FLOW_KW = dict(min_correspondences=10, scenes_per_task=2, shard_size=2, render_backend="auto")
+
+
+def flow_kw(dask_address: str) -> dict:
+    return dict(FLOW_KW, dask_address=dask_address)
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """A temporary Prefect server + database for this module's flow runs."""
+    from prefect.settings import PREFECT_HOME, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with temporary_settings(updates={PREFECT_HOME: str(home)}):
+        with prefect_test_harness(server_startup_timeout=180):
+            from prefect.settings import PREFECT_API_URL
+
+            yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="module")
+def dask_address(prefect_api):
+    """One real Dask cluster shared by the in-process runs (the flow's own
+    LocalCluster path is exercised by the killed-run test)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      host="127.0.0.1", env={"PREFECT_API_URL": prefect_api}) as cluster:
+        yield cluster.scheduler_address
+
+
+def synthetic(path: Path, name: str, num_scenes: int, seed: int) -> dict:
+    return {"kind": "synthetic", "path": str(path), "name": name,
+            "options": dict(TINY, num_scenes=num_scenes, seed=seed)}
+
+
+def shard_file_digests(store: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted((store / SHARD_DIR).rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(store))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def test_build_incremental_and_quarantine(prefect_api, dask_address, tmp_path):
+    from flows.build_dataset import build_dataset
+
+    store = tmp_path / "store"
+    src_a = synthetic(tmp_path / "a", "synthA", 2, seed=1)
+
+    # run 1: two scenes into an empty store
+    s1 = build_dataset(sources=[src_a], store=str(store), **flow_kw(dask_address))
+    assert s1["scenes"] == dict(discovered=2, skipped=0, new=2, changed=0, processed=2, quarantined=0, removed=0)
+    assert s1["shards_written"] == 1 and s1["batches"] == 1
+    opened = ShardStore.open(str(store))
+    assert sorted(opened.scene_keys()) == ["synthA/room000_seed1", "synthA/room001_seed1"]
+    assert opened.version == s1["manifest_version"] == latest_version(store)
+    assert len(opened) == s1["segments_written"] > 0
+    ps = opened.read_scene("synthA/room001_seed1")
+    assert len(ps.scene.points) == TINY["points_per_scene"] and ps.segments.shape[1] == 4
+    before = shard_file_digests(store)
+    assert before
+
+    # a second source of three rooms: one with a truncated mesh, one with a NaN pose
+    src_b = synthetic(tmp_path / "b", "synthB", 3, seed=2)
+    refs = make_source("synthetic", src_b["path"], name="synthB", **src_b["options"]).discover()
+    mesh = tmp_path / "b" / refs[0].scene_id / "mesh.ply"
+    mesh.write_bytes(mesh.read_bytes()[: mesh.stat().st_size // 2])
+    cam_file = tmp_path / "b" / refs[1].scene_id / "cameras.json"
+    cams = json.loads(cam_file.read_text())
+    cams["frames"][0]["pose"][0][3] = float("nan")
+    cam_file.write_text(json.dumps(cams))
+
+    # run 2: both sources; only synthB is new, the bad rooms are quarantined
+    s2 = build_dataset(sources=[src_a, src_b], store=str(store), **flow_kw(dask_address))
+    assert s2["scenes"] == dict(discovered=5, skipped=2, new=3, changed=0, processed=1, quarantined=2, removed=0)
+    assert s2["manifest_version"] > s1["manifest_version"]
+    after = shard_file_digests(store)
+    assert {k: after[k] for k in before} == before, "committed shards must stay byte-identical"
+    opened = ShardStore.open(str(store))
+    assert sorted(opened.scene_keys()) == ["synthA/room000_seed1", "synthA/room001_seed1", "synthB/room002_seed2"]
+
+    report = load_quarantine(store)
+    bad_mesh, bad_pose = f"synthB/{refs[0].scene_id}", f"synthB/{refs[1].scene_id}"
+    assert sorted(report) == [bad_mesh, bad_pose]
+    assert report[bad_mesh].stage == "load" and report[bad_mesh].error_type == "SourceError"
+    assert "mesh.ply" in report[bad_mesh].message and bad_mesh in report[bad_mesh].message
+    assert report[bad_pose].stage == "load" and "finite" in report[bad_pose].message
+    raw = json.loads((store / "reports" / "quarantine.json").read_text())
+    assert raw["count"] == 2 and {e["error_type"] for e in raw["scenes"]} == {"SourceError", "CameraError"}
+    assert Path(s2["report"]).is_file() and json.loads(Path(s2["report"]).read_text())["scenes"]["processed"] == 1
+    assert set(s2["elapsed_s"]) >= {"discover", "plan", "build", "commit", "total"}
+
+    # run 3: repair the mesh (regenerated on discovery), drop source synthA
+    mesh.unlink()
+    s3 = build_dataset(sources=[src_b], store=str(store), **flow_kw(dask_address))
+    assert s3["scenes"] == dict(discovered=3, skipped=1, new=2, changed=0, processed=1, quarantined=1, removed=2)
+    assert sorted(ShardStore.open(str(store)).scene_keys()) == [bad_mesh, "synthB/room002_seed2"]
+    assert sorted(load_quarantine(store)) == [bad_pose]
+    # the old version is still readable: readers pin a manifest version
+    assert len(ShardStore.open(str(store), version=s2["manifest_version"]).scene_keys()) == 3
+
+
+def _scene_keys_at_latest(store: Path) -> list[str]:
+    try:
+        v = latest_version(store)
+    except FileNotFoundError:
+        return []
+    return [] if v is None else sorted(load_manifest(store, v).scenes())
+
+
+def test_killed_build_resumes_with_every_scene_once(prefect_api, tmp_path):
+    from flows.build_dataset import build_dataset
+
+    store = tmp_path / "store"
+    n = 6
+    src = synthetic(tmp_path / "src", "synth", n, seed=3)
+    make_source("synthetic", src["path"], name="synth", **src["options"]).discover()  # generate files up front
+    opts = ",".join(f"{k}={v}" for k, v in src["options"].items())
+    cmd = [sys.executable, "-m", "flows.build_dataset", "--store", str(store),
+           "--source", f"synthetic:{src['path']}:name=synth,{opts}",
+           "--min-correspondences", "10", "--scenes-per-task", "1", "--shard-size", "1", "--no-progress"]
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    log = open(tmp_path / "killed-run.log", "wb")
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None and not list_versions(store):
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the build ended before it could be killed; see {tmp_path / 'killed-run.log'}"
+        assert list_versions(store), "no batch committed within the time limit"
+        os.killpg(proc.pid, signal.SIGKILL)  # the flow, its Dask cluster, everything in its session
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        log.close()
+    committed = _scene_keys_at_latest(store)
+    assert 1 <= len(committed) < n, "the kill should land mid-build"
+
+    # a shard written by a batch that died before its commit
+    orphan = ShardWriter(str(store)).write([ShardStore.open(str(store)).read_scene(committed[0])])
+    assert (store / SHARD_DIR / orphan.id).is_dir()
+
+    s = build_dataset(sources=[src], store=str(store), min_correspondences=10, scenes_per_task=2, shard_size=2,
+                      gc_grace_seconds=0.0)
+    assert s["scenes"]["skipped"] == len(committed)
+    assert s["scenes"]["processed"] == n - len(committed)
+    assert s["gc"]["removed_shards"] >= 1
+    keys = ShardStore.open(str(store)).scene_keys()
+    assert sorted(keys) == [f"synth/room{i:03d}_seed3" for i in range(n)]  # every scene exactly once
+    assert not (store / SHARD_DIR / orphan.id).exists()
+    listed = {sh.id for v in list_versions(store) for sh in load_manifest(store, v).shards}
+    assert {p.name for p in (store / SHARD_DIR).iterdir()} <= listed

@@ -1,0 +1,63 @@
+"""The build-dataset deployment as a user runs it: a Prefect server on loopback,
+the process work pool, ``prefect deploy`` from prefect.yaml, a worker, and
+``prefect deployment run ... --watch``. Every process started is stopped
+(worker with SIGINT first, then the server), also when a step fails."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import flows  # noqa: F401
+from flows.harness import LocalPrefect
+from flows.settings import PROJECT_ROOT, WORK_POOL
+from pipelines.quarantine import load_quarantine
+from pipelines.store import ShardStore
+
+pytestmark = pytest.mark.slow
+
+
+def test_prefect_yaml_names_the_flow_and_pool():
+    import yaml
+
+    cfg = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
+    (dep,) = [d for d in cfg["deployments"] if d["name"] == "synthetic"]
+    assert dep["work_pool"]["name"] == WORK_POOL
+    from prefect.flows import load_flow_from_entrypoint
+
+    flow = load_flow_from_entrypoint(dep["entrypoint"])
+    assert flow.name == "build-dataset"
+    # default parameters are valid for the flow's signature
+    assert set(dep["parameters"]) <= set(flow.parameters.properties)
+    assert {"kind", "path"} <= set(dep["parameters"]["sources"][0])
+
+
+def test_deployment_run_through_server_and_worker(tmp_path):
+    store = tmp_path / "store"
+    params = {
+        "sources": [{"kind": "synthetic", "path": str(tmp_path / "rooms"), "name": "demo",
+                     "options": {"num_scenes": 2, "seed": 4, "frames_per_scene": 4, "image_width": 64,
+                                 "image_height": 48, "points_per_scene": 2000}}],
+        "store": str(store),
+        "min_correspondences": 10,
+        "scenes_per_task": 1,
+        "shard_size": 1,
+    }
+    with LocalPrefect(tmp_path / "prefect-home", extra_env={"PREFECT_WORKER_QUERY_SECONDS": "1"}) as prefect:
+        prefect.start_server()
+        prefect.cli("work-pool", "create", WORK_POOL, "--type", "process")
+        out = prefect.cli("--no-prompt", "deploy", "--name", "synthetic")
+        assert "build-dataset/synthetic" in out.stdout
+        prefect.start_worker(WORK_POOL)
+        run = prefect.cli("deployment", "run", "build-dataset/synthetic", "--params", json.dumps(params), "--watch",
+                          timeout=900, check=False)
+        assert run.returncode == 0, f"flow run failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+        assert "Completed" in run.stdout
+
+    assert prefect.server.poll() is not None and all(w.poll() is not None for w in prefect.workers)
+    opened = ShardStore.open(str(store))
+    assert sorted(opened.scene_keys()) == ["demo/room000_seed4", "demo/room001_seed4"]
+    assert opened.version == 2  # one commit per batch of one scene
+    assert load_quarantine(store) == {}
+    reports = sorted((store / "reports").glob("build-v*.json"))
+    assert len(reports) == 1 and json.loads(reports[0].read_text())["scenes"]["processed"] == 2
