@@ -94,6 +94,17 @@ def apply_schedules(optimizer: torch.optim.Optimizer, cfg: PretrainConfig, step:
                 momentum=cosine_warmup(step, total, d.momentum_base, d.momentum_base, d.momentum_final, 0.0))
 
 
+def average_over_ranks(sums: dict[str, float], world: int) -> dict[str, float]:
+    """Loss terms averaged over ranks for logging; a term some ranks lack (the
+    cross-modal term of image-less batches) is averaged over the ranks that have it."""
+    if world == 1:
+        return sums
+    keys = ["mask", "roll_mask", "unmask", "cross_modal", "loss"]
+    vals = torch.tensor([[sums.get(k, 0.0), float(k in sums)] for k in keys], dtype=torch.float64)
+    dist.all_reduce(vals)
+    return {k: float(v / c) for k, (v, c) in zip(keys, vals.tolist()) if c > 0}
+
+
 # ----------------------------------------------------------------------------- building
 
 
@@ -150,6 +161,8 @@ def train(cfg: PretrainConfig, data: Any, output: str | Path, resume: bool = Fal
     from concerto.ssl.ema import ema_update
     from concerto.ssl.pretrainer import StudentNet, TeacherNet, pretraining_loss, upcast_channels
 
+    if cfg.distill.roll_mask_weight > 0 and cfg.views.global_num != 2:
+        raise ConfigError(f"config key 'views.global_num': the roll-mask term needs 2 global views, got {cfg.views.global_num}")
     rank, world, device = init_distributed()
     if cfg.run.num_threads > 0:
         torch.set_num_threads(cfg.run.num_threads)
@@ -163,6 +176,15 @@ def train(cfg: PretrainConfig, data: Any, output: str | Path, resume: bool = Fal
             saved_world = start_state.get("world_size", 1)
             if saved_world != world:
                 raise TrainError(f"resume from '{path}': saved with {saved_world} ranks, running with {world}")
+
+    # fail fast on unusable data, before the models are built
+    from concerto.data import check_store, open_store
+
+    probe_version = (start_state or {}).get("data_version", cfg.data.version)
+    if isinstance(data, (str, Path)):
+        check_store(open_store(str(data), probe_version), str(data))
+    else:
+        check_store(data, type(data).__name__)
 
     torch.manual_seed(cfg.run.seed)  # identical initialisation on every rank
     image_encoder = build_image_encoder(cfg).to(device) if cfg.cross_modal.weight > 0 else None
@@ -280,6 +302,7 @@ def train(cfg: PretrainConfig, data: Any, output: str | Path, resume: bool = Fal
         optimizer.step()
         ema_update(*teacher.ema_pairs(student), sched["momentum"])
         step += 1
+        sums = average_over_ranks(sums, world)
         if not all(map(lambda x: x == x and abs(x) != float("inf"), sums.values())):
             raise TrainError(f"step {step}: non-finite loss {sums}")
         last = dict(sums, grad_norm=float(grad_norm), **sched)

@@ -13,7 +13,11 @@ Stages (Prefect tasks; the work itself lives in ``pipelines.build``):
    manifest version lists that batch's shards. A build killed at any point keeps
    every committed batch; a re-run skips those scenes, and the unlisted shards
    of unfinished batches are ignored by readers and removed by ``gc``.
-5. ``commit-removals``: scenes that left the build stop being listed.
+5. ``commit-removals``: scenes that left the build stop being listed. The
+   ``sources`` of a run define the dataset: scenes of a source left out of the
+   run (or no longer found by its adapter) leave the new manifest version
+   (older versions still list them). A source whose discovery fails keeps its
+   scenes listed.
 
 Failed scenes go to ``<store>/reports/quarantine.json``; each run writes a
 summary to ``<store>/reports/build-v*.json`` and returns it.

@@ -30,6 +30,10 @@ def test_prefect_yaml_names_the_flow_and_pool():
     # default parameters are valid for the flow's signature
     assert set(dep["parameters"]) <= set(flow.parameters.properties)
     assert {"kind", "path"} <= set(dep["parameters"]["sources"][0])
+    # flows/serve.py serves the same demo
+    from flows.serve import SYNTHETIC_DEMO
+
+    assert SYNTHETIC_DEMO == dep["parameters"]
 
 
 def test_deployment_run_through_server_and_worker(tmp_path):

@@ -294,3 +294,16 @@ def test_forward_backward_on_large_scenes():
     # each sample's points map into that sample at every level
     idx = feats.index_to_input()
     assert torch.equal(feats.batch[idx], p.batch)
+
+
+def test_bf16_autocast_forward_backward():
+    model = tiny().train()
+    p = scenes([1500, 400])
+    p.mask = torch.rand(p.num_points, generator=torch.Generator().manual_seed(0)) < 0.3
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = upcast(model(p, generator=torch.Generator().manual_seed(0)), 2).feat
+        loss = feats.float().square().mean()
+    loss.backward()
+    assert feats.dtype == torch.bfloat16
+    for name, q in model.named_parameters():
+        assert q.grad is not None and q.grad.dtype == torch.float32 and torch.isfinite(q.grad).all(), name

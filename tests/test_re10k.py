@@ -290,6 +290,13 @@ def test_bad_inputs_name_scene_and_file(synthetic_clip, tmp_path):
         bad_src.load(ref)
     with pytest.raises(ValueError, match="lifter"):
         Re10kSource(synthetic_clip, lifter="magic")
+    # the content hash follows the group's files: a changed frame changes it
+    content = Re10kSource(bad_root, lifter="given-depth", conf_percentile=None, hash_mode="content")
+    assert content.discover()[0].content_hash != Re10kSource(
+        synthetic_clip, lifter="given-depth", conf_percentile=None, hash_mode="content").discover()[0].content_hash
+    # no frames on disk: the clip simply yields no view group
+    shutil.rmtree(bad_root / "frames" / "clip0")
+    assert Re10kSource(bad_root, lifter="given-depth").discover() == []
 
 
 def test_vggt_lifter_rejects_degenerate_cameras(synthetic_clip):
@@ -306,3 +313,31 @@ def test_vggt_lifter_rejects_degenerate_cameras(synthetic_clip):
     src = Re10kSource(synthetic_clip, lifter=VGGTLifter(model=model, device="cpu"), seed=7)
     with pytest.raises(SourceError, match="re10k/clip0-g0.*lifter 'vggt'.*fov"):
         src.load(src.discover()[0])
+
+
+def test_build_cli_form_reaches_the_adapter_options(synthetic_clip):
+    """``kind:path:k=v,...`` as the build flow parses it: every option the
+    adapter has is a scalar (no commas inside values), none collides with the
+    flow's own ``frame_gap``."""
+    from pipelines.build import SourceSpec
+
+    spec = SourceSpec.parse(f"re10k:{synthetic_clip}:lifter=given-depth,view_gap_min=20,overlap_max=30,"
+                            "conf_percentile=null,name=re10k_syn")
+    assert spec.frame_gap is None
+    src = make_source(spec.kind, spec.path, spec.name, **spec.options)
+    assert src.options["view_gap_min"] == 20 and src.options["overlap_max"] == 30
+    refs = src.discover()
+    assert refs and refs[0].source == "re10k_syn"
+    rows = src.groups("clip0")[0]
+    assert all(b - a >= 20 for a, b in zip(rows[:-1], rows[1:]))
+
+
+def test_vggt_input_size_follows_the_reference_crop():
+    from preprocess.lift.lifter import preprocess_for_vggt, vggt_input_size
+
+    assert vggt_input_size(360, 640) == (294, 0, 294)  # RE10K frames: 518 x 294
+    assert vggt_input_size(720, 540) == (686, 84, 518)  # portrait: centre crop to 518
+    out = preprocess_for_vggt([np.zeros((360, 640, 3), np.uint8)] * 2)
+    assert out.shape == (2, 294, 518, 3) and out.dtype == np.uint8
+    with pytest.raises(ValueError, match="same size"):
+        preprocess_for_vggt([np.zeros((360, 640, 3), np.uint8), np.zeros((10, 10, 3), np.uint8)])

@@ -154,3 +154,66 @@ def test_schedules():
         assert opt.param_groups[0]["lr"] == pytest.approx(0.004 * one_cycle_factor(step, 200), rel=1e-6, abs=1e-12)
         opt.step()
         sched.step()
+
+
+def _sinkhorn_rank(rank, world, port, scores, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        part = scores[rank * 50:(rank + 1) * 50] if rank == 0 else scores[50:]
+        torch.save(sinkhorn_knopp(part, 0.05, 3), f"{out_dir}/q{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sinkhorn_balances_over_all_ranks(tmp_path):
+    """Two gloo ranks holding 50 and 70 samples give the assignment of all 120 at once."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    g = torch.Generator().manual_seed(4)
+    scores = torch.rand(120, 8, generator=g)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_sinkhorn_rank, args=(2, port, scores, str(tmp_path)), nprocs=2, join=True,
+                       start_method="fork")
+    q = torch.cat([torch.load(tmp_path / "q0.pt"), torch.load(tmp_path / "q1.pt")])
+    assert torch.allclose(q, sinkhorn_knopp(scores, 0.05, 3), atol=1e-6)
+
+
+def test_pretraining_loss_pairs_the_views_as_sonata():
+    """mask: masked view v <- teacher view v; roll: <- the other global view; unmask:
+    local views <- the principal view of their sample; cross-modal skipped without images."""
+    from concerto.config import PretrainConfig
+    from concerto.ssl.pretrainer import Encoded, pretraining_loss
+
+    cfg = PretrainConfig.tiny()
+    K = 6
+    g = torch.Generator().manual_seed(5)
+    # teacher: view 0 at x=0 and x=1, view 1 at x=0.05 and x=1.05 (same sample)
+    t_origin = torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [0.05, 0, 0], [1.05, 0, 0]])
+    glob = Encoded(torch.zeros(4, 3), t_origin, torch.tensor([0, 0, 1, 1]), torch.arange(4))
+    t_mask, t_unmask = torch.randn(4, K, generator=g), torch.randn(4, K, generator=g)
+    masked = Encoded(torch.zeros(3, 3), torch.tensor([[0.98, 0, 0], [0.02, 0, 0], [1.06, 0, 0]]),
+                     torch.tensor([0, 0, 1]), torch.arange(3))
+    local = Encoded(torch.zeros(2, 3), torch.tensor([[0.9, 0, 0], [0.06, 0, 0]]), torch.tensor([0, 1]),
+                    torch.arange(2))
+    out = dict(mask_logits=torch.randn(3, K, generator=g), unmask_logits=torch.randn(2, K, generator=g),
+               masked=masked, local=local, patch_pred=torch.zeros(0, 4, requires_grad=True),
+               patch_used=torch.zeros(0, dtype=torch.long))
+    batch = {"num_global": 2, "num_local": 2}
+    terms = pretraining_loss(out, (glob, t_mask, t_unmask), None, batch, cfg, teacher_temp=0.05)
+    d = cfg.distill
+    exp_mask = distillation_loss(out["mask_logits"], t_mask, torch.tensor([[0, 1], [1, 0], [2, 3]]),
+                                 masked.view, d.student_temp, 0.05, d.sinkhorn_iters)
+    exp_roll = distillation_loss(out["mask_logits"], t_mask, torch.tensor([[0, 3], [1, 2], [2, 1]]),
+                                 masked.view, d.student_temp, 0.05, d.sinkhorn_iters)
+    exp_unmask = distillation_loss(out["unmask_logits"], t_unmask, torch.tensor([[0, 1], [1, 0]]),
+                                   local.view, d.student_temp, 0.05, d.sinkhorn_iters)
+    assert torch.allclose(terms["mask"], exp_mask) and torch.allclose(terms["roll_mask"], exp_roll)
+    assert torch.allclose(terms["unmask"], exp_unmask) and "cross_modal" not in terms
+    total = d.mask_weight * exp_mask + d.roll_mask_weight * exp_roll + d.unmask_weight * exp_unmask
+    assert torch.allclose(terms["loss"], total)

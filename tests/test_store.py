@@ -277,6 +277,11 @@ def test_inspect_cli(tmp_path, capsys):
     assert inspect_main([url, "--draw", "3", "--out", str(out)]) == 2  # alpha/s1 has no images
     assert "has no images" in capsys.readouterr().err
     assert inspect_main([str(tmp_path / "none")]) == 2
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pipelines.store.inspect", url, "--version", "1"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "alpha" in done.stdout and "gamma" not in done.stdout
 
 
 def test_camera_depth_convention():
@@ -355,3 +360,24 @@ def test_direct_path_truncated_chunk(tmp_path):
     chunk.write_bytes(chunk.read_bytes()[:-7])
     with pytest.raises(ShardCorruptError, match=rf"shard '{info.id}': array 'points/normal'.*blosc header says"):
         ShardStore.open(url, check_files=False)[0]
+
+
+def _key_and_sum(sample):
+    return sample["key"], float(sample["coord"].sum())
+
+
+def test_torch_dataloader_workers(tmp_path, context="fork"):
+    """The store is a map-style dataset: forked workers inherit opened shards
+    after the parent has read (zarr resets its event loop after fork). Spawned
+    workers unpickle it: see test_reader_pickles_and_reopens and the Dask test."""
+    import torch.utils.data as tud
+
+    rng = np.random.default_rng(12)
+    scenes = mixed_scenes(rng)
+    url = str(tmp_path / "s")
+    write_store(url, scenes)
+    store = ShardStore.open(url)
+    expected = [store[i]["coord"].sum() for i in range(len(store))]  # parent opened zarr first
+    loader = tud.DataLoader(store, batch_size=None, num_workers=2, multiprocessing_context=context, collate_fn=_key_and_sum)
+    got = [c for _, c in loader]
+    assert np.allclose(got, expected)

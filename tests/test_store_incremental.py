@@ -224,6 +224,10 @@ def test_failed_write_mid_shard_keeps_previous_version(tmp_path, monkeypatch):
     partial = [d.name for d in (tmp_path / "store" / "shards").iterdir() if d.name not in listed]
     assert len(partial) == 1 and (tmp_path / "store" / "shards" / partial[0] / "points").exists()
     assert gc(url).removed_shards == []  # too young: a writer might still commit it
+    from pipelines.store.inspect import main as inspect_main
+
+    assert inspect_main([url, "--gc", "--min-age", "0", "--dry-run"]) == 0
+    assert (tmp_path / "store" / "shards" / partial[0]).exists()
     assert gc(url, min_age_s=0).removed_shards == partial
     assert not (tmp_path / "store" / "shards" / partial[0]).exists()
     # the retry succeeds
@@ -267,6 +271,7 @@ def test_concurrent_apply_conflict(tmp_path):
     assert apply_update(url, plan_c, c).version == 3
 
 
+@pytest.mark.slow
 def test_parallel_writers_then_one_commit(tmp_path):
     """The distributed shape of a build: workers write shards independently
     (here: two Dask worker processes), one commit lists them."""
@@ -280,7 +285,7 @@ def test_parallel_writers_then_one_commit(tmp_path):
     plan = plan_update(None, [ref(p) for p in a])
     groups = pack_scenes(a, target_bytes=60_000)
     assert len(groups) >= 2
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1") as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", host="127.0.0.1") as cluster, Client(cluster) as client:
         written = client.gather(client.map(lambda g: ShardWriter(url).write(g), groups, pure=False))
         res = commit_update(url, plan, written)
         store = ShardStore.open(url)

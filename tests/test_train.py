@@ -71,6 +71,34 @@ def test_config_file_and_sets(tmp_path):
             base.cross_modal.weight) == (1 / 8, 1 / 8, 2 / 8, 4 / 8)
 
 
+def test_layer_decay_groups_and_schedules():
+    from concerto.train import apply_schedules, layer_decay_groups
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Linear(2, 2)
+            self.enc = torch.nn.ModuleDict({f"enc{e}": torch.nn.ModuleDict(
+                {f"block{b}": torch.nn.Linear(2, 2) for b in range(d)}) for e, d in enumerate((1, 2))})
+            self.head = torch.nn.Linear(2, 2)
+
+    net = Net()
+    groups = layer_decay_groups(net, 0.004, 0.9, (1, 2))
+    lr_of = {id(p): g["max_lr"] for g in groups for p in g["params"]}
+    expect = {"embedding": 0.004, "head": 0.004, "enc.enc1.block1": 0.004, "enc.enc1.block0": 0.004 * 0.9,
+              "enc.enc0.block0": 0.004 * 0.81}
+    for name, p in net.named_parameters():
+        assert lr_of[id(p)] == pytest.approx(expect[name.rsplit(".", 1)[0]]), name
+    cfg = tiny(100)
+    opt = torch.optim.AdamW(groups, lr=0.004)
+    first = apply_schedules(opt, cfg, 0)
+    assert first["lr"] == pytest.approx(0.0004) and first["weight_decay"] == pytest.approx(0.04)
+    assert first["teacher_temp"] == pytest.approx(0.04) and first["momentum"] == pytest.approx(0.994)
+    end = apply_schedules(opt, cfg, 99)
+    assert end["weight_decay"] == pytest.approx(0.2, abs=1e-3) and end["teacher_temp"] == pytest.approx(0.07)
+    assert opt.param_groups[-1]["lr"] < opt.param_groups[0]["lr"]
+
+
 # ----------------------------------------------------------------------------- bad data
 
 
@@ -109,6 +137,7 @@ def test_image_encoder_patch_features_and_bad_id(tmp_path):
 # ----------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_tiny_run_trains_and_resumes_exactly(store_url, tmp_path):
     full = train(tiny(4), store_url, tmp_path / "full", progress=False)
     assert full["step"] == 4
@@ -151,7 +180,6 @@ def test_torchrun_two_ranks_tiny(store_url, tmp_path):
         from concerto.train import train
         cfg = load_config("tiny", ["run.steps=24", "run.save_every=12", "data.batch_size=1"])
         s = train(cfg, {store_url!r}, {str(tmp_path / 'run')!r}, progress=False)
-        from concerto.train import train as _t
         rank = dist.get_rank()
         torch.save(s, {str(tmp_path)!r} + f"/summary{{rank}}.pt")
         dist.destroy_process_group()

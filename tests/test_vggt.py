@@ -114,6 +114,7 @@ def test_checkpoint_roundtrip_zero_missing_zero_unexpected(tiny_model, tmp_path,
     loaded = load_vggt(tmp_path, config=TINY)  # directory: finds the file
     own = loaded.state_dict()
     assert set(own) == set(state)
+    assert not any(t.is_meta for t in list(loaded.parameters()) + list(loaded.buffers()))
     for k in state:
         assert torch.equal(own[k], state[k]), k
     images = torch.rand(2, 3, 28, 28)
@@ -123,7 +124,8 @@ def test_checkpoint_roundtrip_zero_missing_zero_unexpected(tiny_model, tmp_path,
     torch.testing.assert_close(a.pose_enc, b.pose_enc)
 
 
-def test_checkpoint_errors_name_the_keys(tiny_model, tmp_path):
+def test_checkpoint_errors_name_the_keys(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here: fail fast, clearly
     state = dict(tiny_model.state_dict())
     del state["camera_head.embed_pose.weight"]
     state["depth_head.extra.weight"] = torch.zeros(1)
@@ -140,6 +142,8 @@ def test_checkpoint_errors_name_the_keys(tiny_model, tmp_path):
     truncated.write_bytes(good.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="trunc.pt"):
         load_vggt(truncated, config=TINY)
+    with pytest.raises(CheckpointError, match="Hugging Face hub"):
+        load_vggt("nobody-here/no-such-model", config=TINY)
     empty = tmp_path / "empty_dir"
     empty.mkdir()
     with pytest.raises(CheckpointError, match="none of"):
@@ -269,3 +273,106 @@ def test_disabled_heads_are_absent():
     with torch.no_grad():
         out = model(torch.rand(2, 3, 28, 28))
     assert out.world_points is None and out.depth.shape == (1, 2, 28, 28)
+
+
+def test_matches_the_official_implementation_when_installed():
+    """Where the official code is importable (``pip install`` of
+    facebookresearch/vggt), tiny sizes, identical random weights: every output
+    must match. Skipped otherwise (it has no PyPI package)."""
+    agg_mod = pytest.importorskip("vggt.models.aggregator")
+    import functools
+
+    import vggt.layers.vision_transformer as vt
+    from vggt.heads.camera_head import CameraHead as OfficialCameraHead
+    from vggt.heads.dpt_head import DPTHead as OfficialDPTHead
+    from vggt.layers import MemEffAttention
+    from vggt.layers.block import NestedTensorBlock
+
+    def tiny_vit(patch_size=16, num_register_tokens=0, **kw):  # ViT-L stand-in with TINY sizes
+        return vt.DinoVisionTransformer(patch_size=patch_size, embed_dim=32, depth=1, num_heads=2, mlp_ratio=4,
+                                        block_fn=functools.partial(NestedTensorBlock, attn_class=MemEffAttention),
+                                        num_register_tokens=num_register_tokens, **kw)
+
+    orig = agg_mod.vit_large
+    agg_mod.vit_large = tiny_vit
+    try:
+        torch.manual_seed(0)
+        official = {
+            "aggregator": agg_mod.Aggregator(img_size=28, patch_size=7, embed_dim=32, depth=2, num_heads=2,
+                                             num_register_tokens=2),
+            "camera_head": OfficialCameraHead(dim_in=64, trunk_depth=1, num_heads=2),
+            "depth_head": OfficialDPTHead(dim_in=64, patch_size=7, output_dim=2, activation="exp", features=16,
+                                          out_channels=[8, 16, 32, 32], intermediate_layer_idx=[0, 0, 1, 1]),
+            "point_head": OfficialDPTHead(dim_in=64, patch_size=7, output_dim=4, activation="inv_log", features=16,
+                                          out_channels=[8, 16, 32, 32], intermediate_layer_idx=[0, 0, 1, 1]),
+        }
+    finally:
+        agg_mod.vit_large = orig
+    state = {}
+    with torch.no_grad():
+        for name, module in official.items():
+            module.eval()
+            for p in module.parameters():  # random everything: layer scales and zero inits hide nothing
+                p.copy_(torch.randn_like(p) * (0.2 if name in ("aggregator", "camera_head") else 0.03))
+            state.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+    ours = VGGT(dataclasses.replace(TINY, enable_track=False)).eval()
+    ours.load_state_dict(state, strict=True)
+    x = torch.rand(1, 3, 3, 28, 42)
+    with torch.no_grad():
+        tokens, start = official["aggregator"](x)
+        pose = official["camera_head"](tokens)[-1]
+        depth, depth_conf = official["depth_head"](tokens, images=x, patch_start_idx=start)
+        points, _ = official["point_head"](tokens, images=x, patch_start_idx=start)
+        out = ours(x)
+    torch.testing.assert_close(out.pose_enc, pose)
+    torch.testing.assert_close(out.depth, depth[..., 0])
+    torch.testing.assert_close(out.depth_conf, depth_conf)
+    torch.testing.assert_close(out.world_points, points)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_matches_cpu_fp32(tiny_model):
+    """The GPU path (bf16 autocast aggregator, SDPA kernels) computes the same
+    function as the CPU fp32 twin, up to bf16 rounding."""
+    torch.manual_seed(4)
+    images = torch.rand(3, 3, 28, 42)
+    with torch.no_grad():
+        ref = tiny_model(images)
+        gpu = copy.deepcopy(tiny_model).cuda()(images.cuda())
+    torch.testing.assert_close(gpu.depth.cpu(), ref.depth, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(gpu.pose_enc.cpu(), ref.pose_enc, rtol=0.05, atol=0.05)
+
+
+def test_tracking_shapes_and_query_view(tiny_model):
+    torch.manual_seed(5)
+    images = torch.rand(3, 3, 28, 42)
+    query = torch.tensor([[3.0, 4.0], [20.5, 10.0], [40.0, 27.0], [0.0, 0.0]])
+    with torch.no_grad():
+        out = tiny_model(images, with_points=False, query_points=query)
+    assert out.track.shape == (1, 3, 4, 2) and len(out.track_list) == 4
+    assert out.track_vis.shape == (1, 3, 4) and out.track_conf.shape == (1, 3, 4)
+    torch.testing.assert_close(out.track[0, 0], query)  # the query view keeps its points
+    assert torch.isfinite(out.track).all() and ((out.track_vis > 0) & (out.track_vis < 1)).all()
+
+
+def test_tracker_matches_the_official_implementation_when_installed():
+    mod = pytest.importorskip("vggt.heads.track_modules.base_track_predictor")
+    from preprocess.lift.vggt_heads import TrackPredictor
+
+    torch.manual_seed(0)
+    official = mod.BaseTrackerPredictor(stride=2, corr_levels=3, corr_radius=2, latent_dim=16, hidden_size=32,
+                                        depth=2, predict_conf=True).eval()
+    with torch.no_grad():
+        for p in official.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    ours = TrackPredictor(16, 32, 3, 2, 2, num_heads=8, num_virtual_tracks=64, stride=2).eval()
+    ours.load_state_dict(official.state_dict(), strict=True)
+    fmaps = torch.randn(1, 3, 16, 20, 24)
+    query = torch.tensor([[[5.0, 7.0], [30.3, 12.2], [44.0, 38.0]]])
+    with torch.no_grad():
+        tracks, vis, conf = official(query, fmaps=fmaps, iters=3)
+        our_tracks, our_vis, our_conf = ours(query, fmaps, iters=3)
+    for a, b in zip(tracks, our_tracks):
+        torch.testing.assert_close(b, a)
+    torch.testing.assert_close(our_vis, vis)
+    torch.testing.assert_close(our_conf, conf)

@@ -29,7 +29,7 @@ def voxelize(coord: torch.Tensor, batch: torch.Tensor, grid_size: float) -> torc
         raise ValueError(f"coord must be [N, 3], got {tuple(coord.shape)}")
     if not torch.isfinite(coord).all():
         bad = int((~torch.isfinite(coord)).any(1).nonzero()[0])
-        raise ValueError(f"coord has non-finite values (first at point {bad})")
+        raise ValueError(f"coord has non-finite values (first at point {bad}, sample {int(batch[bad])})")
     if grid_size <= 0:
         raise ValueError(f"grid_size must be > 0, got {grid_size}")
     cell = torch.floor(coord.double() / grid_size).long()
@@ -38,9 +38,10 @@ def voxelize(coord: torch.Tensor, batch: torch.Tensor, grid_size: float) -> torc
     lo = lo.scatter_reduce(0, batch.view(-1, 1).expand(-1, 3), cell, reduce="amin")
     grid = cell - lo[batch]
     if grid.numel() and int(grid.max()) >= MAX_GRID_EXTENT:
+        bad = int(batch[grid.max(1).values.argmax()])
         raise ValueError(
-            f"point cloud spans {int(grid.max()) + 1} voxels of {grid_size} m on one axis; "
-            f"at most {MAX_GRID_EXTENT} are supported"
+            f"sample {bad} spans {int(grid.max()) + 1} voxels of {grid_size} m on one axis; "
+            f"at most {MAX_GRID_EXTENT} are supported (crop it or use a coarser grid)"
         )
     return grid.int()
 

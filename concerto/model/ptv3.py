@@ -246,8 +246,17 @@ class PointTransformerV3(nn.Module):
         for name in ("feat", "coord"):
             if name not in point:
                 raise ValueError(f"PTv3 input has no {name!r} field")
+        for name in ("coord", "feat"):
+            if point[name].ndim != 2 or point[name].shape[0] != point.num_points:
+                raise ValueError(
+                    f"PTv3 input {name} has shape {tuple(point[name].shape)}, expected {point.num_points} rows (offset[-1])"
+                )
+        if not torch.isfinite(point["coord"]).all():
+            bad = int((~torch.isfinite(point["coord"])).any(1).nonzero()[0])
+            raise ValueError(f"PTv3 input coord has non-finite values (first at point {bad}, sample {int(point['batch'][bad])})")
         if not torch.isfinite(point["feat"]).all():
-            raise ValueError("PTv3 input feat has non-finite values")
+            bad = int((~torch.isfinite(point["feat"])).any(1).nonzero()[0])
+            raise ValueError(f"PTv3 input feat has non-finite values (first at point {bad}, sample {int(point['batch'][bad])})")
         if "grid_coord" not in point:
             point.setdefault("grid_size", self.config.grid_size)
             mode = grid_sample_mode or ("random" if self.training else "first")

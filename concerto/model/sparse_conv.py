@@ -7,9 +7,9 @@ voxel p + d is active in the same sample; outputs exist only at active voxels.
 Two backends compute the same function with the same parameters:
 
 - ``"torch"``: kernel map by sorting int64 voxel keys and binary search, then
-  gather -> one GEMM per chunk of rows (im2col over the k^3 neighbours), with
-  a hand-written backward that re-gathers instead of storing the im2col
-  block. CPU and CUDA.
+  gather -> one GEMM per chunk of rows (im2col over the k^3 neighbours); the
+  backward is the same gather-GEMM with the flipped kernel, so it needs no
+  scatter-add and stores no im2col block. CPU and CUDA.
 - ``"spconv"``: spconv 2.x ``SubMConv3d`` (the reference's). On CPU tensors it
   needs ``ConvAlgo.Native``, and the bias is added outside the conv because
   spconv fuses it in a CUDA-only kernel in eval mode.
@@ -123,44 +123,49 @@ def _row_chunks(n: int, width: int):
     return [(i, min(n, i + step)) for i in range(0, n, step)]
 
 
+def _gather_gemm(feat: torch.Tensor, w2: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:
+    """out[p] = concat_j feat[neighbors[p, j]] @ w2, zero rows for missing neighbours; chunked over p."""
+    n, c = feat.shape
+    padded = torch.cat([feat, feat.new_zeros(1, c)])
+    out = feat.new_empty(n, w2.shape[1])
+    for a, b in _row_chunks(n, w2.shape[0]):
+        torch.mm(padded[neighbors[a:b]].reshape(b - a, -1), w2, out=out[a:b])
+    return out
+
+
 class _SubmanifoldConv(torch.autograd.Function):
-    """Gather -> GEMM per row chunk; backward recomputes the gathers instead of storing them."""
+    """Gather -> GEMM per row chunk, forward and backward.
+
+    The neighbour relation is symmetric (q is p's neighbour at offset d iff p
+    is q's at -d, same sample), so the input gradient is again a submanifold
+    conv, of the output gradient with the flipped, transposed kernel: no
+    scatter-add, and nothing but the inputs is stored for backward.
+    """
 
     @staticmethod
     def forward(ctx, feat, weight, neighbors):
-        n, cin = feat.shape
-        cout = weight.shape[0]
-        w2 = weight.reshape(cout, -1).t()  # [k^3 * C_in, C_out], rows ordered (offset, c_in)
-        padded = torch.cat([feat, feat.new_zeros(1, cin)])
-        out = feat.new_empty(n, cout)
-        for a, b in _row_chunks(n, w2.shape[0]):
-            out[a:b] = padded[neighbors[a:b]].reshape(b - a, -1) @ w2
+        cout, cin = weight.shape[0], weight.shape[-1]
         ctx.save_for_backward(feat, weight, neighbors)
-        return out
+        # [k^3 * C_in, C_out], rows ordered (offset, c_in)
+        return _gather_gemm(feat, weight.reshape(cout, -1).t(), neighbors)
 
     @staticmethod
     def backward(ctx, grad_out):
         feat, weight, neighbors = ctx.saved_tensors
         n, cin = feat.shape
         cout = weight.shape[0]
-        w2 = weight.reshape(cout, -1).t()
         grad_out = grad_out.contiguous()
-        grad_feat = grad_w2 = None
-        padded = torch.cat([feat, feat.new_zeros(1, cin)])
+        grad_feat = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            # offset j of q pairs with offset (k^3 - 1 - j) of p: flip the kernel, swap in/out
+            w_back = weight.reshape(cout, -1, cin).flip(1).permute(1, 0, 2).reshape(-1, cin)
+            grad_feat = _gather_gemm(grad_out, w_back, neighbors)
         if ctx.needs_input_grad[1]:
-            grad_w2 = torch.zeros_like(w2)
-        if ctx.needs_input_grad[0]:
-            grad_padded = feat.new_zeros(n + 1, cin)
-        for a, b in _row_chunks(n, w2.shape[0]):
-            g = grad_out[a:b]
-            if grad_w2 is not None:
-                grad_w2 += padded[neighbors[a:b]].reshape(b - a, -1).t() @ g
-            if ctx.needs_input_grad[0]:
-                gcols = (g @ w2.t()).reshape(-1, cin)
-                grad_padded.index_add_(0, neighbors[a:b].reshape(-1), gcols)
-        if ctx.needs_input_grad[0]:
-            grad_feat = grad_padded[:n]
-        grad_weight = None if grad_w2 is None else grad_w2.t().reshape(weight.shape)
+            padded = torch.cat([feat, feat.new_zeros(1, cin)])
+            grad_w2 = feat.new_zeros(neighbors.shape[1] * cin, cout)
+            for a, b in _row_chunks(n, grad_w2.shape[0]):
+                grad_w2.addmm_(padded[neighbors[a:b]].reshape(b - a, -1).t(), grad_out[a:b])
+            grad_weight = grad_w2.t().reshape(weight.shape)
         return grad_feat, grad_weight, None
 
 

@@ -7,6 +7,9 @@
     concerto-store <url> --draw SEGMENT --out f.png
                                                 a sample's correspondences over its
                                                 images (2x2 grid, colour = depth)
+    concerto-store <url> --verify               re-hash every listed shard file
+    concerto-store <url> --gc [--keep-last N] [--min-age S] [--dry-run]
+                                                delete shards no kept manifest lists
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import sys
 import numpy as np
 
 from pipelines.store.errors import StoreError
+from pipelines.store.gc import gc
 from pipelines.store.manifest import list_versions, load_manifest
 from pipelines.store.reader import ShardStore
 
@@ -116,6 +120,10 @@ def main(argv=None, out=None) -> int:
     p.add_argument("--draw", type=int, metavar="SEGMENT", help="draw sample SEGMENT's correspondences")
     p.add_argument("--out", help="PNG path for --draw")
     p.add_argument("--verify", action="store_true", help="re-hash every shard file")
+    p.add_argument("--gc", action="store_true", help="delete shard folders no kept manifest lists")
+    p.add_argument("--keep-last", type=int, default=None, help="with --gc: keep only the newest N manifests")
+    p.add_argument("--min-age", type=float, default=3600.0, help="with --gc: spare unlisted shards younger than this (s)")
+    p.add_argument("--dry-run", action="store_true", help="with --gc: only report")
     args = p.parse_args(argv)
     if args.draw is not None and not args.out:
         p.error("--draw needs --out file.png")
@@ -141,6 +149,10 @@ def main(argv=None, out=None) -> int:
             print("verify: ok" if not problems else "verify: " + "\n  ".join(["FAILED"] + problems), file=out)
             if problems:
                 return 1
+        if args.gc:
+            rep = gc(args.url, keep_last=args.keep_last, min_age_s=args.min_age, dry_run=args.dry_run)
+            verb = "would remove" if args.dry_run else "removed"
+            print(f"gc: {verb} {len(rep.removed_shards)} shards {rep.removed_shards}, manifests {rep.removed_manifests}; kept versions {rep.kept_versions}", file=out)
         if args.draw is not None:
             from PIL import Image
 

@@ -26,6 +26,14 @@ segments) with offset tables to find one scene's or one image's rows::
 
 Group attributes: ``format``, ``scenes`` (per-scene JSON metadata, in order),
 ``image_sizes`` ([[H, W], ...] naming the rgb_<H>x<W> arrays).
+
+``inventory.json`` (written last, so its presence means the shard is complete)
+lists every other file with its size and blake2b digest; the manifest holds the
+inventory's digest. Chunks are split along the first axis only and every chunk
+is written (no implicit fill-value chunks), so a missing file always means
+damage and local reads can go straight to the chunk files
+(``pipelines.store.fastread``). Codecs: blosc-zstd for images, byte-shuffled
+blosc-lz4 for everything else.
 """
 from __future__ import annotations
 

@@ -208,10 +208,51 @@ class DPTHead(nn.Module):
         return pred.reshape(B, S, *pred.shape[1:]), conf.reshape(B, S, *conf.shape[1:])
 
 
-# --- track head modules (weights loaded; the tracker is not run by the lifter) ---
+# --- track head -------------------------------------------------------------------
+
+def sample_bilinear(img: Tensor, xy: Tensor, padding_mode: str = "border") -> Tensor:
+    """Bilinear samples of img [B, C, H, W] at pixel positions xy [B, ..., 2]
+    (x = column, y = row; pixel centres at integers) -> [B, C, ...]."""
+    H, W = img.shape[-2:]
+    scale = torch.tensor([2.0 / max(W - 1, 1), 2.0 / max(H - 1, 1)], device=xy.device, dtype=img.dtype)
+    grid = xy.to(img.dtype) * scale - 1.0
+    shape = grid.shape
+    out = F.grid_sample(img, grid.reshape(shape[0], -1, 1, 2), align_corners=True, padding_mode=padding_mode)
+    return out.reshape(shape[0], img.shape[1], *shape[1:-1])
+
+
+def sincos_grid_embed(dim: int, gh: int, gw: int) -> Tensor:
+    """[1, dim, gh, gw] fixed 2D embedding of integer cell positions: first half
+    encodes the column, second half the row; each half sin then cos with
+    frequencies 10000 ** (-k / (dim/4))."""
+    half = dim // 2
+    k = torch.arange(half // 2, dtype=torch.float64) / (half / 2.0)
+    omega = 1.0 / 10000 ** k
+    cols = torch.arange(gw, dtype=torch.float64).repeat(gh)
+    rows = torch.arange(gh, dtype=torch.float64).repeat_interleave(gw)
+
+    def emb(pos):
+        a = pos[:, None] * omega[None]
+        return torch.cat((a.sin(), a.cos()), dim=1)
+
+    out = torch.cat((emb(cols), emb(rows)), dim=1).float()
+    return out.reshape(gh, gw, dim).permute(2, 0, 1)[None]
+
+
+def flow_embed(xy: Tensor, C: int) -> Tensor:
+    """[..., 2] displacements -> [..., 2C]: per axis, interleaved sin/cos of
+    x * k * 1000 / C for even k < C."""
+    div = torch.arange(0, C, 2, device=xy.device, dtype=torch.float32) * (1000.0 / C)
+    out = []
+    for a in (xy[..., 0:1], xy[..., 1:2]):
+        ang = a.float() * div
+        out.append(torch.stack((ang.sin(), ang.cos()), dim=-1).flatten(-2))
+    return torch.cat(out, dim=-1)
+
 
 class TrackAttnBlock(nn.Module):
-    """Self-attention block of the tracker (torch MultiheadAttention)."""
+    """Self-attention block of the tracker (torch MultiheadAttention). As in the
+    released model, the residual is taken after norm1."""
 
     def __init__(self, hidden: int, num_heads: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -245,7 +286,8 @@ class TrackCrossAttnBlock(nn.Module):
 
 
 class EfficientUpdateFormer(nn.Module):
-    """Time/space transformer of the tracker with virtual tracks."""
+    """Alternates attention along time (per track) and across tracks through a
+    small set of learned virtual tracks. [B, N, S, D_in] -> [B, N, S, D_out]."""
 
     def __init__(self, depth: int, input_dim: int, hidden: int, num_heads: int, output_dim: int,
                  num_virtual_tracks: int, mlp_ratio: float = 4.0):
@@ -261,17 +303,38 @@ class EfficientUpdateFormer(nn.Module):
         self.space_point2virtual_blocks = nn.ModuleList([TrackCrossAttnBlock(hidden, num_heads, mlp_ratio) for _ in range(depth)])
         self.space_virtual2point_blocks = nn.ModuleList([TrackCrossAttnBlock(hidden, num_heads, mlp_ratio) for _ in range(depth)])
 
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.input_transform(self.input_norm(x))
+        init = x
+        B, N, T, D = x.shape
+        V = self.virual_tracks.shape[1]
+        tokens = torch.cat((x, self.virual_tracks.repeat(B, 1, T, 1)), dim=1)
+        for time_block, v_self, p2v, v2p in zip(self.time_blocks, self.space_virtual_blocks,
+                                                 self.space_point2virtual_blocks, self.space_virtual2point_blocks):
+            tokens = time_block(tokens.reshape(B * (N + V), T, D)).reshape(B, N + V, T, D)
+            space = tokens.permute(0, 2, 1, 3).reshape(B * T, N + V, D)
+            points, virtual = space[:, :N], space[:, N:]
+            virtual = v_self(v2p(virtual, points))
+            points = p2v(points, virtual)
+            tokens = torch.cat((points, virtual), dim=1).reshape(B, T, N + V, D).permute(0, 2, 1, 3)
+        tokens = tokens[:, :N] + init
+        return self.flow_head(self.output_norm(tokens))
+
 
 class TrackPredictor(nn.Module):
-    """Parameters of the iterative point tracker (``BaseTrackerPredictor``)."""
+    """Iterative point tracker (``BaseTrackerPredictor``): correlation pyramid
+    around the current estimate + update transformer -> coordinate and feature
+    updates; visibility and confidence from the final track features."""
 
     def __init__(self, latent_dim: int, hidden: int, corr_levels: int, corr_radius: int, depth: int,
-                 num_heads: int, num_virtual_tracks: int):
+                 num_heads: int, num_virtual_tracks: int, stride: int = 2, max_scale: float = 518.0):
         super().__init__()
+        self.latent_dim, self.corr_levels, self.corr_radius = latent_dim, corr_levels, corr_radius
+        self.stride, self.max_scale = stride, max_scale
         self.corr_mlp = Mlp(corr_levels * (2 * corr_radius + 1) ** 2, hidden, latent_dim)
-        transformer_dim = 3 * latent_dim + 4
-        self.query_ref_token = nn.Parameter(torch.randn(1, 2, transformer_dim))
-        self.updateformer = EfficientUpdateFormer(depth, transformer_dim, hidden, num_heads, latent_dim + 2,
+        self.transformer_dim = 3 * latent_dim + 4
+        self.query_ref_token = nn.Parameter(torch.randn(1, 2, self.transformer_dim))
+        self.updateformer = EfficientUpdateFormer(depth, self.transformer_dim, hidden, num_heads, latent_dim + 2,
                                                   num_virtual_tracks)
         self.fmap_norm = nn.LayerNorm(latent_dim)
         self.ffeat_norm = nn.GroupNorm(1, latent_dim)
@@ -279,21 +342,85 @@ class TrackPredictor(nn.Module):
         self.vis_predictor = nn.Sequential(nn.Linear(latent_dim, 1))
         self.conf_predictor = nn.Sequential(nn.Linear(latent_dim, 1))
 
+    def _correlations(self, pyramid: list[Tensor], feats: Tensor, coords: Tensor) -> Tensor:
+        """feats [B,S,N,C] vs each pyramid level around coords [B,S,N,2] ->
+        [B,S,N, levels * (2r+1)^2]."""
+        B, S, N, C = feats.shape
+        r = self.corr_radius
+        lin = torch.linspace(-r, r, 2 * r + 1, device=coords.device, dtype=coords.dtype)
+        # offset grid [2r+1, 2r+1, 2]: entry (a, b) adds lin[a] to x and lin[b] to y
+        # (this transposed layout is what the released weights expect)
+        offsets = torch.stack(torch.meshgrid(lin, lin, indexing="ij"), dim=-1)
+        out = []
+        for level, fmap in enumerate(pyramid):
+            h, w = fmap.shape[-2:]
+            corr = feats @ fmap.reshape(B, S, C, h * w) / C ** 0.5  # [B,S,N,hw]
+            centre = coords.reshape(B * S * N, 1, 1, 2) / 2 ** level
+            grid = centre + offsets[None]
+            sampled = sample_bilinear(corr.reshape(B * S * N, 1, h, w), grid, padding_mode="zeros")
+            out.append(sampled.reshape(B, S, N, -1))
+        return torch.cat(out, dim=-1)
+
+    def forward(self, query_points: Tensor, fmaps: Tensor, iters: int = 4):
+        """query_points [B,N,2] pixels (x, y) in the first view; fmaps [B,S,C,h,w]
+        at 1/stride resolution. Returns (list of tracks [B,S,N,2] in pixels, one
+        per iteration, visibility [B,S,N], confidence [B,S,N]), both in (0, 1)."""
+        B, N, _ = query_points.shape
+        _, S, C, h, w = fmaps.shape
+        fmaps = self.fmap_norm(fmaps.permute(0, 1, 3, 4, 2)).permute(0, 1, 4, 2, 3)
+        coords = (query_points / float(self.stride))[:, None].expand(B, S, N, 2).clone()
+        query_xy = coords[:, 0].clone()
+        query_feat = sample_bilinear(fmaps[:, 0], query_xy).permute(0, 2, 1)  # [B,N,C]
+        feats = query_feat[:, None].expand(B, S, N, C)
+        pyramid = [fmaps]
+        for _ in range(self.corr_levels - 1):
+            prev = pyramid[-1]
+            pooled = F.avg_pool2d(prev.reshape(B * S, C, *prev.shape[-2:]), 2, stride=2)
+            pyramid.append(pooled.reshape(B, S, C, *pooled.shape[-2:]))
+        pos = sincos_grid_embed(self.transformer_dim, h, w).to(fmaps.device).expand(B, -1, -1, -1)
+        pos = sample_bilinear(pos, query_xy).permute(0, 2, 1).reshape(B * N, 1, -1)
+        ref = torch.cat((self.query_ref_token[:, :1], self.query_ref_token[:, 1:2].expand(-1, S - 1, -1)), dim=1)
+        tracks = []
+        for _ in range(iters):
+            coords = coords.detach()
+            corr = self.corr_mlp(self._correlations(pyramid, feats, coords).permute(0, 2, 1, 3).reshape(B * N, S, -1))
+            flows = (coords - coords[:, :1]).permute(0, 2, 1, 3).reshape(B * N, S, 2)
+            flows_emb = torch.cat((flow_embed(flows, self.latent_dim // 2), flows / self.max_scale,
+                                   flows / self.max_scale), dim=-1)
+            feats_ = feats.permute(0, 2, 1, 3).reshape(B * N, S, C)
+            x = torch.cat((flows_emb, corr, feats_), dim=2) + pos + ref.to(flows.dtype)
+            delta = self.updateformer(x.reshape(B, N, S, -1)).reshape(B * N * S, -1)
+            feats_ = self.ffeat_updater(self.ffeat_norm(delta[:, 2:])) + feats_.reshape(B * N * S, C)
+            feats = feats_.reshape(B, N, S, C).permute(0, 2, 1, 3)
+            coords = coords + delta[:, :2].reshape(B, N, S, 2).permute(0, 2, 1, 3)
+            coords[:, 0] = query_xy  # the query view's positions are given, not estimated
+            tracks.append(coords * self.stride)
+        flat = feats.reshape(B * S * N, C)
+        vis = torch.sigmoid(self.vis_predictor(flat)).reshape(B, S, N)
+        conf = torch.sigmoid(self.conf_predictor(flat)).reshape(B, S, N)
+        return tracks, vis, conf
+
 
 class TrackHead(nn.Module):
-    """Track head: a feature-only DPT (half resolution, no position embedding)
-    and the tracker. Only the feature extractor runs here (``features``); point
-    tracking is not needed for lifting and is not implemented."""
+    """Track head: a feature-only DPT at half resolution (no position
+    embedding) and the iterative tracker (stride 2)."""
 
     def __init__(self, dim_in: int, patch_size: int, layers: Sequence[int], out_channels: Sequence[int],
                  features: int = 128, hidden: int = 384, corr_levels: int = 7, corr_radius: int = 4,
-                 depth: int = 6, num_heads: int = 8, num_virtual_tracks: int = 64):
+                 depth: int = 6, num_heads: int = 8, num_virtual_tracks: int = 64, iters: int = 4):
         super().__init__()
+        self.iters = iters
         self.feature_extractor = DPTHead(dim_in, patch_size, features=features, out_channels=out_channels,
                                          layers=layers, pos_embed=False, feature_only=True, down_ratio=2)
         self.tracker = TrackPredictor(features, hidden, corr_levels, corr_radius, depth, num_heads,
-                                      num_virtual_tracks)
+                                      num_virtual_tracks, stride=2)
 
     def features(self, tokens_list, image_hw, patch_start_idx) -> Tensor:
         """Track feature maps [B, S, features, H/2, W/2]."""
         return self.feature_extractor(tokens_list, image_hw, patch_start_idx)
+
+    def forward(self, tokens_list, image_hw, patch_start_idx, query_points: Tensor, iters: Optional[int] = None):
+        """query_points [B,N,2] pixels in view 0 -> (tracks list of [B,S,N,2],
+        visibility [B,S,N], confidence [B,S,N])."""
+        fmaps = self.features(tokens_list, image_hw, patch_start_idx)
+        return self.tracker(query_points, fmaps, iters or self.iters)

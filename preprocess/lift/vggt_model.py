@@ -11,6 +11,14 @@ pose encoding [B, S, 9] (translation, quaternion xyzw, fov_h, fov_w, of the
 camera-from-world transform in OpenCV axes, world = first camera), depth and
 confidence [B, S, H, W], optional world points [B, S, H, W, 3] and confidence.
 On CUDA the aggregator runs under bf16 autocast; the heads always run in fp32.
+
+Checked against the official code (facebookresearch/vggt, commit 44b3afb): the
+1B model's state-dict keys, shapes and order are identical, and with the same
+random weights at tiny sizes every output (tokens, pose encoding, depth, points,
+confidences, track features) is bit-identical on CPU
+(``tests/test_vggt.py::test_matches_the_official_implementation_when_installed``
+runs that comparison wherever the official package is importable). Point
+tracking (``query_points``) is implemented too; the lifter does not use it.
 """
 from __future__ import annotations
 
@@ -86,6 +94,10 @@ class VGGTOutput:
     depth_conf: Optional[Tensor] = None  # [B, S, H, W] >= 1
     world_points: Optional[Tensor] = None  # [B, S, H, W, 3]
     world_points_conf: Optional[Tensor] = None  # [B, S, H, W]
+    track: Optional[Tensor] = None  # [B, S, N, 2] pixels (last iteration), with query_points
+    track_list: list = field(default_factory=list)
+    track_vis: Optional[Tensor] = None  # [B, S, N] in (0, 1)
+    track_conf: Optional[Tensor] = None  # [B, S, N] in (0, 1)
 
 
 class Aggregator(nn.Module):
@@ -116,8 +128,13 @@ class Aggregator(nn.Module):
         self.camera_token = nn.Parameter(torch.randn(1, 2, 1, C) * 1e-6)
         self.register_token = nn.Parameter(torch.randn(1, 2, cfg.num_register_tokens, C) * 1e-6)
         self.patch_start_idx = 1 + cfg.num_register_tokens
-        self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1), persistent=False)
-        self.register_buffer("_std", torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1), persistent=False)
+        self.reset_constants()
+
+    def reset_constants(self, device=None) -> None:
+        """(Re)create the non-persistent normalisation buffers (needed after
+        building on the meta device and loading weights with ``assign``)."""
+        self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN, device=device).view(1, 1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(IMAGENET_STD, device=device).view(1, 1, 3, 1, 1), persistent=False)
 
     @staticmethod
     def _per_view(token: Tensor, B: int, S: int) -> Tensor:
@@ -176,11 +193,14 @@ class VGGT(nn.Module):
                            if cfg.enable_track else None)
 
     def forward(self, images: Tensor, with_points: bool = True, with_depth: bool = True,
-                autocast_dtype: Optional[torch.dtype] = None) -> VGGTOutput:
+                autocast_dtype: Optional[torch.dtype] = None, query_points: Optional[Tensor] = None) -> VGGTOutput:
         """images [S,3,H,W] or [B,S,3,H,W] in [0,1]. ``autocast_dtype`` defaults to
-        bf16 on CUDA and None (fp32) elsewhere; the heads run in fp32."""
+        bf16 on CUDA and None (fp32) elsewhere; the heads run in fp32.
+        ``query_points`` [N,2] or [B,N,2] pixels (x, y) in view 0: also track them."""
         if images.ndim == 4:
             images = images[None]
+        if query_points is not None and query_points.ndim == 2:
+            query_points = query_points[None]
         if images.ndim != 5:
             raise ValueError(f"expected images [S,3,H,W] or [B,S,3,H,W], got {list(images.shape)}")
         H, W = images.shape[-2:]
@@ -204,6 +224,12 @@ class VGGT(nn.Module):
                 out.depth = depth[..., 0]
             if self.point_head is not None and with_points:
                 out.world_points, out.world_points_conf = self.point_head(tokens, (H, W), start)
+            if query_points is not None:
+                if self.track_head is None:
+                    raise ValueError("query_points given but the track head is disabled")
+                out.track_list, out.track_vis, out.track_conf = self.track_head(tokens, (H, W), start,
+                                                                                query_points.float())
+                out.track = out.track_list[-1]
         return out
 
 
@@ -228,7 +254,8 @@ def read_state_dict(path: str | Path) -> dict:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            # mmap: the 5 GB checkpoint is not copied into memory a second time
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # corrupt/truncated file: say which
         raise CheckpointError(f"checkpoint '{path}': cannot be read ({type(e).__name__}: {e})") from e
     for wrapper in ("model", "state_dict"):
@@ -271,9 +298,17 @@ def load_vggt(name_or_path: str | Path = "facebook/VGGT-1B", config: Optional[VG
     ``CheckpointError`` listing them."""
     path = resolve_checkpoint(name_or_path)
     state = read_state_dict(path)
-    model = VGGT(config)
-    check_state_dict(model, state, source=str(path), strict=strict)
-    model.load_state_dict(state, strict=strict)
+    if strict:
+        # every parameter comes from the checkpoint: build without allocating
+        # (meta device) and take the loaded tensors as they are
+        model = build_on_meta(config)
+        check_state_dict(model, state, source=str(path), strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
+        model.aggregator.reset_constants()
+    else:
+        model = VGGT(config)
+        check_state_dict(model, state, source=str(path), strict=False)
+        model.load_state_dict(state, strict=False)
     return model.to(device).eval()
 
 

@@ -21,10 +21,12 @@ integers: fx*W, fy*H, cx*W - 0.5, cy*H - 0.5.
 
 View groups (Concerto's RE10K preprocessing): start at a random frame, then grow
 the group to ``num_views`` by stepping outward from its first/last frame by at
-least ``frame_gap[0]`` frames; a candidate j for anchor i is valid if the
+least ``view_gap_min`` (15) frames; a candidate j for anchor i is valid if the
 score |euler_i - euler_j| (degrees, xyz, L2) + 20 |c_i - c_j| (camera centres)
-lies in ``overlap_range``; the scan stops when the score drops below the range
-or the gap exceeds ``frame_gap[1]``; one valid candidate is drawn at random.
+lies in [``overlap_min``, ``overlap_max``] (5, 40); the scan stops when the
+score drops below the range or the gap exceeds ``view_gap_max`` (135); one
+valid candidate is drawn at random. (The option is not called ``frame_gap``:
+that name is the build's per-source image gap, 1 for RE10K groups.)
 The first ``groups_per_clip`` complete groups are kept (the reference keeps
 one). Only frames present on disk can be chosen. Euler differences are wrapped
 to [-180, 180) (the reference does not wrap).
@@ -136,7 +138,7 @@ def overlap_score(euler_a: np.ndarray, euler_b: np.ndarray, centre_a: np.ndarray
     return float(np.linalg.norm(d) + EULER_DISTANCE_WEIGHT * np.linalg.norm(np.asarray(centre_a) - centre_b))
 
 
-def select_view_groups(poses: np.ndarray, num_views: int = 4, frame_gap: tuple[int, int] = (15, 135),
+def select_view_groups(poses: np.ndarray, num_views: int = 4, view_gap: tuple[int, int] = (15, 135),
                        overlap_range: tuple[float, float] = (5.0, 40.0), max_groups: int = 1,
                        available: Optional[np.ndarray] = None, rng: Optional[np.random.Generator] = None) -> list[list[int]]:
     """Groups of ``num_views`` frame indices (ascending) from camera-to-world
@@ -149,7 +151,7 @@ def select_view_groups(poses: np.ndarray, num_views: int = 4, frame_gap: tuple[i
     avail = np.ones(n, bool) if available is None else np.asarray(available, bool)
     euler = Rotation.from_matrix(poses[:, :3, :3]).as_euler("xyz", degrees=True)
     centre = poses[:, :3, 3]
-    gap_min, gap_max = frame_gap
+    gap_min, gap_max = view_gap
     lo, hi = overlap_range
     groups: list[list[int]] = []
     for start in rng.permutation(n):
@@ -186,16 +188,19 @@ class Re10kSource(AdapterBase):
     """RealEstate10K clips -> one lifted scene per view group (see module doc).
 
     Options: split, lifter ("vggt", "given-depth" or a ``Lifter`` object),
-    checkpoint and device (for "vggt"), num_views, frame_gap, overlap_range,
+    checkpoint and device (for "vggt"), num_views, view_gap_min/max (frames
+    between neighbouring views, 15/135), overlap_min/max (score range, 5/40),
     groups_per_clip, seed, and the lifting options of ``LiftOptions``
-    (conf_threshold, conf_percentile, target_height, voxel_size, max_points,
-    require_floor). ``frame_skip`` keeps every Nth camera-file row before
-    selection (gaps then count kept rows)."""
+    (conf_threshold, conf_percentile, target_height, height_percentile,
+    voxel_size, max_points, require_floor). ``frame_skip`` keeps every Nth
+    camera-file row before selection (gaps then count kept rows)."""
 
     OPTIONS = {
         "split": "train", "lifter": "vggt", "checkpoint": "facebook/VGGT-1B", "device": None,
-        "num_views": 4, "frame_gap": (15, 135), "overlap_range": (5.0, 40.0), "groups_per_clip": 1, "seed": 123,
-        "conf_threshold": None, "conf_percentile": 50.0, "target_height": 3.0, "voxel_size": 0.02,
+        "num_views": 4, "view_gap_min": 15, "view_gap_max": 135, "overlap_min": 5.0, "overlap_max": 40.0,
+        "groups_per_clip": 1, "seed": 123,
+        "conf_threshold": None, "conf_percentile": 50.0, "target_height": 3.0, "height_percentile": 0.0,
+        "voxel_size": 0.02,
         "max_points": 200_000, "require_floor": True,
     }
 
@@ -272,8 +277,10 @@ class Re10kSource(AdapterBase):
             if self.lifter_name == "given-depth":
                 available &= np.array([self._depth_file(clip_id, int(t)).is_file() for t in clip.timestamps])
             self._groups[clip_id] = select_view_groups(
-                clip.poses(), int(self.options["num_views"]), tuple(self.options["frame_gap"]),
-                tuple(self.options["overlap_range"]), int(self.options["groups_per_clip"]), available,
+                clip.poses(), int(self.options["num_views"]),
+                (int(self.options["view_gap_min"]), int(self.options["view_gap_max"])),
+                (float(self.options["overlap_min"]), float(self.options["overlap_max"])),
+                int(self.options["groups_per_clip"]), available,
                 self._clip_rng(clip_id),
             )
         return self._groups[clip_id]
@@ -318,7 +325,8 @@ class Re10kSource(AdapterBase):
 
         o = self.options
         return LiftOptions(conf_threshold=o["conf_threshold"], conf_percentile=o["conf_percentile"],
-                           target_height=o["target_height"], voxel_size=o["voxel_size"], max_points=o["max_points"],
+                           target_height=o["target_height"], height_percentile=float(o["height_percentile"]),
+                           voxel_size=o["voxel_size"], max_points=o["max_points"],
                            require_floor=o["require_floor"], seed=int(o["seed"]))
 
     def load(self, ref: SceneRef) -> Scene:

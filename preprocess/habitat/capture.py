@@ -1,0 +1,382 @@
+"""Room capture: the ``RoomCapture`` interface, HM3D scene files, and the
+habitat-free ``MeshBackend``.
+
+A backend finds the navigable rooms of a scene (``rooms``), takes four RGB-D
+views in each (``capture``: one camera position, yaws 90 deg apart from a random
+start) and samples the room's coloured point cloud (``point_cloud``). Frames
+follow ``preprocess.scene``: rgb uint8, z-depth float32 m with NaN = no surface,
+K float32, camera-to-world pose float32 in OpenCV axes, GLB (Z-up) world.
+
+``MeshBackend`` reads the textured ``<hash>.glb`` with trimesh and renders with
+``preprocess.render``. Rooms come from, in order (``room_method="auto"``):
+``regions`` (the semantic annotations' region per object), ``nodes`` (room
+groups in the GLB part names, as the reference preprocessing does) or
+``floorplan`` (see ``preprocess.habitat.floorplan``). A room is kept only if it
+has a navigable cell (floor below, free body band, away from walls).
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Protocol, runtime_checkable
+
+import numpy as np
+
+from preprocess.habitat import floorplan as fp
+from preprocess.habitat.house import (
+    FaceLabels,
+    HouseMesh,
+    first_per_voxel,
+    load_house,
+    node_room_ids,
+    read_semantic_txt,
+    semantic_face_labels,
+)
+from preprocess.habitat.viewpoints import intrinsics_from_hfov, jitter_offsets, room_camera_poses, view_yaws
+from preprocess.scene import Frame, PointCloud
+
+ROOM_METHODS = ("auto", "regions", "nodes", "floorplan")
+FLOOR_TOLERANCE = 0.15  # m, as floorplan.build_nav_grid
+
+
+@dataclass(frozen=True)
+class HM3DScene:
+    """The files of one HM3D scene folder ``<split>/<NNNNN>-<hash>/``."""
+
+    scene_id: str  # folder name, e.g. "00800-TEEsavR23oF"
+    split: str
+    folder: Path
+    glb: Path  # <hash>.glb if present, else <hash>.basis.glb
+    basis_glb: Optional[Path] = None
+    semantic_glb: Optional[Path] = None
+    semantic_txt: Optional[Path] = None
+    navmesh: Optional[Path] = None
+
+    @property
+    def files(self) -> list[Path]:
+        return [p for p in (self.glb, self.basis_glb, self.semantic_glb, self.semantic_txt, self.navmesh) if p is not None]
+
+
+def find_hm3d_scene(folder: Path, split: str = "") -> Optional[HM3DScene]:
+    """HM3DScene for ``folder`` or None if it holds no ``<hash>.glb``/``.basis.glb``."""
+    folder = Path(folder)
+    name = folder.name
+    hsh = name.split("-", 1)[1] if "-" in name else name
+
+    def opt(suffix):
+        p = folder / f"{hsh}{suffix}"
+        return p if p.is_file() else None
+
+    glb, basis = opt(".glb"), opt(".basis.glb")
+    if glb is None and basis is None:
+        return None
+    return HM3DScene(
+        scene_id=name, split=split, folder=folder, glb=glb or basis, basis_glb=basis,
+        semantic_glb=opt(".semantic.glb"), semantic_txt=opt(".semantic.txt"),
+        navmesh=opt(".basis.navmesh") or opt(".navmesh"),
+    )
+
+
+@dataclass
+class Room:
+    """A navigable room. ``camera_xy`` [2] is the chosen cell centre (GLB world),
+    ``level_z`` the floor height; the room's extent is ``faces`` (bool [F] over
+    the house mesh, annotated rooms) or ``footprint`` on ``spec`` with heights
+    ``z_range`` (floor-plan rooms). ``candidates`` (on ``spec``) are the cells a
+    jittered camera may move to."""
+
+    scene: HM3DScene
+    room_id: str
+    method: str
+    index: int
+    level_z: float
+    camera_xy: np.ndarray
+    spec: Optional[fp.GridSpec] = None
+    candidates: Optional[np.ndarray] = None
+    footprint: Optional[np.ndarray] = None
+    z_range: Optional[tuple[float, float]] = None
+    faces: Optional[np.ndarray] = None
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class RoomCapture(Protocol):
+    name: str
+
+    def rooms(self, scene: HM3DScene) -> list[Room]: ...
+
+    def capture(self, room: Room) -> list[Frame]: ...
+
+    def point_cloud(self, room: Room) -> PointCloud: ...
+
+    def categories(self, scene: HM3DScene) -> Optional[list[str]]: ...
+
+    def close(self) -> None: ...
+
+
+def room_rng(seed: int, scene_id: str, room_id: str, stream: int) -> np.random.Generator:
+    """Deterministic generator per (seed, scene, room, purpose)."""
+    return np.random.default_rng([int(seed), zlib.crc32(scene_id.encode()), zlib.crc32(room_id.encode()), int(stream)])
+
+
+@dataclass
+class CaptureSettings:
+    """Camera and sampling settings shared by the backends (reference values)."""
+
+    width: int = 720
+    height: int = 720
+    hfov_deg: float = 90.0
+    num_views: int = 4
+    camera_height: float = 1.5  # above the room's floor, m
+    jitter: float = 0.25  # max |dx|, |dy| of the camera position, m
+    point_spacing: float = 0.02
+    seed: int = 0
+
+    def K(self) -> np.ndarray:
+        return intrinsics_from_hfov(self.width, self.height, self.hfov_deg)
+
+
+@dataclass
+class _House:
+    """Everything derived from one scene's mesh, kept while its rooms are used."""
+
+    scene: HM3DScene
+    mesh: HouseMesh
+    labels: Optional[FaceLabels]
+    levels: list[float]
+    grids: list[fp.NavGrid]
+    rooms: list[Room]
+
+
+class MeshBackend:
+    """Habitat-free room capture from the GLB (see the module docstring)."""
+
+    name = "mesh"
+
+    def __init__(
+        self,
+        settings: CaptureSettings | None = None,
+        room_method: str = "auto",
+        render_backend: str = "auto",
+        grid_cell: float = 0.1,
+        door_width: float = 1.0,
+        min_room_area: float = 2.0,
+        agent_radius: float = 0.15,
+        max_room_height: float = 3.5,
+        category_map: dict[str, str] | None = None,
+    ):
+        if room_method not in ROOM_METHODS:
+            raise ValueError(f"room_method must be one of {ROOM_METHODS}, got {room_method!r}")
+        self.settings = settings or CaptureSettings()
+        self.room_method = room_method
+        self.render_backend = render_backend
+        self.grid_cell = float(grid_cell)
+        self.door_width = float(door_width)
+        self.min_room_area = float(min_room_area)
+        self.agent_radius = float(agent_radius)
+        self.max_room_height = float(max_room_height)
+        self.category_map = category_map
+        self._house: Optional[_House] = None
+        self._renderer = None
+
+    # -- rooms ---------------------------------------------------------------
+    def rooms(self, scene: HM3DScene) -> list[Room]:
+        return self._load(scene).rooms
+
+    def _load(self, scene: HM3DScene) -> _House:
+        if self._house is not None and self._house.scene == scene:
+            return self._house
+        self.close()
+        s = self.settings
+        mesh = load_house(scene.glb)
+        labels = None
+        if scene.semantic_glb is not None and scene.semantic_txt is not None:
+            labels = semantic_face_labels(mesh, load_house(scene.semantic_glb), read_semantic_txt(scene.semantic_txt))
+        # analysis samples: spacing cell/2, not thinned, so floor cells are covered
+        spacing = self.grid_cell / 2.0
+        oversample = 2.0
+        samples = mesh.sample_surface(spacing, room_rng(s.seed, scene.scene_id, "", 0), oversample=oversample, thin=False)
+        levels = fp.find_levels(samples.point, samples.normal, spacing**2 / oversample)
+        lo, hi = mesh.vertices[:, :2].min(0) - self.grid_cell, mesh.vertices[:, :2].max(0) + self.grid_cell
+        grids = [
+            fp.build_nav_grid(samples.point, samples.normal, z, s.camera_height, cell=self.grid_cell,
+                              agent_radius=self.agent_radius, bounds_xy=(lo, hi))
+            for z in levels
+        ]
+        house = _House(scene, mesh, labels, levels, grids, [])
+        method = self._method(house)
+        if method == "floorplan":
+            house.rooms = self._floorplan_rooms(house)
+        else:
+            face_room = labels.region if method == "regions" else node_room_ids(mesh)
+            house.rooms = self._annotated_rooms(house, samples, face_room, method)
+        self._house = house
+        return house
+
+    def _method(self, house: _House) -> str:
+        if self.room_method != "auto":
+            if self.room_method == "regions" and house.labels is None:
+                raise ValueError(f"scene '{house.scene.scene_id}': room_method 'regions' needs .semantic.glb and .semantic.txt")
+            return self.room_method
+        if house.labels is not None and (house.labels.region >= 0).any():
+            return "regions"
+        if (node_room_ids(house.mesh) >= 0).any():
+            return "nodes"
+        return "floorplan"
+
+    def _annotated_rooms(self, house: _House, samples, face_room: np.ndarray, method: str) -> list[Room]:
+        rooms = []
+        up = samples.normal[:, 2] > 0.9
+        sample_room = face_room[samples.face]
+        for rid in np.unique(face_room[face_room >= 0]):
+            floor_pts = samples.point[up & (sample_room == rid)]
+            if len(floor_pts) == 0 or not house.grids:
+                continue
+            # the level where this room's floor has the most navigable cells
+            cands = [
+                fp.rasterise(g.spec, floor_pts[np.abs(floor_pts[:, 2] - g.level_z) <= FLOOR_TOLERANCE, :2]) & g.navigable
+                for g in house.grids
+            ]
+            li = int(np.argmax([c.sum() for c in cands]))
+            grid, cand = house.grids[li], cands[li]
+            xy = fp.choose_camera_cell(cand, grid.navigable, grid.spec)
+            if xy is None:
+                continue
+            rid = int(rid)
+            name = f"region{rid:03d}" if method == "regions" else f"group{rid // 1000}_sub{rid % 1000}"
+            rooms.append(Room(house.scene, name, method, len(rooms), grid.level_z, xy, spec=grid.spec,
+                              candidates=cand, faces=face_room == rid))
+        return rooms
+
+    def _floorplan_rooms(self, house: _House) -> list[Room]:
+        rooms = []
+        for li, grid in enumerate(house.grids):
+            labels = fp.split_rooms(grid, door_width=self.door_width, min_room_area=self.min_room_area)
+            top = grid.level_z + self.max_room_height
+            if li + 1 < len(house.levels):
+                top = min(top, house.levels[li + 1] - 0.15)
+            for k in range(int(labels.max()) + 1 if labels.size else 0):
+                cells = labels == k
+                xy = fp.choose_camera_cell(cells, grid.navigable, grid.spec)
+                if xy is None:
+                    continue
+                foot = fp.room_footprint(cells, grid.spec.cell)
+                rooms.append(Room(house.scene, f"level{li}_room{k:02d}", "floorplan", len(rooms), grid.level_z, xy,
+                                  spec=grid.spec, candidates=cells, footprint=foot, z_range=(grid.level_z - 0.2, top)))
+        return rooms
+
+    # -- capture -------------------------------------------------------------
+    def camera_position(self, room: Room) -> np.ndarray:
+        """[3] GLB world: the room's cell centre moved by the first jitter (up to
+        ``settings.jitter`` per axis) that stays on a candidate cell, at camera
+        height above the floor."""
+        s = self.settings
+        rng = room_rng(s.seed, room.scene.scene_id, room.room_id, 1)
+        xy = np.asarray(room.camera_xy, dtype=np.float64)
+        if s.jitter > 0 and room.spec is not None:
+            tries = xy + jitter_offsets(rng, s.jitter, 32)
+            ok = room.spec.lookup(room.candidates, tries)
+            if ok.any():
+                xy = tries[np.argmax(ok)]
+        return np.array([xy[0], xy[1], room.level_z + s.camera_height])
+
+    def poses(self, room: Room) -> np.ndarray:
+        """float32 [num_views,4,4] camera-to-world poses of the room's views."""
+        s = self.settings
+        yaws = view_yaws(room_rng(s.seed, room.scene.scene_id, room.room_id, 2), s.num_views)
+        return room_camera_poses(self.camera_position(room), yaws)
+
+    def capture(self, room: Room) -> list[Frame]:
+        from preprocess.render import make_renderer
+
+        house = self._load(room.scene)
+        s = self.settings
+        if self._renderer is None:
+            self._renderer = make_renderer(house.mesh.vertex_colored_trimesh(), backend=self.render_backend, with_color=True)
+        K = s.K()
+        frames = []
+        for k, pose in enumerate(self.poses(room)):
+            view = self._renderer.render(K, pose, s.width, s.height)
+            frames.append(Frame(name=f"{room.room_id}_view{k}", rgb=view.rgb, K=K.copy(), pose=pose, depth=view.depth.astype(np.float32)))
+        return frames
+
+    # -- point cloud ---------------------------------------------------------
+    def point_cloud(self, room: Room) -> PointCloud:
+        house = self._load(room.scene)
+        return room_point_cloud(house.mesh, room, self.settings, house.labels, self.category_map)
+
+    def categories(self, scene: HM3DScene) -> Optional[list[str]]:
+        """Category names of the scene's semantic objects (None without annotations)."""
+        labels = self._load(scene).labels
+        return None if labels is None else list(labels.categories)
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+        self._renderer = None
+        self._house = None
+
+
+def room_point_cloud(mesh: HouseMesh, room: Room, settings: CaptureSettings, labels: Optional[FaceLabels] = None,
+                     category_map: dict[str, str] | None = None) -> PointCloud:
+    """The room's points at ``settings.point_spacing`` (area-uniform samples thinned
+    to one per cube of that side), texture colours, face normals; with ``labels``:
+    instance = semantic object id, segment = class index under ``category_map``
+    (raw category -> class name; classes sorted; -1 without a map)."""
+    spacing = settings.point_spacing
+    rng = room_rng(settings.seed, room.scene.scene_id, room.room_id, 3)
+    if room.faces is not None:
+        face_mask = room.faces
+    else:
+        face_mask = _faces_near_footprint(mesh, room)
+    # 3 samples per cube before thinning: ~95% of the cubes a surface crosses get a point
+    smp = mesh.sample_surface(spacing, rng, face_mask, oversample=3.0, thin=False)
+    keep = np.ones(len(smp.point), bool)
+    if room.faces is None:
+        z0, z1 = room.z_range
+        keep = room.spec.lookup(room.footprint, smp.point[:, :2]) & (smp.point[:, 2] >= z0) & (smp.point[:, 2] <= z1)
+    idx = np.nonzero(keep)[0]
+    # thin on the float32 values that are stored, so they hold one point per cube
+    idx = idx[first_per_voxel(smp.point[idx].astype(np.float32).astype(np.float64), spacing)]
+    face, bary = smp.face[idx], smp.bary[idx]
+    segment = instance = None
+    if labels is not None:
+        instance = labels.instance[face].astype(np.int32)
+        segment = np.full(len(face), -1, np.int32)
+        if category_map:
+            classes = sorted({c for c in category_map.values() if c and c not in ("unlabeled", "void")})
+            cls_index = {c: i for i, c in enumerate(classes)}
+            lut = np.array([cls_index.get(category_map.get(c, ""), -1) for c in labels.categories] + [-1], np.int32)
+            segment = lut[np.where(labels.category[face] >= 0, labels.category[face], len(labels.categories))]
+    return PointCloud(
+        coord=smp.point[idx].astype(np.float32), color=mesh.colors_at(face, bary), normal=smp.normal[idx].astype(np.float32),
+        segment=segment, instance=instance,
+    )
+
+
+def _faces_near_footprint(mesh: HouseMesh, room: Room) -> np.ndarray:
+    """Faces whose bounding box meets the footprint's box and height band."""
+    rows, cols = np.nonzero(room.footprint)
+    lo = room.spec.centre(rows.min(), cols.min()) - room.spec.cell
+    hi = room.spec.centre(rows.max(), cols.max()) + room.spec.cell
+    tri = mesh.vertices[mesh.faces]
+    tmin, tmax = tri.min(axis=1), tri.max(axis=1)
+    z0, z1 = room.z_range
+    return (
+        (tmax[:, 0] >= lo[0]) & (tmin[:, 0] <= hi[0]) & (tmax[:, 1] >= lo[1]) & (tmin[:, 1] <= hi[1])
+        & (tmax[:, 2] >= z0) & (tmin[:, 2] <= z1)
+    )
+
+
+def read_category_map(path: str | Path) -> dict[str, str]:
+    """HM3D-Semantics category mapping tsv (header; ``raw_category<TAB>category
+    <TAB>mpcat40``): category -> mpcat40 class name."""
+    out = {}
+    for i, line in enumerate(Path(path).read_text().splitlines()):
+        if i == 0 or not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) >= 2:
+            out[cols[-2].strip()] = cols[-1].strip()
+    return out

@@ -1,0 +1,146 @@
+"""The library half of build-dataset (pipelines.build, pipelines.quarantine):
+source specs, batching, per-scene failure capture, incremental commits. No
+Prefect server; tiny synthetic rooms and real Zarr stores."""
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+
+from pipelines.build import (
+    BatchItem,
+    SceneSettings,
+    SourceSpec,
+    TransientBatchError,
+    build_batch,
+    commit_batch,
+    commit_removals,
+    default_frame_gap,
+    is_transient,
+    make_batches,
+    plan_build,
+)
+from pipelines.quarantine import SceneFailure, load_quarantine, refresh_after_discovery, update_quarantine
+from pipelines.store import ShardStore, latest_version, load_manifest
+from preprocess.sources.base import SceneRef
+
+TINY = dict(frames_per_scene=4, image_width=64, image_height=48, points_per_scene=1500)
+SETTINGS = SceneSettings(min_correspondences=10)
+
+
+def test_source_spec_parse_and_validate():
+    s = SourceSpec.parse("synthetic:/data/rooms:num_scenes=3,seed=7,name=demo,frame_gap=2,hash_mode=content")
+    assert (s.kind, s.path, s.name, s.frame_gap) == ("synthetic", "/data/rooms", "demo", 2)
+    assert s.options == {"num_scenes": 3, "seed": 7, "hash_mode": "content"} and s.source_name == "demo"
+    assert SourceSpec.parse("scannet:/data/scannet").options == {}
+    assert SourceSpec.parse("s3dis:/a:b/c").path == "/a:b/c"  # no k=v tail: the colon is part of the path
+    with pytest.raises(ValueError, match="kind:path"):
+        SourceSpec.parse("synthetic")
+    with pytest.raises(ValueError, match="not key=value"):
+        SourceSpec.parse("synthetic:/x:a=1,oops")
+    with pytest.raises(ValueError, match="unknown key"):
+        SourceSpec.from_dict({"kind": "synthetic", "path": "/x", "colour": 1})
+    with pytest.raises(ValueError, match="'path' is required"):
+        SourceSpec.from_dict({"kind": "synthetic"})
+    assert [default_frame_gap(k) for k in ("scannet", "scannetpp", "arkitscenes", "s3dis", "synthetic")] == [75, 20, 50, 5, 1]
+
+
+def test_make_batches_never_mixes_sources():
+    spec_a, spec_b = SourceSpec("synthetic", "/a", "a"), SourceSpec("synthetic", "/b", "b")
+    items = [BatchItem(spec_a, SceneRef("a", f"s{i}", "h"), 1) for i in range(5)]
+    items += [BatchItem(spec_b, SceneRef("b", f"s{i}", "h"), 1) for i in range(2)]
+    batches = make_batches(reversed(items), 2)
+    assert [[it.key for it in b] for b in batches] == [["a/s0", "a/s1"], ["a/s2", "a/s3"], ["a/s4"], ["b/s0", "b/s1"]]
+    with pytest.raises(ValueError):
+        make_batches(items, 0)
+
+
+def test_transient_errors_are_told_apart():
+    assert is_transient(TimeoutError()) and is_transient(ConnectionResetError())
+    assert is_transient(OSError(errno.EIO, "disk hiccup"))
+    assert not is_transient(FileNotFoundError(errno.ENOENT, "gone"))
+    assert not is_transient(ValueError("bad input"))
+
+
+def test_retry_condition_only_retries_transient_failures():
+    from prefect.states import Failed
+
+    from flows.build_dataset import _retry_if_transient
+
+    assert _retry_if_transient(None, None, Failed(data=TransientBatchError("s/x", "load", TimeoutError("slow"))))
+    assert not _retry_if_transient(None, None, Failed(data=ValueError("bad config")))
+
+
+def test_batch_builds_good_scenes_and_quarantines_bad_ones(tmp_path):
+    spec = SourceSpec("synthetic", str(tmp_path / "rooms"), "syn", dict(TINY, num_scenes=3, seed=11))
+    refs = spec.make().discover()
+    cams = tmp_path / "rooms" / refs[1].scene_id / "cameras.json"
+    cams.write_text("{not json")
+    refs = spec.make().discover()
+    store = tmp_path / "store"
+    items = [BatchItem(spec, r, 1) for r in refs]
+    seen = []
+    res = build_batch(str(store), items, SETTINGS, shard_size=1, on_scene=lambda k, o: seen.append((k, o)))
+    assert sorted(res.scene_keys) == [refs[0].key, refs[2].key]
+    assert len(res.shards) == 2 and res.points == 2 * TINY["points_per_scene"]
+    (f,) = res.failures
+    assert (f.key, f.stage, f.error_type) == (refs[1].key, "load", "SourceError")
+    assert "cameras.json" in f.message and f.content_hash == refs[1].content_hash
+    assert (refs[1].key, "failed: load") in seen
+    assert all(res.timings[s] >= 0 for s in ("load", "render", "process", "write"))
+    # the shards are written but unlisted until committed
+    assert latest_version(store) is None
+    v = commit_batch(str(store), res.shards, note="test")
+    assert sorted(ShardStore.open(str(store)).scene_keys()) == sorted(res.scene_keys)
+    # the committed hash is the one the plan compared
+    hashes = {k: e.content_hash for k, (_, e) in load_manifest(store, v).scenes().items()}
+    assert hashes[refs[0].key] == refs[0].content_hash
+
+
+def test_plan_commit_changed_scene_and_removals(tmp_path):
+    spec = SourceSpec("synthetic", str(tmp_path / "rooms"), "syn", dict(TINY, num_scenes=2, seed=12))
+    refs = spec.make().discover()
+    store = str(tmp_path / "store")
+    res = build_batch(store, [BatchItem(spec, r, 1) for r in refs], SETTINGS, shard_size=2)
+    v1 = commit_batch(store, res.shards)
+    plan = plan_build(store, refs, ["syn"])
+    assert plan.unchanged == sorted(r.key for r in refs) and not plan.to_process
+
+    # a changed scene: a new hash is re-built and re-pointed, the old shard stays untouched
+    changed = SceneRef(refs[0].source, refs[0].scene_id, "0" * 40)
+    plan = plan_build(store, [changed, refs[1]], ["syn"])
+    assert [r.key for r in plan.changed] == [refs[0].key]
+    res2 = build_batch(store, [BatchItem(spec, changed, 1)], SETTINGS, shard_size=2)
+    v2 = commit_batch(store, res2.shards)
+    m = load_manifest(store, v2)
+    assert m.scenes()[refs[0].key][0] == res2.shards[0].id and m.scenes()[refs[0].key][1].content_hash == "0" * 40
+    assert m.scenes()[refs[1].key][0] == res.shards[0].id
+    assert len(ShardStore.open(store, version=v1).scene_keys()) == 2
+
+    # a source whose discovery failed keeps its scenes; a source that left loses them
+    assert plan_build(store, [], ["syn"], failed_sources=["syn"]).removed == []
+    plan = plan_build(store, [], ["other"])
+    assert sorted(plan.removed) == sorted(r.key for r in refs)
+    v3 = commit_removals(store, plan.removed)
+    assert v3 == v2 + 1 and ShardStore.open(store).scene_keys() == []
+
+
+def test_quarantine_report_is_cumulative(tmp_path):
+    store = str(tmp_path / "store")
+    a = SceneFailure.of("s/a", "s", "a", "h1", "render", RuntimeError("no mesh"))
+    b = SceneFailure.of("s/b", "s", "b", "h2", "load", ValueError("bad pose"))
+    update_quarantine(store, [a, b], manifest_version=None)
+    assert sorted(load_quarantine(store)) == ["s/a", "s/b"]
+    assert load_quarantine(store)["s/a"].message == "no mesh" and "RuntimeError" in load_quarantine(store)["s/a"].traceback
+    update_quarantine(store, [], resolved=["s/a"], manifest_version=3)
+    assert sorted(load_quarantine(store)) == ["s/b"]
+    # discovery no longer lists s/b: its entry is stale; t/* failed as a whole
+    t = SceneFailure.of("t/*", "t", "*", "", "discover", FileNotFoundError("no such folder"))
+    refresh_after_discovery(store, [t], discovered_sources=["s"], discovered_keys=["s/c"])
+    assert sorted(load_quarantine(store)) == ["t/*"]
+    raw = json.loads((tmp_path / "store" / "reports" / "quarantine.json").read_text())
+    assert raw["count"] == 1 and raw["scenes"][0]["stage"] == "discover"
+    (tmp_path / "store" / "reports" / "quarantine.json").write_text("{")
+    with pytest.raises(ValueError, match="quarantine.json"):
+        load_quarantine(store)

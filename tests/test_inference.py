@@ -1,0 +1,209 @@
+"""concerto.load / Encoder.embed: checkpoints (training run, official layout), determinism, equivariance."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import concerto
+from concerto.inference import (
+    Encoder,
+    InferenceError,
+    canonical_grid_sample,
+    center_shift,
+    load,
+    prepare_cloud,
+    random_encoder,
+)
+from concerto.model import PointTransformerV3, PTv3Config, save_checkpoint
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pretrain_store import write_store  # noqa: E402
+
+
+def cloud(n=1500, seed=0, extent=(2.0, 1.6, 1.0)):
+    rng = np.random.default_rng(seed)
+    coord = rng.uniform(0, 1, (n, 3)).astype(np.float32) * np.asarray(extent, np.float32)
+    color = rng.integers(0, 256, (n, 3)).astype(np.uint8)
+    normal = rng.normal(size=(n, 3)).astype(np.float32)
+    return coord, color, normal / np.linalg.norm(normal, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return random_encoder("tiny", seed=3)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A real training run: `concerto.train.train` for 2 steps on a tiny real shard store."""
+    from concerto.config import load_config
+    from concerto.train import train
+
+    root = tmp_path_factory.mktemp("run")
+    url = write_store(root / "store", shard_sizes=(2,), n_points=700, without_images=0)
+    cfg = load_config("tiny")
+    cfg.run.steps = 2
+    cfg.run.save_every = 100
+    train(cfg, url, root / "run", progress=False)
+    return root / "run"
+
+
+def test_import_concerto_is_light_and_exposes_load():
+    import subprocess
+
+    code = "import sys, concerto; assert 'torch' not in sys.modules; assert callable(concerto.load); print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
+    assert concerto.Encoder is Encoder
+
+
+def test_embed_shape_and_full_resolution(encoder):
+    coord, color, normal = cloud()
+    # duplicate a few points so several inputs share a voxel
+    coord = np.concatenate([coord, coord[:50] + 1e-4])
+    color = np.concatenate([color, color[:50]])
+    normal = np.concatenate([normal, normal[:50]])
+    feat = encoder.embed(coord, color, normal)
+    assert feat.shape == (len(coord), encoder.channels) == (1550, 32 + 32 + 64)
+    assert feat.dtype == np.float32 and np.isfinite(feat).all()
+    # points in the same 2 cm voxel carry the same feature (the voxel's), others differ
+    prep = prepare_cloud(coord, color, normal, 0.02)
+    same = prep.inverse[:50] == prep.inverse[1500:]
+    assert same.any()
+    np.testing.assert_array_equal(feat[:50][same], feat[1500:][same])
+    assert len(np.unique(feat.round(5), axis=0)) > len(coord) // 2
+
+
+def test_embed_is_deterministic(encoder):
+    coord, color, normal = cloud(seed=1)
+    a = encoder.embed(coord, color, normal)
+    torch.manual_seed(123)  # a different global RNG state must not matter
+    b = encoder.embed(coord, color, normal)
+    np.testing.assert_array_equal(a, b)
+    # a fresh encoder with the same seed gives the same features too
+    np.testing.assert_array_equal(a, random_encoder("tiny", seed=3).embed(coord, color, normal))
+
+
+def test_embed_is_permutation_equivariant(encoder):
+    coord, color, normal = cloud(seed=2)
+    # voxels with several points: the chosen representative must not depend on order
+    coord = np.concatenate([coord, coord + np.float32(0.003)])
+    color = np.concatenate([color, 255 - color])
+    normal = np.concatenate([normal, -normal])
+    feat = encoder.embed(coord, color, normal)
+    perm = np.random.default_rng(7).permutation(len(coord))
+    feat_p = encoder.embed(coord[perm], color[perm], normal[perm])
+    np.testing.assert_array_equal(feat[perm], feat_p)
+
+
+def test_canonical_grid_sample_ignores_order():
+    coord, color, normal = cloud(n=400, seed=4)
+    coord = center_shift(coord)
+    vals = np.concatenate([color / 127.5 - 1, normal], 1).astype(np.float32)
+    rows, grid, inv = canonical_grid_sample(coord, vals, 0.1)
+    perm = np.random.default_rng(0).permutation(len(coord))
+    rows_p, grid_p, inv_p = canonical_grid_sample(coord[perm], vals[perm], 0.1)
+    np.testing.assert_array_equal(grid, grid_p)
+    np.testing.assert_array_equal(coord[rows], coord[perm][rows_p])
+    np.testing.assert_array_equal(inv[perm], inv_p)
+    # every point maps to its own voxel, and the representative is the point nearest the centre
+    cell = np.floor(coord / 0.1).astype(int)
+    cell -= cell.min(0)
+    np.testing.assert_array_equal(grid[inv], cell)
+    frac = coord / 0.1 - np.floor(coord / 0.1) - 0.5
+    dist = (frac ** 2).sum(1)
+    for v in range(len(rows)):
+        members = np.nonzero(inv == v)[0]
+        assert dist[rows[v]] == dist[members].min()
+
+
+def test_batching_does_not_change_features(encoder):
+    clouds = [cloud(n=n, seed=s, extent=e) for n, s, e in ((900, 5, (1, 1, 1)), (1400, 6, (3, 1, 0.5)), (300, 7, (0.5, 0.5, 0.5)))]
+    alone = [encoder.embed(*c) for c in clouds]
+    together = encoder.embed([c[0] for c in clouds], [c[1] for c in clouds], [c[2] for c in clouds], batch_size=3)
+    pairs = encoder.embed([c[0] for c in clouds], [c[1] for c in clouds], [c[2] for c in clouds], batch_size=2)
+    for a, b, c in zip(alone, together, pairs):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+        np.testing.assert_allclose(a, c, atol=1e-4)
+
+
+def test_embed_without_color_and_normal(encoder):
+    coord, _, _ = cloud(n=500, seed=8)
+    feat = encoder.embed(torch.from_numpy(coord))
+    assert feat.shape == (500, encoder.channels)
+    black = encoder.embed(coord, np.zeros((500, 3), np.uint8), np.zeros((500, 3), np.float32))
+    np.testing.assert_array_equal(feat, black)
+
+
+def test_embed_bad_input_names_the_field(encoder):
+    coord, color, normal = cloud(n=100, seed=9)
+    bad = coord.copy()
+    bad[17, 1] = np.nan
+    with pytest.raises(InferenceError, match=r"cloud 0: field 'coord' has non-finite values \(first at point 17\)"):
+        encoder.embed(bad, color, normal)
+    with pytest.raises(InferenceError, match=r"cloud 1: field 'color' has shape \[99, 3\]"):
+        encoder.embed([coord, coord], [color, color[:99]], None)
+    with pytest.raises(InferenceError, match="field 'coord' must be"):
+        encoder.embed(np.zeros((0, 3), np.float32))
+
+
+def test_load_training_run_state_and_backbone(trained_run):
+    teacher = load(trained_run)  # newest checkpoints/step_*/state.pt, teacher backbone
+    assert isinstance(teacher, Encoder) and teacher.channels == 128
+    student = load(trained_run, weights="student")
+    exported = load(trained_run / "backbone.pth")  # official layout written by training
+    for k, v in exported.model.state_dict().items():
+        assert torch.equal(v, student.model.state_dict()[k]), k
+    step_dir = next((trained_run / "checkpoints").iterdir())
+    from_step = load(step_dir)
+    for k, v in from_step.model.state_dict().items():
+        assert torch.equal(v, teacher.model.state_dict()[k]), k
+    # the teacher is an EMA of the student, not the same weights after 2 steps
+    assert any(not torch.equal(v, student.model.state_dict()[k]) for k, v in teacher.model.state_dict().items())
+    coord, color, normal = cloud(n=800, seed=10)
+    f = teacher.embed(coord, color, normal)
+    assert f.shape == (800, 128) and np.isfinite(f).all()
+    np.testing.assert_array_equal(f, concerto.load(str(trained_run)).embed(coord, color, normal))
+
+
+def test_load_official_layout(tmp_path):
+    torch.manual_seed(0)
+    model = PointTransformerV3(PTv3Config.tiny())
+    path = save_checkpoint(model, tmp_path / "sonata_like.pth")
+    raw = torch.load(path, weights_only=True)
+    assert set(raw) == {"config", "state_dict"} and "embedding.stem.linear.weight" in raw["state_dict"]
+    enc = load(path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, enc.model.state_dict()[k]), k
+    coord, color, normal = cloud(n=600, seed=11)
+    ref = Encoder(model).embed(coord, color, normal)
+    np.testing.assert_array_equal(ref, enc.embed(coord, color, normal))
+    # DDP / wrapped prefixes are stripped
+    torch.save({"config": raw["config"], "state_dict": {"module.backbone." + k: v for k, v in raw["state_dict"].items()}},
+               tmp_path / "wrapped.pth")
+    np.testing.assert_array_equal(ref, load(tmp_path / "wrapped.pth").embed(coord, color, normal))
+
+
+def test_load_errors_name_the_checkpoint(tmp_path):
+    with pytest.raises(InferenceError, match="no such file or folder"):
+        load(tmp_path / "missing.pth")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InferenceError, match="folder has no state.pt"):
+        load(tmp_path / "empty")
+    bad = tmp_path / "truncated.pth"
+    bad.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(InferenceError, match="truncated.pth: cannot be read"):
+        load(bad)
+    torch.save({"config": PTv3Config.tiny().to_dict(), "state_dict": {"nope": torch.zeros(1)}}, tmp_path / "keys.pth")
+    with pytest.raises(InferenceError, match="keys.pth.*missing keys"):
+        load(tmp_path / "keys.pth")
+
+
+def test_pretrained_names_are_known():
+    from concerto.model.checkpoint import pretrained_location
+
+    assert pretrained_location("sonata") == ("facebook/sonata", "sonata.pth")
+    for size in ("small", "base", "large"):
+        assert pretrained_location(f"concerto_{size}") == ("Pointcept/Concerto", f"concerto_{size}.pth")
