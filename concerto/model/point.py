@@ -21,7 +21,9 @@ Fields with a fixed meaning:
   voxel here.
 - ``grid_sample_inverse`` int64 [N_input] (only on the first-stage Point when
   the model grid-sampled its input): for every input point, the index of the
-  voxel that represents it.
+  voxel that represents it; ``grid_sample_index`` [N]: the input row kept.
+- ``sparse_conv_cache`` / ``attention_plans``: per-resolution caches (kernel
+  maps, attention windows) shared by the blocks of one stage.
 """
 
 from __future__ import annotations

@@ -228,7 +228,6 @@ class SubMConv3d(nn.Module):
     def _forward_spconv(self, feat, grid_coord, batch, cache) -> torch.Tensor:
         sp = spconv_module()
         key = ("spconv_tensor", self.kernel_size)
-        indice_key = f"subm{self.kernel_size}"
         if key not in cache:
             indices = torch.cat([batch.view(-1, 1).int(), grid_coord.int()], 1).contiguous()
             shape = (grid_coord.max(0).values + self.kernel_size).tolist()

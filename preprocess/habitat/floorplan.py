@@ -158,27 +158,29 @@ def split_rooms(nav: NavGrid, door_width: float = 1.0, min_room_area: float = 2.
     """Room labels int32 [rows, cols]: 0.. on navigable cells, -1 elsewhere.
 
     Erodes the navigable area by ``door_width / 2`` (doorways close), labels the
-    remaining pieces, and gives every navigable cell the label of the nearest
-    piece in its own connected area. Rooms under ``min_room_area`` m^2 are dropped
+    remaining pieces and grows them back through the navigable area. Rooms under ``min_room_area`` m^2 are dropped
     (their cells become -1). Labels are renumbered in order of appearance."""
     nav_mask = nav.navigable
     r = max(1, int(np.ceil(door_width / 2.0 / nav.spec.cell)))
     core = ndimage.binary_erosion(nav_mask, structure=_disk(r), border_value=0)
     core_lab, n_core = ndimage.label(core)
-    area_lab, _ = ndimage.label(nav_mask)
     labels = np.full(nav_mask.shape, -1, np.int32)
     if n_core == 0:
         # No room is wider than a door: each connected area is one room.
         labels[nav_mask] = area_lab[nav_mask] - 1
     else:
-        # nearest core cell for every cell; keep it only within the same area
-        _, (ri, ci) = ndimage.distance_transform_edt(core_lab == 0, return_indices=True)
-        nearest = core_lab[ri, ci]
-        same_area = area_lab[ri, ci] == area_lab
-        ok = nav_mask & same_area
-        labels[ok] = nearest[ok] - 1
-        # areas with no core at all (narrow corridors): their own room
-        orphan = nav_mask & ~ok
+        # grow the pieces back one cell at a time inside the navigable area
+        # (geodesic, so a label never jumps through a wall)
+        grown = core_lab.copy()
+        while True:
+            reach = ndimage.grey_dilation(grown, size=(3, 3))
+            new = nav_mask & (grown == 0) & (reach > 0)
+            if not new.any():
+                break
+            grown[new] = reach[new]
+        labels[grown > 0] = grown[grown > 0] - 1
+        # areas no piece reaches (rooms narrower than a door): their own room
+        orphan = nav_mask & (grown == 0)
         if orphan.any():
             o_lab, _ = ndimage.label(orphan)
             labels[orphan] = o_lab[orphan] - 1 + n_core
