@@ -44,6 +44,7 @@ class ViewConfig:
     normal_drop_all_prob: float = 0.2
     normal_drop_part_prob: float = 0.5
     normal_drop_part_ratio: float = 0.2
+    elastic: tuple = ((0.2, 0.4), (0.8, 1.6))  # (granularity m, magnitude); [] disables
 
 
 @dataclass

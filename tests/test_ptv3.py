@@ -307,3 +307,36 @@ def test_bf16_autocast_forward_backward():
     assert feats.dtype == torch.bfloat16
     for name, q in model.named_parameters():
         assert q.grad is not None and q.grad.dtype == torch.float32 and torch.isfinite(q.grad).all(), name
+
+
+def _ddp_rank(rank: int, world: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = DistributedDataParallel(tiny().train())
+    p = scenes([600, 300], seed=100 + rank)  # different data per rank
+    p.mask = torch.rand(p.num_points, generator=torch.Generator().manual_seed(rank)) < 0.3
+    out = model(p, generator=torch.Generator().manual_seed(rank))
+    upcast(out, 2).feat.square().mean().backward()
+    torch.save({n: q.grad for n, q in model.module.named_parameters()}, f"{out_dir}/grad{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_gloo_averages_gradients(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    g0 = torch.load(tmp_path / "grad0.pt", weights_only=True)
+    g1 = torch.load(tmp_path / "grad1.pt", weights_only=True)
+    assert set(g0) == set(g1)
+    for name in g0:
+        torch.testing.assert_close(g0[name], g1[name], msg=name)
+    assert any(g0[n].abs().sum() > 0 for n in g0)

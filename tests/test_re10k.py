@@ -107,6 +107,23 @@ def test_floor_search_rejects_steep_planes_and_fails_clearly():
         geo.fit_floor(wall, lowest_fraction=1.0, max_trials=2)
 
 
+def test_normal_backends_agree_and_face_the_viewpoint():
+    pytest.importorskip("open3d")
+    rng = np.random.default_rng(3)
+    # a wavy surface z = 0.1 sin(x) seen from above
+    xy = rng.uniform(0, 3, (4000, 2))
+    pts = np.c_[xy, 0.1 * np.sin(xy[:, 0])]
+    view = np.tile([1.5, 1.5, 5.0], (len(pts), 1))
+    a = geo.estimate_normals(pts, 16, view, backend="numpy")
+    b = geo.estimate_normals(pts, 16, view, backend="open3d")
+    truth = np.c_[-0.1 * np.cos(xy[:, 0]), np.zeros(len(pts)), np.ones(len(pts))]
+    truth /= np.linalg.norm(truth, axis=1, keepdims=True)
+    assert np.median(np.einsum("ij,ij->i", a, b)) > 0.9999
+    assert np.percentile(np.einsum("ij,ij->i", a, truth), 5) > 0.99  # oriented up, towards the camera
+    with pytest.raises(ValueError, match="backend"):
+        geo.estimate_normals(pts, backend="cuda")
+
+
 def test_transform_poses_keeps_projection_consistent():
     rng = np.random.default_rng(1)
     pose = np.eye(4)

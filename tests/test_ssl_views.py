@@ -90,3 +90,16 @@ def test_make_views_is_deterministic_per_seed():
     c = make_views(coord, color, normal, p, np.random.default_rng([1, 2, 4]))
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["global_coord"], c["global_coord"])
+
+
+def test_elastic_distortion_is_smooth():
+    from concerto.ssl.views import elastic_distortion
+
+    rng = np.random.default_rng(0)
+    coord = rng.uniform(0, 3, (2000, 3))
+    near = coord + 0.005
+    assert np.array_equal(elastic_distortion(coord, 0.2, 0.0, np.random.default_rng(1)), coord)
+    a = elastic_distortion(coord, 0.8, 1.6, np.random.default_rng(1)) - coord
+    b = elastic_distortion(near, 0.8, 1.6, np.random.default_rng(1)) - near  # same noise field
+    assert np.abs(a).mean() > 0.05  # it moves points ...
+    assert np.abs(a - b).mean() < 0.1 * np.abs(a).mean()  # ... and neighbours alike

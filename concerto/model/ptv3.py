@@ -152,7 +152,7 @@ def _stage_orders(orders, num_stages: int):
     """Normalise the ``orders`` argument to one tuple of curve names per stage, or None."""
     if orders is None:
         return None
-    orders = list(orders)
+    orders = [orders] if isinstance(orders, str) else list(orders)
     if orders and all(isinstance(o, str) for o in orders):
         return [tuple(orders)] * num_stages
     if len(orders) != num_stages:

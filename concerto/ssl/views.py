@@ -22,7 +22,8 @@ teachers are matched on it. ``global_index`` maps each global-view point back to
 the input cloud (for the correspondences). Features are 9 channels:
 (augmented coord, colour scaled to [-1, 1], normal).
 
-Elastic distortion of the reference transform is not applied.
+Elastic distortion (smoothed noise grids, granularity/magnitude pairs in
+``elastic``) follows the per-view jitter, with probability 0.95.
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ class ViewParams:
     mask_size: float = 0.1
     mask_ratio: float = 0.3
     mask_jitter: float = 0.01
+    elastic: tuple = ((0.2, 0.4), (0.8, 1.6))  # (granularity m, magnitude) pairs; () disables
 
 
 def grid_sample_random(coord: np.ndarray, grid_size: float, rng: np.random.Generator) -> np.ndarray:
@@ -96,10 +98,12 @@ def _rotation(axis: int, angle: float) -> np.ndarray:
     return r
 
 
-def geometric_augment(coord: np.ndarray, normal: np.ndarray, rng: np.random.Generator):
+def geometric_augment(coord: np.ndarray, normal: np.ndarray, rng: np.random.Generator,
+                      elastic: tuple = ()):
     """Centre shift (x, y centred, z from 0), scale U(0.9, 1.1), rotation about z
     (U(-pi, pi), p 0.8) and about x and y (U(-pi/64, pi/64), p 0.8 each), flip of
-    x and y (p 0.5 each), jitter N(0, 0.005) clipped at 0.02. Returns new arrays."""
+    x and y (p 0.5 each), jitter N(0, 0.005) clipped at 0.02, then elastic distortion
+    (p 0.95) for each (granularity, magnitude) in ``elastic``. Returns new arrays."""
     lo, hi = coord.min(0), coord.max(0)
     shift = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]])
     coord = coord - shift
@@ -115,7 +119,28 @@ def geometric_augment(coord: np.ndarray, normal: np.ndarray, rng: np.random.Gene
             coord[:, axis] = -coord[:, axis]
             normal[:, axis] = -normal[:, axis]
     coord = coord + np.clip(rng.normal(0, 0.005, coord.shape), -0.02, 0.02)
+    if elastic and rng.random() < 0.95:
+        for granularity, magnitude in elastic:
+            coord = elastic_distortion(coord, granularity, magnitude, rng)
     return coord.astype(np.float32), normal.astype(np.float32)
+
+
+def elastic_distortion(coord: np.ndarray, granularity: float, magnitude: float,
+                       rng: np.random.Generator) -> np.ndarray:
+    """coord [N,3] + magnitude * (Gaussian noise on a grid of spacing ``granularity``,
+    box-smoothed (3 taps, twice per axis), trilinearly interpolated at the points)."""
+    from scipy.interpolate import RegularGridInterpolator
+    from scipy.ndimage import uniform_filter1d
+
+    lo = coord.min(0)
+    dims = ((coord - lo).max(0) // granularity).astype(int) + 3
+    noise = rng.standard_normal((*dims, 3)).astype(np.float32)
+    for _ in range(2):
+        for axis in range(3):
+            noise = uniform_filter1d(noise, 3, axis=axis, mode="constant", cval=0.0)
+    axes = [np.linspace(a - granularity, a + granularity * (d - 2), d) for a, d in zip(lo, dims)]
+    interp = RegularGridInterpolator(axes, noise, bounds_error=False, fill_value=0.0)
+    return coord + interp(coord).astype(coord.dtype) * magnitude
 
 
 def photometric_augment(color: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -186,7 +211,7 @@ def make_views(coord: np.ndarray, color: np.ndarray, normal: np.ndarray,
     out: dict = {}
     parts = {k: [] for k in ("coord", "masked_coord", "origin_coord", "feat", "mask", "index")}
     for idx in global_idx:
-        c, nrm = geometric_augment(g_coord[idx], g_normal[idx], rng)
+        c, nrm = geometric_augment(g_coord[idx], g_normal[idx], rng, params.elastic)
         mask = cube_mask(c, params.mask_size, params.mask_ratio, rng)
         parts["coord"].append(c)
         parts["masked_coord"].append(jitter_masked(c, mask, params.mask_jitter, rng))
@@ -199,7 +224,7 @@ def make_views(coord: np.ndarray, color: np.ndarray, normal: np.ndarray,
     out["global_count"] = np.array([len(i) for i in global_idx], np.int64)
     lparts = {k: [] for k in ("coord", "origin_coord", "feat")}
     for idx in local_idx:
-        c, nrm = geometric_augment(g_coord[idx], g_normal[idx], rng)
+        c, nrm = geometric_augment(g_coord[idx], g_normal[idx], rng, params.elastic)
         lparts["coord"].append(c)
         lparts["origin_coord"].append(g_coord[idx])
         lparts["feat"].append(_features(c, photometric_augment(g_color[idx], rng), nrm))

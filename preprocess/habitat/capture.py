@@ -256,12 +256,11 @@ class MeshBackend:
             top = grid.level_z + self.max_room_height
             if li + 1 < len(house.levels):
                 top = min(top, house.levels[li + 1] - 0.15)
-            for k in range(int(labels.max()) + 1 if labels.size else 0):
+            for k, foot in enumerate(fp.room_footprints(grid, labels)):
                 cells = labels == k
                 xy = fp.choose_camera_cell(cells, grid.navigable, grid.spec)
                 if xy is None:
                     continue
-                foot = fp.room_footprint(cells, grid.spec.cell)
                 rooms.append(Room(house.scene, f"level{li}_room{k:02d}", "floorplan", len(rooms), grid.level_z, xy,
                                   spec=grid.spec, candidates=cells, footprint=foot, z_range=(grid.level_z - 0.2, top)))
         return rooms

@@ -15,9 +15,10 @@ world, metres) instead of triangles, so one code path serves any mesh.
   ``agent_radius`` from a blocked or floorless cell.
 - ``split_rooms``: rooms without annotations. The navigable area is eroded by
   half a door width, so doorways (narrower than ``door_width``) close and each
-  room becomes its own connected component; every navigable cell then joins the
-  nearest component in its own connected area. Corridors narrower than a door
-  vanish in the erosion and join the room next to them.
+  room becomes its own connected component; the components then grow back
+  cell by cell through the navigable area (so doorways are shared out and no
+  label passes through a wall). Corridors narrower than a door vanish in the
+  erosion and join the rooms next to them.
 """
 from __future__ import annotations
 
@@ -60,14 +61,16 @@ class GridSpec:
 @dataclass
 class NavGrid:
     """One floor level: ``floor`` (floor surface seen), ``blocked`` (surface in
-    the body band) and ``navigable`` bool [rows, cols] on ``spec``; ``level_z``
-    the floor height (m)."""
+    the body band), ``covered`` (a ceiling above; all True when not required)
+    and ``navigable`` bool [rows, cols] on ``spec``; ``level_z`` the floor
+    height (m)."""
 
     spec: GridSpec
     level_z: float
     floor: np.ndarray
     blocked: np.ndarray
     navigable: np.ndarray
+    covered: np.ndarray | None = None
 
     def is_navigable(self, xy: np.ndarray) -> np.ndarray:
         return self.spec.lookup(self.navigable, xy)
@@ -142,16 +145,18 @@ def build_nav_grid(
     floor = ndimage.binary_closing(floor, iterations=1) | floor
     blocked = rasterise(spec, points[in_body, :2])
     free = floor & ~blocked
+    covered = np.ones(spec.shape, bool)
     if require_ceiling:
         # indoors only: a horizontal surface above head height (roofs, terraces
         # and the tops of ceiling slabs have none). |n_z| because scanned
         # ceilings are not reliably wound downwards.
         above = (dz >= camera_height + head_room) & (dz <= max_ceiling) & (np.abs(normals[:, 2]) > up_cosine)
         ceiling = rasterise(spec, points[above, :2])
-        free &= ndimage.binary_closing(ceiling, iterations=1) | ceiling
+        covered = ndimage.binary_closing(ceiling, iterations=1) | ceiling
+        free &= covered
     r = int(np.ceil(agent_radius / cell))
     navigable = ndimage.binary_erosion(free, structure=_disk(r), border_value=0) if r > 0 else free
-    return NavGrid(spec=spec, level_z=float(level_z), floor=floor, blocked=blocked, navigable=navigable)
+    return NavGrid(spec=spec, level_z=float(level_z), floor=floor, blocked=blocked, navigable=navigable, covered=covered)
 
 
 def split_rooms(nav: NavGrid, door_width: float = 1.0, min_room_area: float = 2.0) -> np.ndarray:
@@ -167,7 +172,7 @@ def split_rooms(nav: NavGrid, door_width: float = 1.0, min_room_area: float = 2.
     labels = np.full(nav_mask.shape, -1, np.int32)
     if n_core == 0:
         # No room is wider than a door: each connected area is one room.
-        labels[nav_mask] = area_lab[nav_mask] - 1
+        labels[nav_mask] = ndimage.label(nav_mask)[0][nav_mask] - 1
     else:
         # grow the pieces back one cell at a time inside the navigable area
         # (geodesic, so a label never jumps through a wall)
@@ -195,12 +200,32 @@ def split_rooms(nav: NavGrid, door_width: float = 1.0, min_room_area: float = 2.
     return out
 
 
-def room_footprint(room_cells: np.ndarray, cell: float, wall_margin: float = 0.35) -> np.ndarray:
-    """The room's navigable cells with holes (furniture) filled, grown by
-    ``wall_margin`` m so the walls around the room are inside. bool [rows, cols]."""
-    filled = ndimage.binary_fill_holes(room_cells)
-    r = int(np.ceil(wall_margin / cell))
-    return ndimage.binary_dilation(filled, structure=_disk(r)) if r > 0 else filled
+def room_footprints(nav: NavGrid, labels: np.ndarray, max_growth: float = 1.5, wall_margin: float = 0.25) -> list[np.ndarray]:
+    """Each room's extent on the grid, bool [rows, cols] per label 0..max.
+
+    The rooms' navigable cells grow together, one cell per step and never into
+    another room's cells, through the level's indoor surface cells (floor or
+    blocked, under a ceiling) for up to ``max_growth`` m: so furniture, the
+    floor under it and the walls join the room beside them, and a wall between
+    two rooms is split down its middle. Holes are filled and each extent grows by
+    ``wall_margin`` m (into no other room's cells) so the faces of its outer
+    walls are inside."""
+    grown = np.where(labels >= 0, labels + 1, 0).astype(np.int32)
+    support = (nav.floor | nav.blocked) & (nav.covered if nav.covered is not None else True)
+    for _ in range(int(np.ceil(max_growth / nav.spec.cell))):
+        reach = ndimage.grey_dilation(grown, size=(3, 3))
+        new = support & (grown == 0) & (reach > 0)
+        if not new.any():
+            break
+        grown[new] = reach[new]
+    r = int(np.ceil(wall_margin / nav.spec.cell))
+    out = []
+    for k in range(int(labels.max()) + 1 if labels.size else 0):
+        mask = ndimage.binary_fill_holes(grown == k + 1)
+        if r > 0:  # the margin never enters another room's cells
+            mask = ndimage.binary_dilation(mask, structure=_disk(r)) & ((grown == 0) | (grown == k + 1) | mask)
+        out.append(mask)
+    return out
 
 
 def choose_camera_cell(candidates: np.ndarray, navigable: np.ndarray, spec: GridSpec, min_clearance: float = 0.5) -> np.ndarray | None:

@@ -166,7 +166,8 @@ class LiftOptions:
     ``geometry.confidence_mask``); target_height: metres from lowest to highest
     point; align_floor / require_floor: RANSAC floor alignment, and whether a
     missing floor is an error (the reference drops such clips); voxel_size
-    (metres) and max_points: subsampling; normal_k: neighbours for normals."""
+    (metres) and max_points: subsampling; normal_k / normal_backend: normals
+    (``geometry.estimate_normals``)."""
 
     conf_threshold: Optional[float] = None
     conf_percentile: Optional[float] = 50.0
@@ -181,6 +182,7 @@ class LiftOptions:
     voxel_size: float = 0.02
     max_points: Optional[int] = 200_000
     normal_k: int = 16
+    normal_backend: str = "auto"
     visibility_eps: float = 0.01
     seed: int = 0
 
@@ -265,7 +267,7 @@ def scene_from_views(views: LiftedViews, scene_id: str, source: str, options: Op
         idx = np.sort(rng.choice(idx, o.max_points, replace=False))
     coord = pts[idx]
     color = views.rgb[src_view[idx], src_pix[idx, 0], src_pix[idx, 1]]
-    normal = geo.estimate_normals(coord, o.normal_k, viewpoints=poses[src_view[idx], :3, 3])
+    normal = geo.estimate_normals(coord, o.normal_k, viewpoints=poses[src_view[idx], :3, 3], backend=o.normal_backend)
 
     # 5. frames (rotations re-orthonormalised after float math)
     R = geo.orthonormalize(poses[:, :3, :3])
