@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -57,7 +56,8 @@ def main() -> None:
 
         loader = ShardLoader(url, spec, bs, num_workers=args.workers, seed=0)
         it = iter(loader)
-        next(it)  # worker start-up and first Zarr opens are not throughput
+        for _ in range(max(args.workers, 1)):
+            next(it)  # worker start-up, imports and first Zarr opens are not throughput
         t0 = time.perf_counter()
         n = 0
         for _ in tqdm(range(args.batches), desc=f"loader ({args.workers} workers)"):
@@ -71,7 +71,6 @@ def main() -> None:
         cfg.data.num_workers = 0
         out = tmp / "run"
         train(cfg, url, out, progress=False, stop_after=1)  # model build + first step excluded
-        t_load = time.perf_counter()
         summary = train(cfg, url, out, progress=False, resume=True)
         steps = summary["step"] - 1
         # the resumed run also loaded its batches in-process: subtract that time

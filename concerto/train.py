@@ -221,7 +221,10 @@ def train(cfg: PretrainConfig, data: Any, output: str | Path, resume: bool = Fal
         student.load_state_dict(start_state["student"])
         teacher.load_state_dict(start_state["teacher"])
         optimizer.load_state_dict(start_state["optimizer"])
-        loader.load_state_dict(start_state["loader"])
+        try:
+            loader.load_state_dict(start_state["loader"])
+        except ValueError as exc:
+            raise TrainError(f"resume from '{path}': {exc}") from exc
         step = int(start_state["step"])
     torch.manual_seed(cfg.run.seed + 1000 * rank + step)
     if start_rng is not None:

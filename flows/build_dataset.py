@@ -49,6 +49,7 @@ from pipelines.build import (
     BatchResult,
     SceneSettings,
     SourceSpec,
+    absolute_location,
     commit_batch,
     commit_removals,
     default_frame_gap,
@@ -222,6 +223,7 @@ def build_dataset(
     logger = get_run_logger()
     t_start = time.perf_counter()
     elapsed: dict[str, float] = {}
+    store = absolute_location(store)
     specs = [SourceSpec.from_dict(s.model_dump() if isinstance(s, BaseModel) else dict(s)) for s in sources]
     names = [s.source_name for s in specs]
     if not specs:

@@ -45,6 +45,14 @@ _TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EBUSY, errno.EIO, errno.ETIMEDOUT, errn
                      errno.ECONNABORTED, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ESTALE}
 
 
+def absolute_location(path_or_url: str) -> str:
+    """A local path made absolute (workers may run in another directory); a
+    URL with a scheme (s3://, memory://, file://) is returned unchanged."""
+    import os
+
+    return path_or_url if "://" in path_or_url else os.path.abspath(os.path.expanduser(path_or_url))
+
+
 def default_frame_gap(kind: str) -> int:
     """Reference frame gap of a source kind (ScanNet 75, ScanNet++ 20,
     ARKitScenes 50, S3DIS 5); 1 (every frame) for any other kind."""
@@ -87,7 +95,8 @@ class SourceSpec:
         gap = d.get("frame_gap")
         if gap is not None and (not isinstance(gap, int) or gap < 1):
             raise ValueError(f"source {d!r}: frame_gap must be an integer >= 1")
-        return SourceSpec(str(d["kind"]), str(d["path"]), d.get("name") or None, dict(d.get("options") or {}), gap)
+        return SourceSpec(str(d["kind"]), absolute_location(str(d["path"])), d.get("name") or None,
+                          dict(d.get("options") or {}), gap)
 
     @staticmethod
     def parse(text: str) -> "SourceSpec":

@@ -12,6 +12,7 @@ with one object per part, region = room), ``nodes`` (part names carry
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +30,30 @@ def box(lo, hi, color) -> trimesh.Trimesh:
     return m
 
 
+# Room B's floor is textured: 2x2 tiles, colour = QUADRANTS[x >= 6][y >= 1.75]
+QUADRANTS = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [255, 255, 0]]], np.uint8)
+
+
+def textured_floor_b() -> trimesh.Trimesh:
+    from PIL import Image
+
+    m = box((4.0, 0.0, -0.1), (8.0, 3.5, 0.0), (0, 0, 0))
+    uv = np.stack([(m.vertices[:, 0] - 4.0) / 4.0, m.vertices[:, 1] / 3.5], axis=1)
+    n = 64
+    rows, cols = np.mgrid[0:n, 0:n]
+    u, v = cols / (n - 1), 1.0 - rows / (n - 1)  # image row 0 is v = 1
+    img = QUADRANTS[(u >= 0.5).astype(int), (v >= 0.5).astype(int)]
+    m.visual = trimesh.visual.TextureVisuals(uv=uv, image=Image.fromarray(img))
+    return m
+
+
 def house_parts() -> list[tuple[str, int, trimesh.Trimesh]]:
     """(part name, room index, box) of every part."""
     H = HEIGHT
     P = []
     for r, ((x0, y0), (x1, y1)) in ROOMS.items():
-        P.append((f"floor{r}", r, box((x0, y0, -0.1), (x1, y1, 0.0), (200, 180 - 40 * r, 140))))
+        floor = textured_floor_b() if r == 1 else box((x0, y0, -0.1), (x1, y1, 0.0), (200, 180 - 40 * r, 140))
+        P.append((f"floor{r}", r, floor))
         P.append((f"ceiling{r}", r, box((x0, y0, H), (x1, y1, H + 0.1), (240, 240, 240))))
     P += [
         ("wallS", 0, box((-0.1, -0.1, 0), (8.1, 0.0, H), (150, 60, 60))),
@@ -57,7 +76,15 @@ def house_parts() -> list[tuple[str, int, trimesh.Trimesh]]:
 
 
 def part_colors() -> np.ndarray:
-    return np.unique(np.stack([np.asarray(m.visual.vertex_colors)[0, :3] for _, _, m in house_parts()]), axis=0)
+    """Every colour on the house's surface, uint8 [C,3]."""
+    cols = [np.asarray(m.visual.vertex_colors)[0, :3] for _, _, m in house_parts() if m.visual.kind == "vertex"]
+    return np.unique(np.concatenate([np.stack(cols), QUADRANTS.reshape(-1, 3)]), axis=0)
+
+
+def floor_b_color(xy: np.ndarray) -> np.ndarray:
+    """Texture colour uint8 [N,3] of room B's floor at world xy [N,2]."""
+    xy = np.asarray(xy)
+    return QUADRANTS[(xy[:, 0] >= 6.0).astype(int), (xy[:, 1] >= 1.75).astype(int)]
 
 
 def semantic_color(i: int) -> np.ndarray:
@@ -85,7 +112,7 @@ def write_house(folder: Path, variant: str = "plain") -> Path:
             mm = m.copy()
             mm.visual = trimesh.visual.ColorVisuals(mm, vertex_colors=np.tile(np.r_[col, 255], (len(mm.vertices), 1)).astype(np.uint8))
             sem.add_geometry(mm, geom_name=f"{name}{i}", node_name=f"{name}{i}")
-            category = name.rstrip("0123456789").replace("AB", "").replace("AC", "").lower()
+            category = re.match(r"[a-z]+", name).group(0)  # "wallNC" -> "wall"
             lines.append(f'{i + 1},{col[0]:02X}{col[1]:02X}{col[2]:02X},"{category}",{r}')
         sem.export(folder / f"{hsh}.semantic.glb")
         (folder / f"{hsh}.semantic.txt").write_text("\n".join(lines) + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 
 import pytest
 
@@ -34,6 +35,7 @@ def test_source_spec_parse_and_validate():
     assert (s.kind, s.path, s.name, s.frame_gap) == ("synthetic", "/data/rooms", "demo", 2)
     assert s.options == {"num_scenes": 3, "seed": 7, "hash_mode": "content"} and s.source_name == "demo"
     assert SourceSpec.parse("scannet:/data/scannet").options == {}
+    assert SourceSpec.parse("scannet:rel/dir").path == os.path.abspath("rel/dir")
     assert SourceSpec.parse("s3dis:/a:b/c").path == "/a:b/c"  # no k=v tail: the colon is part of the path
     with pytest.raises(ValueError, match="kind:path"):
         SourceSpec.parse("synthetic")

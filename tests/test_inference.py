@@ -208,3 +208,14 @@ def test_pretrained_names_are_known():
     assert pretrained_location("sonata") == ("facebook/sonata", "sonata.pth")
     for size in ("small", "base", "large"):
         assert pretrained_location(f"concerto_{size}") == ("Pointcept/Concerto", f"concerto_{size}.pth")
+
+
+def test_released_name_download_failure_is_one_clear_error(monkeypatch):
+    import huggingface_hub
+
+    def offline(**kwargs):
+        raise OSError(f"no network for {kwargs['repo_id']}/{kwargs['filename']}")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(InferenceError, match=r"checkpoint concerto_base: download .* failed .*Pointcept/Concerto/concerto_base.pth"):
+        load("concerto_base")

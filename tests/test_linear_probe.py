@@ -87,12 +87,12 @@ def test_linear_head_learns_separable_classes():
     label = rng.integers(0, 4, 4000)
     feat = (centres[label] + rng.normal(size=(4000, 16))).astype(np.float32)
     label[::50] = -1  # unlabelled points are ignored
-    head = train_linear_head(feat, label, 4, epochs=10, lr=0.05, batch_points=512, seed=0)
+    head = train_linear_head(feat, label, 4, epochs=5, lr=0.05, batch_points=1000, seed=0)
     scene = LabelledScene("s", "", np.zeros((4000, 3), np.float32), np.zeros((4000, 3), np.uint8),
                           np.zeros((4000, 3), np.float32), label)
     m = evaluate(head, {"s": feat}, [scene], 4)
     assert m.miou > 0.9 and m.all_acc > 0.95
-    again = train_linear_head(feat, label, 4, epochs=10, lr=0.05, batch_points=512, seed=0)
+    again = train_linear_head(feat, label, 4, epochs=5, lr=0.05, batch_points=1000, seed=0)
     np.testing.assert_array_equal(head.weight, again.weight)  # seeded
 
 

@@ -1,6 +1,5 @@
 """View generation and masking (numpy, per sample)."""
 import numpy as np
-import pytest
 
 from concerto.ssl.masking import cube_mask, jitter_masked
 from concerto.ssl.views import ViewParams, grid_sample_random, make_views, nearest_crop
@@ -103,3 +102,23 @@ def test_elastic_distortion_is_smooth():
     b = elastic_distortion(near, 0.8, 1.6, np.random.default_rng(1)) - near  # same noise field
     assert np.abs(a).mean() > 0.05  # it moves points ...
     assert np.abs(a - b).mean() < 0.1 * np.abs(a).mean()  # ... and neighbours alike
+
+
+def test_elastic_interpolation_matches_scipy():
+    from scipy.interpolate import RegularGridInterpolator
+    from scipy.ndimage import uniform_filter1d
+
+    from concerto.ssl.views import elastic_distortion
+
+    coord = np.random.default_rng(2).uniform(-1, 2, (500, 3))
+    got = elastic_distortion(coord, 0.3, 1.0, np.random.default_rng(7)) - coord
+    rng = np.random.default_rng(7)  # rebuild the same noise grid, interpolate with scipy
+    lo = coord.min(0)
+    dims = ((coord - lo).max(0) // 0.3).astype(int) + 3
+    noise = rng.standard_normal((*dims, 3)).astype(np.float32)
+    for _ in range(2):
+        for axis in range(3):
+            noise = uniform_filter1d(noise, 3, axis=axis, mode="constant", cval=0.0)
+    axes = [np.linspace(a - 0.3, a + 0.3 * (d - 2), d) for a, d in zip(lo, dims)]
+    expected = RegularGridInterpolator(axes, noise, bounds_error=False, fill_value=0.0)(coord)
+    np.testing.assert_allclose(got, expected, atol=1e-5)

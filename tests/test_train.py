@@ -127,6 +127,12 @@ def test_image_encoder_patch_features_and_bad_id(tmp_path):
     direct = enc.model(pixel_values=torch.randn(1, 3, 42, 42))
     assert direct.last_hidden_state.shape[1] == 1 + 9  # CLS dropped by the wrapper
     assert not any(p.requires_grad for p in enc.parameters())
+    # a SigLIP-style vision tower (no CLS token, patch 16) through the same interface
+    from transformers import SiglipVisionConfig
+
+    sig = ImageEncoder.from_config(SiglipVisionConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                      intermediate_size=32, patch_size=16, image_size=48))
+    assert sig.grid.grid_hw == (3, 3) and sig(torch.randn(1, 3, 48, 48)).shape == (1, 3, 3, 16)
     (tmp_path / "no_model").mkdir()
     for bad in (str(tmp_path / "no_model"),):
         with pytest.raises(ImageEncoderError) as err:

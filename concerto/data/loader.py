@@ -39,7 +39,7 @@ class ShardLoader:
         return len(self.sampler)
 
     def state_dict(self) -> dict:
-        return self.sampler.state_dict()
+        return dict(self.sampler.state_dict(), layout=self.sampler.layout())
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.load_state_dict(state)
@@ -50,7 +50,13 @@ class ShardLoader:
         generator = torch.Generator().manual_seed(self.sampler.seed * 1000003 + self.sampler.epoch)
         return DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=self.num_workers,
                           collate_fn=collate_samples, persistent_workers=False, generator=generator,
-                          multiprocessing_context="fork" if self.num_workers else None)
+                          multiprocessing_context=self._worker_context())
+
+    def _worker_context(self):
+        # fork starts workers fastest, but is unsafe once CUDA is initialised
+        if not self.num_workers:
+            return None
+        return "spawn" if torch.cuda.is_available() and torch.cuda.is_initialized() else "fork"
 
     def epoch(self) -> Iterator[dict]:
         """The rest of the current epoch; advances to the next epoch at its end."""

@@ -113,7 +113,16 @@ class ShardBatchSampler:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "consumed": self.consumed}
 
+    def layout(self) -> dict:
+        """What the batch order depends on besides (seed, epoch); a resumed run must match."""
+        return {"batch_size": self.batch_size, "world_size": self.world_size,
+                "num_workers": max(self.num_workers, 1), "num_samples": self.num_samples, "seed": self.seed}
+
     def load_state_dict(self, state: dict) -> None:
+        for key, value in state.get("layout", {}).items():
+            if self.layout().get(key) != value:
+                raise ValueError(f"loader state: saved with {key}={value}, now {self.layout().get(key)}; "
+                                 "the batch order would differ")
         self.epoch = int(state["epoch"])
         self.consumed = int(state["consumed"])
 

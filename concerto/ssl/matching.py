@@ -30,8 +30,3 @@ def match_nearest(query: torch.Tensor, query_group: torch.Tensor, ref: torch.Ten
     out = torch.cat(pairs)
     return out[torch.argsort(out[:, 0])]
 
-
-def offset_to_batch(offset: torch.Tensor) -> torch.Tensor:
-    """Cumulative ends [B] -> batch id per row [offset[-1]]."""
-    counts = torch.diff(offset, prepend=offset.new_zeros(1))
-    return torch.repeat_interleave(torch.arange(len(offset), device=offset.device), counts)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ from torch import nn
 from concerto.ssl.cross_modal import PatchPredictor
 from concerto.ssl.head import ClusteringHead
 from concerto.ssl.losses import cross_modal_loss, distillation_loss, pool_patches
-from concerto.ssl.matching import match_nearest, offset_to_batch
+from concerto.ssl.matching import match_nearest
 
 
 def upcast_channels(enc_channels, levels: int) -> int:

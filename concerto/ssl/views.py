@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+from scipy.ndimage import uniform_filter1d
 
 from concerto.ssl.masking import cube_mask, jitter_masked
 
@@ -129,18 +130,25 @@ def elastic_distortion(coord: np.ndarray, granularity: float, magnitude: float,
                        rng: np.random.Generator) -> np.ndarray:
     """coord [N,3] + magnitude * (Gaussian noise on a grid of spacing ``granularity``,
     box-smoothed (3 taps, twice per axis), trilinearly interpolated at the points)."""
-    from scipy.interpolate import RegularGridInterpolator
-    from scipy.ndimage import uniform_filter1d
-
     lo = coord.min(0)
     dims = ((coord - lo).max(0) // granularity).astype(int) + 3
     noise = rng.standard_normal((*dims, 3)).astype(np.float32)
     for _ in range(2):
         for axis in range(3):
             noise = uniform_filter1d(noise, 3, axis=axis, mode="constant", cval=0.0)
-    axes = [np.linspace(a - granularity, a + granularity * (d - 2), d) for a, d in zip(lo, dims)]
-    interp = RegularGridInterpolator(axes, noise, bounds_error=False, fill_value=0.0)
-    return coord + interp(coord).astype(coord.dtype) * magnitude
+    # grid node k of an axis sits at lo - granularity + k * granularity; trilinear weights
+    pos = (coord - lo) / granularity + 1.0
+    base = np.clip(np.floor(pos).astype(np.int64), 0, dims - 2)
+    frac = (pos - base).astype(np.float32)
+    out = np.zeros((len(coord), 3), np.float32)
+    for dx in (0, 1):
+        wx = frac[:, 0] if dx else 1 - frac[:, 0]
+        for dy in (0, 1):
+            wy = frac[:, 1] if dy else 1 - frac[:, 1]
+            for dz in (0, 1):
+                wz = frac[:, 2] if dz else 1 - frac[:, 2]
+                out += (wx * wy * wz)[:, None] * noise[base[:, 0] + dx, base[:, 1] + dy, base[:, 2] + dz]
+    return coord + out.astype(coord.dtype) * magnitude
 
 
 def photometric_augment(color: np.ndarray, rng: np.random.Generator) -> np.ndarray:

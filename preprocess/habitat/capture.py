@@ -16,6 +16,7 @@ has a navigable cell (floor below, free body band, away from walls).
 """
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from preprocess.habitat import floorplan as fp
 from preprocess.habitat.house import (
     FaceLabels,
     HouseMesh,
+    barycentric,
     first_per_voxel,
     load_house,
     node_room_ids,
@@ -35,6 +37,8 @@ from preprocess.habitat.house import (
 )
 from preprocess.habitat.viewpoints import intrinsics_from_hfov, jitter_offsets, room_camera_poses, view_yaws
 from preprocess.scene import Frame, PointCloud
+
+log = logging.getLogger(__name__)
 
 ROOM_METHODS = ("auto", "regions", "nodes", "floorplan")
 FLOOR_TOLERANCE = 0.15  # m, as floorplan.build_nav_grid
@@ -179,6 +183,7 @@ class MeshBackend:
         self.category_map = category_map
         self._house: Optional[_House] = None
         self._renderer = None
+        self._shader: Optional[TextureShader] = None
 
     # -- rooms ---------------------------------------------------------------
     def rooms(self, scene: HM3DScene) -> list[Room]:
@@ -190,6 +195,9 @@ class MeshBackend:
         self.close()
         s = self.settings
         mesh = load_house(scene.glb)
+        if scene.glb == scene.basis_glb and not mesh.has_texture:
+            log.warning("%s: only the .basis.glb is present and its Basis textures cannot be read here; "
+                        "colours will be grey (download the 'glb' package of HM3D)", scene.scene_id)
         labels = None
         if scene.semantic_glb is not None and scene.semantic_txt is not None:
             labels = semantic_face_labels(mesh, load_house(scene.semantic_glb), read_semantic_txt(scene.semantic_txt))
@@ -293,11 +301,16 @@ class MeshBackend:
         s = self.settings
         if self._renderer is None:
             self._renderer = make_renderer(house.mesh.vertex_colored_trimesh(), backend=self.render_backend, with_color=True)
+        if self._shader is None and house.mesh.has_texture:
+            self._shader = TextureShader.create(house.mesh)
         K = s.K()
         frames = []
         for k, pose in enumerate(self.poses(room)):
             view = self._renderer.render(K, pose, s.width, s.height)
-            frames.append(Frame(name=f"{room.room_id}_view{k}", rgb=view.rgb, K=K.copy(), pose=pose, depth=view.depth.astype(np.float32)))
+            rgb = view.rgb
+            if self._shader is not None:
+                rgb = self._shader.shade(K, pose, s.width, s.height, view.depth)
+            frames.append(Frame(name=f"{room.room_id}_view{k}", rgb=rgb, K=K.copy(), pose=pose, depth=view.depth.astype(np.float32)))
         return frames
 
     # -- point cloud ---------------------------------------------------------
@@ -314,7 +327,51 @@ class MeshBackend:
         if self._renderer is not None:
             self._renderer.close()
         self._renderer = None
+        self._shader = None
         self._house = None
+
+
+class TextureShader:
+    """Per-pixel texture colour for rendered views. The project's renderers
+    colour by vertex or face, which loses HM3D's textures (a few large
+    triangles carry all the detail), so textured houses are re-shaded: each
+    pixel's ray finds its triangle (embree), the hit point comes from the
+    rendered depth, and the texel is read at its interpolated uv."""
+
+    def __init__(self, mesh: HouseMesh, intersector):
+        self.mesh = mesh
+        self.intersector = intersector
+
+    @staticmethod
+    def create(mesh: HouseMesh) -> Optional["TextureShader"]:
+        try:
+            import trimesh
+            from trimesh.ray.ray_pyembree import RayMeshIntersector
+
+            intersector = RayMeshIntersector(trimesh.Trimesh(mesh.vertices, mesh.faces, process=False))
+        except Exception as exc:  # embreex missing: keep the renderer's per-vertex colours
+            log.warning("texture shading unavailable (%s: %s); views use per-vertex colours", type(exc).__name__, exc)
+            return None
+        return TextureShader(mesh, intersector)
+
+    def shade(self, K: np.ndarray, pose: np.ndarray, width: int, height: int, depth: np.ndarray) -> np.ndarray:
+        """uint8 [H,W,3] (black where ``depth`` is NaN)."""
+        from preprocess.render.camera import world_rays
+
+        origins, dirs, z_per_metre = world_rays(np.asarray(K, np.float64), np.asarray(pose, np.float64), width, height)
+        d = depth.reshape(-1).astype(np.float64)
+        valid = np.isfinite(d)
+        tri = np.full(len(d), -1, np.int64)
+        if valid.any():
+            tri[valid] = self.intersector.intersects_first(origins[valid], dirs[valid])
+        hit = valid & (tri >= 0)
+        rgb = np.zeros((len(d), 3), np.uint8)
+        if hit.any():
+            pts = origins[hit] + dirs[hit] * (d[hit] / z_per_metre[hit])[:, None]
+            faces = tri[hit]
+            bary = barycentric(pts, self.mesh.vertices[self.mesh.faces[faces]])
+            rgb[hit] = self.mesh.colors_at(faces, bary)
+        return rgb.reshape(height, width, 3)
 
 
 def room_point_cloud(mesh: HouseMesh, room: Room, settings: CaptureSettings, labels: Optional[FaceLabels] = None,

@@ -14,6 +14,7 @@ exactly as ``MeshBackend`` does.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import numpy as np
@@ -135,20 +136,22 @@ class HabitatSimBackend:
     # -- rooms -----------------------------------------------------------------
     def rooms(self, scene: HM3DScene) -> list[Room]:
         sim = self._simulator(scene)
-        regions = list(getattr(sim.semantic_scene, "regions", []) or [])
-        if not regions:
+        semantic = getattr(sim, "semantic_scene", None)
+        regions = list(getattr(semantic, "regions", None) or [])
+        # HM3D regions may come without a usable box: then use the mesh backend's rooms
+        boxes = [region_box_glb(r.aabb.center, r.aabb.sizes) for r in regions]
+        usable = [(r, b) for r, b in zip(regions, boxes) if np.all(b[1] - b[0] > 0.5)]
+        if not usable:
             rooms = []
             for room in self.mesh.rooms(scene):
                 snapped = self._snap(sim, room.camera_xy, room.level_z)
                 if snapped is not None:
-                    room.camera_xy = snapped
-                    rooms.append(room)
+                    rooms.append(dataclasses.replace(room, camera_xy=snapped[:2], level_z=float(snapped[2]), index=len(rooms)))
             return rooms
         house = self.mesh._load(scene)
         centroids = house.mesh.face_centroid
         rooms = []
-        for region in regions:
-            lo, hi = region_box_glb(region.aabb.center, region.aabb.sizes)
+        for region, (lo, hi) in usable:
             spot = self._region_spot(sim, lo, hi)
             if spot is None:
                 continue
@@ -172,11 +175,19 @@ class HabitatSimBackend:
         floor = habitat_to_glb(np.asarray(sim.pathfinder.snap_point(glb_to_habitat(best).astype(np.float32)), dtype=np.float64))
         return floor if np.isfinite(floor).all() else None
 
-    def _snap(self, sim, xy, level_z) -> Optional[np.ndarray]:
-        p = glb_to_habitat(np.array([xy[0], xy[1], level_z])).astype(np.float32)
-        if not sim.pathfinder.is_navigable(p):
+    def _snap(self, sim, xy, level_z, max_shift: float = 0.5) -> Optional[np.ndarray]:
+        """The GLB floor point [3] of the navmesh at (or within ``max_shift`` m
+        of) the spot; None if the navmesh is not there."""
+        floor = np.array([xy[0], xy[1], level_z], dtype=np.float64)
+        p = glb_to_habitat(floor).astype(np.float32)
+        if sim.pathfinder.is_navigable(p):
+            return floor
+        snapped = habitat_to_glb(np.asarray(sim.pathfinder.snap_point(p), dtype=np.float64))
+        if not np.isfinite(snapped).all():
             return None
-        return np.asarray(xy, dtype=np.float64)
+        if np.linalg.norm(snapped[:2] - floor[:2]) > max_shift or abs(snapped[2] - level_z) > 0.3:
+            return None
+        return snapped
 
     # -- capture ---------------------------------------------------------------
     def capture(self, room: Room) -> list[Frame]:

@@ -76,6 +76,10 @@ class HouseMesh:
         self.face_normal = (cross / np.maximum(2.0 * self.face_area, 1e-20)[:, None]).astype(np.float32)
 
     @property
+    def has_texture(self) -> bool:
+        return any(p.texture is not None and p.uv is not None for p in self.parts)
+
+    @property
     def face_centroid(self) -> np.ndarray:
         return self.vertices[self.faces].mean(axis=1)
 
@@ -234,7 +238,11 @@ def read_semantic_txt(path: str | Path) -> list[SemanticObject]:
         if len(row) < 4:
             raise ValueError(f"'{path}' line {lineno}: expected 'id,HEX,\"category\",region', got {row}")
         try:
-            objects.append(SemanticObject(int(row[0]), row[1].strip().upper().lstrip("#"), row[2].strip(), int(row[3])))
+            color = row[1].strip().upper().lstrip("#")
+            if len(color) != 6:
+                raise ValueError(f"colour must be 6 hex digits, got {row[1]!r}")
+            int(color, 16)
+            objects.append(SemanticObject(int(row[0]), color, row[2].strip(), int(row[3])))
         except ValueError as exc:
             raise ValueError(f"'{path}' line {lineno}: {exc}") from exc
     return objects
@@ -252,12 +260,11 @@ class FaceLabels:
     categories: list[str]
 
 
-def face_colors_hex(house: HouseMesh) -> np.ndarray:
-    """Colour of every face at its centroid as "RRGGBB" strings [F]."""
+def face_color_codes(house: HouseMesh) -> np.ndarray:
+    """Colour of every face at its centroid as int64 0xRRGGBB [F]."""
     bary = np.full((len(house.faces), 3), 1.0 / 3.0)
     rgb = house.colors_at(np.arange(len(house.faces)), bary).astype(np.int64)
-    code = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
-    return np.array([f"{c:06X}" for c in code])
+    return (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
 
 
 def semantic_face_labels(house: HouseMesh, semantic: HouseMesh, objects: list[SemanticObject]) -> FaceLabels:
@@ -266,27 +273,25 @@ def semantic_face_labels(house: HouseMesh, semantic: HouseMesh, objects: list[Se
     face i takes semantic face i; otherwise the semantic face with the nearest
     centroid. A face's colour is read at its centroid; colours not in ``objects``
     stay unlabelled."""
-    sem_hex = face_colors_hex(semantic)
+    codes = face_color_codes(semantic)
     same = len(semantic.faces) == len(house.faces) and np.allclose(semantic.face_centroid, house.face_centroid, atol=1e-4)
-    if same:
-        match = np.arange(len(house.faces))
-    else:
+    if not same:
         from scipy.spatial import cKDTree
 
         _, match = cKDTree(semantic.face_centroid).query(house.face_centroid)
+        codes = codes[match]
     categories = sorted({o.category for o in objects})
     cat_index = {c: i for i, c in enumerate(categories)}
-    by_color = {o.color: o for o in objects}
-    n = len(house.faces)
-    inst, reg, cat = (np.full(n, -1, np.int32) for _ in range(3))
-    hexes = sem_hex[match]
-    for color in np.unique(hexes):
-        obj = by_color.get(str(color))
-        if obj is None:
-            continue
-        sel = hexes == color
-        inst[sel], reg[sel], cat[sel] = obj.object_id, obj.region, cat_index[obj.category]
-    return FaceLabels(instance=inst, region=reg, category=cat, categories=categories)
+    by_code = {int(o.color, 16): o for o in objects}
+    uniq, inverse = np.unique(codes, return_inverse=True)
+    table = np.full((len(uniq), 3), -1, np.int32)  # instance, region, category per distinct colour
+    for i, code in enumerate(uniq.tolist()):
+        obj = by_code.get(code)
+        if obj is not None:
+            table[i] = (obj.object_id, obj.region, cat_index[obj.category])
+    per_face = table[inverse.reshape(-1)]
+    return FaceLabels(instance=per_face[:, 0].copy(), region=per_face[:, 1].copy(), category=per_face[:, 2].copy(),
+                      categories=categories)
 
 
 def node_room_ids(house: HouseMesh) -> np.ndarray:
@@ -298,3 +303,17 @@ def node_room_ids(house: HouseMesh) -> np.ndarray:
         if m:
             ids[i] = int(m.group(1)) * 1000 + int(m.group(2))
     return ids[house.face_part]
+
+
+def barycentric(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Weights float64 [N,3] of the corners of ``triangles`` [N,3,3] for
+    ``points`` [N,3] (projected onto each triangle's plane; clipped to [0,1])."""
+    v0 = triangles[:, 0]
+    e1, e2, p = triangles[:, 1] - v0, triangles[:, 2] - v0, points - v0
+    d11, d12, d22 = (np.einsum("ij,ij->i", a, b) for a, b in ((e1, e1), (e1, e2), (e2, e2)))
+    p1, p2 = np.einsum("ij,ij->i", p, e1), np.einsum("ij,ij->i", p, e2)
+    den = d11 * d22 - d12 * d12
+    den = np.where(np.abs(den) < 1e-30, 1.0, den)
+    u = (d22 * p1 - d12 * p2) / den
+    v = (d11 * p2 - d12 * p1) / den
+    return np.clip(np.stack([1.0 - u - v, u, v], axis=1), 0.0, 1.0)

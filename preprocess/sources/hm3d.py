@@ -84,6 +84,12 @@ class HM3DSource(AdapterBase):
         if o["category_map"] is not None and not Path(o["category_map"]).is_file():
             raise ValueError(f"source '{self.name}' (hm3d): category_map file '{o['category_map']}' does not exist")
 
+    def options_key(self) -> str:
+        """As the base class, minus ``cache_dir`` (where the room lists are
+        cached does not change what ``load`` produces)."""
+        keep = {k: v for k, v in self.options.items() if k != "cache_dir"}
+        return f"{self.kind}|" + "|".join(f"{k}={str(v)!r}" if isinstance(v, Path) else f"{k}={v!r}" for k, v in sorted(keep.items()))
+
     # ---------------------------------------------------------------- layout
     def _scene_dirs(self) -> dict[str, tuple[Path, str]]:
         """scene folder name -> (folder, split)."""
