@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 ROOM_METHODS = ("auto", "regions", "nodes", "floorplan")
 FLOOR_TOLERANCE = 0.15  # m, as floorplan.build_nav_grid
+MIN_CAMERA_AREA = 0.25  # m^2 of navigable floor an annotated room needs to be captured
 
 
 @dataclass(frozen=True)
@@ -248,6 +249,8 @@ class MeshBackend:
             ]
             li = int(np.argmax([c.sum() for c in cands]))
             grid, cand = house.grids[li], cands[li]
+            if cand.sum() * grid.spec.cell**2 < MIN_CAMERA_AREA:
+                continue  # a closet or a sliver of floor: no room to stand in
             xy = fp.choose_camera_cell(cand, grid.navigable, grid.spec)
             if xy is None:
                 continue
