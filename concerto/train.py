@@ -365,6 +365,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             dist.destroy_process_group()
     if summary["rank"] == 0:
         print(json.dumps({"step": summary["step"], **{k: round(v, 6) for k, v in summary["last"].items()}}))
+        out = Path(args.output)
+        print(f"checkpoints: {out / 'checkpoints'} (step {summary['step']}; resume with --resume)")
+        print(f"backbone in the official layout: {out / 'backbone.pth'}")
+        print(f"tensorboard logs: {out / 'tb'} (tensorboard --logdir {out / 'tb'})")
     return 0
 
 
