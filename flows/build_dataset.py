@@ -53,6 +53,7 @@ from pipelines.build import (
     commit_batch,
     commit_removals,
     default_frame_gap,
+    fold_frame_gap,
     failure_of,
     is_transient,
     make_batches,
@@ -224,7 +225,11 @@ def build_dataset(
     t_start = time.perf_counter()
     elapsed: dict[str, float] = {}
     store = absolute_location(store)
-    specs = [SourceSpec.from_dict(s.model_dump() if isinstance(s, BaseModel) else dict(s)) for s in sources]
+    specs, gap_of = [], {}
+    for param in sources:
+        spec = SourceSpec.from_dict(param.model_dump() if isinstance(param, BaseModel) else dict(param))
+        spec, gap_of[spec.source_name] = fold_frame_gap(spec, _frame_gap_of(spec, frame_gap))
+        specs.append(spec)
     names = [s.source_name for s in specs]
     if not specs:
         raise ValueError("build-dataset: 'sources' is empty")
@@ -265,7 +270,7 @@ def build_dataset(
         t = time.perf_counter()
         plan = plan_task(store, all_refs, names, failed_sources)
         spec_of = {r.key: spec for spec, refs in refs_of.items() for r in refs}
-        items = [BatchItem(spec_of[r.key], r, _frame_gap_of(spec_of[r.key], frame_gap)) for r in plan.to_process]
+        items = [BatchItem(spec_of[r.key], r, gap_of[spec_of[r.key].source_name]) for r in plan.to_process]
         batches = make_batches(items, scenes_per_task)
         elapsed["plan"] = time.perf_counter() - t
         logger.info("%d scenes to build in %d batches of <= %d (skipping %d already committed)",

@@ -59,6 +59,25 @@ def default_frame_gap(kind: str) -> int:
     return int(FRAME_GAP.get(kind, 1))
 
 
+def fold_frame_gap(spec: "SourceSpec", gap: int) -> tuple["SourceSpec", int]:
+    """Apply a frame gap at read time when the adapter can skip frames.
+
+    Adapters built on ``AdapterBase`` take ``frame_skip``: reading every
+    ``gap``-th frame there means a ScanNet scene (~5,500 frames at 1296x968)
+    decodes and renders 75x fewer frames, and the segment stage then uses every
+    frame it gets (gap 1). The kept frames are the same (0, gap, 2*gap, ...).
+    A spec that sets ``frame_skip`` itself, or an adapter without it, keeps the
+    gap in the segment stage. Returns (spec, gap for process_scene)."""
+    from preprocess.sources.base import source_class
+
+    cls = source_class(spec.kind)
+    takes_skip = "frame_skip" in getattr(cls, "_COMMON_OPTIONS", {}) or "frame_skip" in getattr(cls, "OPTIONS", {})
+    if gap <= 1 or not takes_skip or "frame_skip" in spec.options:
+        return spec, gap
+    folded = SourceSpec(spec.kind, spec.path, spec.name, {**spec.options, "frame_skip": int(gap)}, spec.frame_gap)
+    return folded, 1
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     """One source of a build: ``make_source(kind, path, name, **options)``.

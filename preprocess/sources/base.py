@@ -68,13 +68,18 @@ def available_sources() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_source(kind: str, path: str | Path, name: str | None = None, **options) -> SceneSource:
-    """Build the adapter registered under ``kind``; ``name`` (default: kind) is the
-    source name used in store keys, so one kind can appear twice in a build."""
+def source_class(kind: str):
+    """The adapter class registered under ``kind``."""
     _import_builtin_sources()
     if kind not in _REGISTRY:
         raise ValueError(f"unknown source kind '{kind}'; known kinds: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[kind](path, name=name, **options)
+    return _REGISTRY[kind]
+
+
+def make_source(kind: str, path: str | Path, name: str | None = None, **options) -> SceneSource:
+    """Build the adapter registered under ``kind``; ``name`` (default: kind) is the
+    source name used in store keys, so one kind can appear twice in a build."""
+    return source_class(kind)(path, name=name, **options)
 
 
 def _import_builtin_sources() -> None:
