@@ -79,16 +79,32 @@ def canonical_grid_sample(coord: np.ndarray, values: np.ndarray, grid_size: floa
     # squared distance from the voxel centre, in voxel units
     scaled = coord.astype(np.float64) / grid_size
     dist = np.square(scaled - np.floor(scaled) - 0.5).sum(1)
-    # lexsort: the last key is the primary one
-    ties = [values[:, j] for j in range(values.shape[1] - 1, -1, -1)] + [coord[:, j] for j in (2, 1, 0)]
-    order = np.lexsort(ties + [dist, key])
+    # sort by (voxel, distance) with two stable sorts (much cheaper than one many-key lexsort)
+    order = np.argsort(dist, kind="stable")
+    order = order[np.argsort(key[order], kind="stable")]
     sorted_key = key[order]
     first = np.ones(len(order), bool)
     first[1:] = sorted_key[1:] != sorted_key[:-1]
-    chosen = order[first]
     voxel_of_sorted = np.cumsum(first) - 1
+    chosen = order[first]
     inverse = np.empty(len(order), np.int64)
     inverse[order] = voxel_of_sorted
+    # voxels whose two nearest points are equally near: the stable order above would
+    # follow the input order, so pick among those by the points' values instead
+    head = np.nonzero(first)[0]
+    nxt = head + 1
+    has_next = nxt < len(order)
+    tied = head[has_next][(~first[nxt[has_next]]) & (dist[order[head[has_next]]] == dist[order[nxt[has_next]]])]
+    if len(tied):
+        tied_voxels = voxel_of_sorted[tied]
+        members = order[np.isin(voxel_of_sorted, tied_voxels)]
+        vox = inverse[members]
+        ties = [values[members, j] for j in range(values.shape[1] - 1, -1, -1)] + [coord[members, j] for j in (2, 1, 0)]
+        sub = np.lexsort(ties + [dist[members], vox])
+        vsorted = vox[sub]
+        lead = np.ones(len(sub), bool)
+        lead[1:] = vsorted[1:] != vsorted[:-1]
+        chosen[vsorted[lead]] = members[sub[lead]]
     return chosen.astype(np.int64), cell[chosen].astype(np.int32), inverse
 
 

@@ -219,3 +219,21 @@ def test_released_name_download_failure_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(InferenceError, match=r"checkpoint concerto_base: download .* failed .*Pointcept/Concerto/concerto_base.pth"):
         load("concerto_base")
+
+
+def test_exact_distance_ties_are_broken_by_values_not_order(encoder):
+    # points mirrored about their voxel centre (some exactly equally near it) and exact
+    # duplicates with another colour (always tied): the colour decides, not the order
+    rng = np.random.default_rng(12)
+    centres = (np.unique(rng.integers(0, 40, (300, 3)), axis=0) + 0.5) * 0.02
+    offset = rng.uniform(-0.004, 0.004, (len(centres), 3))
+    coord = np.concatenate([centres + offset, centres - offset, centres - offset]).astype(np.float64)
+    color = rng.integers(0, 256, (len(coord), 3)).astype(np.uint8)
+    vals = np.concatenate([color / 127.5 - 1, np.zeros((len(coord), 3))], 1)
+    rows, _, _ = canonical_grid_sample(coord, vals, 0.02)
+    perm = np.random.default_rng(1).permutation(len(coord))
+    rows_p, _, _ = canonical_grid_sample(coord[perm], vals[perm], 0.02)
+    np.testing.assert_array_equal(coord[rows], coord[perm][rows_p])
+    np.testing.assert_array_equal(color[rows], color[perm][rows_p])
+    feat = encoder.embed(coord.astype(np.float32), color)
+    np.testing.assert_array_equal(feat[perm], encoder.embed(coord[perm].astype(np.float32), color[perm]))

@@ -106,7 +106,6 @@ def rooms(tmp_path_factory):
                             frames_per_scene=4, image_size=(48, 36))
 
 
-@pytest.mark.slow
 def test_probe_end_to_end_cli(rooms, tmp_path, capsys):
     out = tmp_path / "probe.json"
     cache = tmp_path / "cache"
@@ -131,7 +130,6 @@ def test_probe_end_to_end_cli(rooms, tmp_path, capsys):
     assert again["val"] == result["val"]
 
 
-@pytest.mark.slow
 def test_probe_with_official_checkpoint(rooms, tmp_path):
     from concerto.model import PointTransformerV3, PTv3Config, save_checkpoint
 
