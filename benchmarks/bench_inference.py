@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import best_of  # noqa: E402
+
 from concerto.eval.pictures import pca_rgb, render  # noqa: E402
 from concerto.inference import canonical_grid_sample, center_shift, input_features, random_encoder  # noqa: E402
 from concerto.model import Point, grid_sample, upcast  # noqa: E402
-
-
-def best_of(fn, repeat):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def room(n: int, seed: int = 0):

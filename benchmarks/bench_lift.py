@@ -23,27 +23,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import best_of  # noqa: E402
+
 from tqdm import tqdm  # noqa: E402
 
 from preprocess.lift import geometry as geo  # noqa: E402
 from preprocess.lift.lifter import GivenDepthLifter, LiftOptions, scene_from_views  # noqa: E402
 from preprocess.lift.synthetic import BoxRoomClip, render_box  # noqa: E402
-
-
-def best_of(fn, repeat):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def room_cloud(n: int, seed: int = 0) -> np.ndarray:

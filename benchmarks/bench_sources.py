@@ -16,7 +16,6 @@ import io
 import struct
 import sys
 import tempfile
-import time
 import zlib
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from PIL import Image
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.timing import best_of  # noqa: E402
 
 from preprocess.sources._common import scene_hash  # noqa: E402
 from preprocess.sources.scannet import decode_sens_color, decode_sens_depth, read_sens  # noqa: E402
@@ -56,15 +57,6 @@ def baseline_read_all(path: Path, wanted: list[int]):
 def ours(path: Path, wanted: list[int]):
     header, frames = read_sens(path, "bench", set(wanted))
     return [(decode_sens_color(header, f, "bench", path), decode_sens_depth(header, f, "bench", path)) for f in frames]
-
-
-def best_of(fn, repeats=3):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
 
 
 def main():

@@ -29,8 +29,8 @@ echo "== 3/4 pretraining (tiny config, $STEPS steps)"
 $PY -m concerto.train --data "$OUT/store" --config tiny --steps "$STEPS" --output "$OUT/train"
 
 echo "== 4/4 linear probe and feature pictures"
-$PY -m concerto.eval.linear_probe --data "$OUT/store" --checkpoint "$OUT/train/checkpoints/latest.pt" --output "$OUT/probe"
-$PY -m concerto.eval.pictures --data "$OUT/store" --checkpoint "$OUT/train/checkpoints/latest.pt" --out "$OUT/pictures"
+$PY -m concerto.eval.linear_probe --data "$OUT/store" --checkpoint "$OUT/train" --output "$OUT/probe.json"
+$PY -m concerto.eval.pictures --data "$OUT/store" --checkpoint "$OUT/train" --out "$OUT/pictures"
 
 echo
-echo "done: store $OUT/store, previews $OUT/previews, training run $OUT/train, probe $OUT/probe, pictures $OUT/pictures"
+echo "done: store $OUT/store, previews $OUT/previews, training run $OUT/train, probe $OUT/probe.json, pictures $OUT/pictures"

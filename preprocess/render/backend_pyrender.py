@@ -44,14 +44,8 @@ class PyrenderRenderer(MeshRenderer):
         self._pyrender = pyrender
         self._znear = float(znear)
         mesh = mesh_with_color_visual(mesh)
-        # Face colours need each face to own its vertices (smooth=False does that);
-        # vertex colours are interpolated like the ray casters' barycentric blend.
-        smooth = getattr(mesh.visual, "kind", None) == "vertex"
-        material = pyrender.MetallicRoughnessMaterial(
-            baseColorFactor=[1.0, 1.0, 1.0, 1.0], metallicFactor=0.0, roughnessFactor=1.0, doubleSided=True
-        )
         self._scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[1.0, 1.0, 1.0])
-        self._scene.add(pyrender.Mesh.from_trimesh(mesh, material=material, smooth=smooth))
+        self._scene.add(pyrender.Mesh(primitives=[_primitive(pyrender, mesh)]))
         self._corners = trimesh.bounds.corners(mesh.bounds)
         self._camera_node = None
         self._renderer = None
@@ -76,13 +70,11 @@ class PyrenderRenderer(MeshRenderer):
                 self._renderer.delete()
             self._renderer = pr.OffscreenRenderer(viewport_width=width, viewport_height=height)
             self._size = (width, height)
-        flags = pr.RenderFlags.SKIP_CULL_FACES
-        if self.with_color:
-            color, depth = self._renderer.render(self._scene, flags=flags | pr.RenderFlags.FLAT)
-            rgb = np.ascontiguousarray(color[..., :3], dtype=np.uint8)
-        else:
-            depth = self._renderer.render(self._scene, flags=flags | pr.RenderFlags.DEPTH_ONLY)
-            rgb = None
+        # Always the unlit colour pass: pyrender's DEPTH_ONLY pass ignores
+        # SKIP_CULL_FACES and double-sided materials and culls back faces, which
+        # the ray casters (and scanned meshes with mixed winding) need to keep.
+        color, depth = self._renderer.render(self._scene, flags=pr.RenderFlags.SKIP_CULL_FACES | pr.RenderFlags.FLAT)
+        rgb = np.ascontiguousarray(color[..., :3], dtype=np.uint8) if self.with_color else None
         depth = np.asarray(depth, dtype=np.float32).copy()
         depth[depth <= 0] = np.nan
         return RenderedView(depth=depth, rgb=rgb)
@@ -92,3 +84,23 @@ class PyrenderRenderer(MeshRenderer):
             self._renderer.delete()
             self._renderer = None
             self._size = None
+
+
+def _primitive(pyrender, mesh: trimesh.Trimesh):
+    """One unlit primitive carrying the mesh's colours. Built by hand because
+    ``pyrender.Mesh.from_trimesh`` drops vertex/face colours when a material is
+    given, and a double-sided material is needed (ray casters hit both sides)."""
+    material = pyrender.MetallicRoughnessMaterial(
+        baseColorFactor=[1.0, 1.0, 1.0, 1.0], metallicFactor=0.0, roughnessFactor=1.0, doubleSided=True
+    )
+    vertices = np.asarray(mesh.vertices, dtype=np.float32)
+    faces = np.asarray(mesh.faces, dtype=np.int64)
+    if getattr(mesh.visual, "kind", None) == "vertex":
+        # shared vertices: colours interpolate like the ray casters' barycentric blend
+        colors = np.asarray(mesh.visual.vertex_colors, dtype=np.float32)[:, :3] / 255.0
+        return pyrender.Primitive(positions=vertices, indices=faces, color_0=colors, material=material)
+    # flat face colours: every face owns its three vertices
+    colors = np.asarray(mesh.visual.face_colors, dtype=np.float32)[:, :3] / 255.0
+    return pyrender.Primitive(
+        positions=vertices[faces].reshape(-1, 3), color_0=np.repeat(colors, 3, axis=0), material=material
+    )

@@ -7,6 +7,8 @@ y down, z forward); depth is z-depth (along the optical axis) in metres.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 # OpenCV camera (x right, y down, z forward) -> OpenGL camera (x right, y up, z back).
@@ -54,12 +56,23 @@ def world_rays(K: np.ndarray, pose: np.ndarray, width: int, height: int) -> tupl
     ``z_per_metre`` float64 [H*W]: the z-depth gained per metre travelled along
     the ray, so ``z_depth = ray_distance * z_per_metre``.
     """
+    d_cam, z_per_metre = _unit_camera_rays(np.asarray(K, np.float64).tobytes(), int(width), int(height))
+    directions = d_cam @ np.asarray(pose[:3, :3], np.float64).T
+    origins = np.broadcast_to(np.asarray(pose[:3, 3], np.float64), directions.shape)
+    return origins, directions, z_per_metre
+
+
+@functools.lru_cache(maxsize=8)
+def _unit_camera_rays(K_bytes: bytes, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cached per camera model: unit directions [H*W,3] and their z components
+    (a video's frames share one K, so this is computed once, not per frame)."""
+    K = np.frombuffer(K_bytes, np.float64).reshape(3, 3)
     d_cam = camera_ray_directions(K, width, height).reshape(-1, 3)
-    norm = np.linalg.norm(d_cam, axis=1)
-    d_cam /= norm[:, None]
-    directions = d_cam @ pose[:3, :3].T
-    origins = np.broadcast_to(pose[:3, 3], directions.shape)
-    return origins, directions, d_cam[:, 2].copy()
+    d_cam /= np.linalg.norm(d_cam, axis=1)[:, None]
+    d_cam.setflags(write=False)
+    z = d_cam[:, 2].copy()
+    z.setflags(write=False)
+    return d_cam, z
 
 
 def opencv_to_opengl_pose(pose: np.ndarray) -> np.ndarray:
