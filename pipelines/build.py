@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from pipelines.quarantine import SceneFailure
 from pipelines.records import ProcessedScene
@@ -122,30 +122,12 @@ class SourceSpec:
         """``kind:path[:k=v,k=v,...]`` (the CLI form). ``name=`` and
         ``frame_gap=`` are taken out of the options; values are read as JSON
         when they parse (numbers, true/false), else kept as strings."""
-        kind, sep, rest = text.partition(":")
-        if not sep or not kind or not rest:
-            raise ValueError(f"source '{text}': expected kind:path[:key=value,...]")
-        path, options = rest, {}
-        head, sep, tail = rest.rpartition(":")
-        if sep and head and "=" in tail and "/" not in tail.split("=", 1)[0]:
-            path = head
-            for item in tail.split(","):
-                k, eq, v = item.partition("=")
-                if not eq or not k.strip():
-                    raise ValueError(f"source '{text}': option '{item}' is not key=value")
-                options[k.strip()] = _parse_value(v.strip())
+        from preprocess.sources.base import parse_source_arg
+
+        kind, path, options = parse_source_arg(text)
         name = options.pop("name", None)
         gap = options.pop("frame_gap", None)
         return SourceSpec.from_dict({"kind": kind, "path": path, "name": name, "options": options, "frame_gap": gap})
-
-
-def _parse_value(v: str) -> Any:
-    import json
-
-    try:
-        return json.loads(v)
-    except ValueError:
-        return v
 
 
 @dataclass(frozen=True)

@@ -325,15 +325,10 @@ def _ddp_rank(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_ddp_gloo_averages_gradients(tmp_path):
-    import socket
-
+def test_ddp_gloo_averages_gradients(tmp_path, free_port):
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_rank, args=(2, free_port, str(tmp_path)), nprocs=2, join=True)
     g0 = torch.load(tmp_path / "grad0.pt", weights_only=True)
     g1 = torch.load(tmp_path / "grad1.pt", weights_only=True)
     assert set(g0) == set(g1)

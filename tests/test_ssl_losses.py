@@ -167,19 +167,14 @@ def _sinkhorn_rank(rank, world, port, scores, out_dir):
         dist.destroy_process_group()
 
 
-def test_sinkhorn_balances_over_all_ranks(tmp_path):
+def test_sinkhorn_balances_over_all_ranks(tmp_path, free_port):
     """Two gloo ranks holding 50 and 70 samples give the assignment of all 120 at once."""
-    import socket
-
     import torch.multiprocessing as mp
 
     g = torch.Generator().manual_seed(4)
     scores = torch.rand(120, 8, generator=g)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_sinkhorn_rank, args=(2, port, scores, str(tmp_path)), nprocs=2, join=True,
-                       start_method="fork")
+    # spawn, not fork: forking a test process that already runs torch/Dask threads can crash the child
+    mp.spawn(_sinkhorn_rank, args=(2, free_port, scores, str(tmp_path)), nprocs=2, join=True)
     q = torch.cat([torch.load(tmp_path / "q0.pt"), torch.load(tmp_path / "q1.pt")])
     assert torch.allclose(q, sinkhorn_knopp(scores, 0.05, 3), atol=1e-6)
 

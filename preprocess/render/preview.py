@@ -58,3 +58,31 @@ def write_previews(scene: Scene, out_dir: str | Path, max_frames: int | None = N
         Image.fromarray(preview_image(frame.rgb, frame.depth)).save(path)
         paths.append(path)
     return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m preprocess.render.preview --source kind:path[:k=v,...] --out DIR``:
+    load scenes of a source, render their missing depth, write rgb|depth PNGs."""
+    import argparse
+
+    from preprocess.render.complete_depth import complete_depth
+    from preprocess.sources.base import make_source, parse_source_arg
+
+    parser = argparse.ArgumentParser(prog="python -m preprocess.render.preview", description=main.__doc__)
+    parser.add_argument("--source", required=True, metavar="KIND:PATH[:k=v,...]")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--max-scenes", type=int, default=2)
+    parser.add_argument("--max-frames", type=int, default=4)
+    parser.add_argument("--backend", default="auto", help="rendering backend")
+    args = parser.parse_args(argv)
+    kind, path, options = parse_source_arg(args.source)
+    source = make_source(kind, path, **options)
+    for ref in source.discover()[: args.max_scenes]:
+        scene = complete_depth(source.load(ref), backend=args.backend)
+        paths = write_previews(scene, Path(args.out) / ref.scene_id, max_frames=args.max_frames)
+        print(f"{ref.key}: {len(paths)} previews in {Path(args.out) / ref.scene_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -82,6 +82,30 @@ def make_source(kind: str, path: str | Path, name: str | None = None, **options)
     return source_class(kind)(path, name=name, **options)
 
 
+def parse_source_arg(text: str) -> tuple[str, str, dict]:
+    """The command-line form of a source, ``kind:path[:key=value,...]`` ->
+    (kind, path, options). Values are read as JSON when they parse (numbers,
+    true/false, lists), else kept as strings."""
+    import json
+
+    kind, sep, rest = text.partition(":")
+    if not sep or not kind or not rest:
+        raise ValueError(f"source '{text}': expected kind:path[:key=value,...]")
+    path, options = rest, {}
+    head, sep, tail = rest.rpartition(":")
+    if sep and head and "=" in tail and "/" not in tail.split("=", 1)[0]:
+        path = head
+        for item in tail.split(","):
+            k, eq, v = item.partition("=")
+            if not eq or not k.strip():
+                raise ValueError(f"source '{text}': option '{item}' is not key=value")
+            try:
+                options[k.strip()] = json.loads(v.strip())
+            except ValueError:
+                options[k.strip()] = v.strip()
+    return kind, path, options
+
+
 def _import_builtin_sources() -> None:
     import importlib
     import pkgutil
