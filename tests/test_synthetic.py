@@ -88,6 +88,20 @@ def test_corrupt_room_mesh_names_scene_and_file(tmp_path):
         read_labeled_ply(mesh)
 
 
+def test_nan_pose_names_scene_camera_file_and_frame(tmp_path):
+    import json
+
+    src = make_source("synthetic", tmp_path, **SMALL)
+    ref = src.discover()[0]
+    cameras = tmp_path / ref.scene_id / "cameras.json"
+    data = json.loads(cameras.read_text())
+    data["frames"][1]["pose"][0][3] = float("nan")
+    cameras.write_text(json.dumps(data))
+    name = data["frames"][1]["name"]
+    with pytest.raises(SourceError, match=rf"{ref.scene_id}.*cameras.json.*{name}"):
+        src.load(ref)
+
+
 def test_dense_room_has_enough_faces():
     room = dense_room(min_faces=20_000, seed=0)
     assert len(room.mesh.faces) >= 20_000

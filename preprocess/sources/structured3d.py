@@ -274,14 +274,19 @@ class Structured3DSource(AdapterBase):
         return scene.validate(require_depth=True)
 
 
-def _decode_uint16(data: bytes, scene: str, where: str) -> np.ndarray:
+def _decode_png(data: bytes, scene: str, where: str, what: str) -> np.ndarray:
+    """Decode an image file's bytes; a clear SourceError naming ``where`` if it can't."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            arr = np.asarray(im)
+            return np.asarray(im)
     except Exception as exc:
-        raise SourceError(scene, where, f"cannot decode depth image ({type(exc).__name__}: {exc})") from exc
+        raise SourceError(scene, where, f"cannot decode {what} image ({type(exc).__name__}: {exc})") from exc
+
+
+def _decode_uint16(data: bytes, scene: str, where: str) -> np.ndarray:
+    arr = _decode_png(data, scene, where, "depth")
     if arr.ndim != 2:
         raise SourceError(scene, where, f"depth image must have one channel, got shape {list(arr.shape)}")
     return arr.astype(np.uint16)
@@ -289,11 +294,5 @@ def _decode_uint16(data: bytes, scene: str, where: str) -> np.ndarray:
 
 def _decode_labels(data: bytes, scene: str, where: str) -> np.ndarray:
     """uint8 [H,W] label image (first channel if stored as RGB)."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            arr = np.asarray(im)
-    except Exception as exc:
-        raise SourceError(scene, where, f"cannot decode label image ({type(exc).__name__}: {exc})") from exc
+    arr = _decode_png(data, scene, where, "label")
     return arr if arr.ndim == 2 else arr[..., 0]

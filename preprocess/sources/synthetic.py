@@ -132,12 +132,15 @@ class SyntheticSource:
         index = _index_of(ref.scene_id)
         points = sample_surface_points(mesh, self.points_per_scene, np.random.default_rng([self.seed, index, 1]))
 
-        from preprocess.render import make_renderer  # heavy backends load lazily
+        from preprocess.render import CameraError, make_renderer  # heavy backends load lazily
 
         frames = []
         with make_renderer(mesh.to_trimesh(), backend=self.render_backend, with_color=True) as renderer:
             for name, K, pose, (w, h) in frames_meta:
-                rgb = renderer.render(K, pose, w, h).rgb
+                try:
+                    rgb = renderer.render(K, pose, w, h).rgb
+                except CameraError as exc:  # e.g. a NaN pose: name the scene and the camera
+                    raise SourceError(key, f"{CAMERA_FILE}: frame {name}", str(exc)) from exc
                 frames.append(Frame(name=name, rgb=rgb, K=K.astype(np.float32), pose=pose.astype(np.float32), depth=None))
         scene = Scene(
             scene_id=ref.scene_id,
