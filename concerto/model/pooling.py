@@ -26,7 +26,10 @@ def scatter_mean(src: torch.Tensor, index: torch.Tensor, size: int) -> torch.Ten
 
 def scatter_max(src: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
     """Max of rows of ``src`` [N, C] grouped by ``index`` [N] -> [size, C] (every group non-empty)."""
-    out = src.new_empty(size, src.shape[1])
+    # Not new_empty: scatter_reduce's backward compares the initial values with the
+    # result to find ties even with include_self=False, so stale memory that happens
+    # to hold the max would steal gradient at random. -inf never ties.
+    out = src.new_full((size, src.shape[1]), float("-inf"))
     return out.scatter_reduce(0, index[:, None].expand_as(src), src, reduce="amax", include_self=False)
 
 
