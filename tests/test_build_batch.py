@@ -162,3 +162,41 @@ def test_frame_gap_is_applied_at_read_time_when_the_adapter_can_skip_frames(tmp_
     # the synthetic source has no frame_skip option
     synthetic = SourceSpec("synthetic", str(tmp_path), None, {"num_scenes": 1})
     assert fold_frame_gap(synthetic, 5) == (synthetic, 5)
+
+
+def test_hm3d_and_re10k_sources_build_into_one_store(tmp_path):
+    """The two simulated/lifted sources go through the same build path as every
+    other (build_batch is what the flow's Dask tasks run): one store, both sources,
+    the unreadable house quarantined."""
+    from hm3d_fixtures import write_house
+
+    from pipelines.build import BatchItem, SceneSettings, SourceSpec, build_batch, commit_batch
+    from pipelines.store import ShardStore
+    from preprocess.lift.synthetic import write_synthetic_clip
+
+    hm3d_root = tmp_path / "hm3d"
+    write_house(hm3d_root / "val" / "00800-plainhouse", "plain")
+    (hm3d_root / "val" / "00802-broken").mkdir(parents=True)
+    (hm3d_root / "val" / "00802-broken" / "broken.glb").write_bytes(b"not a glb")
+    re10k_root = write_synthetic_clip(tmp_path / "re10k", "clip0")
+    specs = [
+        SourceSpec("hm3d", str(hm3d_root / "val"), None,
+                   dict(backend="mesh", image_width=40, image_height=40, point_spacing=0.05,
+                        render_backend="embree", cache_dir=str(tmp_path / "cache"), seed=3)),
+        SourceSpec("re10k", str(re10k_root), None, dict(lifter="given-depth", conf_percentile=None, voxel_size=0.05)),
+    ]
+    store = str(tmp_path / "store")
+    for spec in specs:
+        items = [BatchItem(spec, ref, 1) for ref in spec.make().discover()]
+        result = build_batch(store, items, SceneSettings(min_correspondences=20), shard_size=4)
+        commit_batch(store, result.shards, note=spec.kind)
+        if spec.kind == "hm3d":
+            assert [f.key for f in result.failures] == ["hm3d/00802-broken_unreadable"]
+            assert "broken.glb" in result.failures[0].message
+        else:
+            assert result.failures == []
+    opened = ShardStore.open(store)
+    sources = {k.split("/")[0] for k in opened.scene_keys()}
+    assert sources == {"hm3d", "re10k"}
+    sample = opened[0]
+    assert len(sample["rgb"]) == 4 and all(len(c) > 0 for c in sample["corr_point"])

@@ -115,8 +115,9 @@ def test_build_incremental_and_quarantine(prefect_api, dask_address, tmp_path):
     assert report[bad_mesh].stage == "load" and report[bad_mesh].error_type == "SourceError"
     assert "mesh.ply" in report[bad_mesh].message and bad_mesh in report[bad_mesh].message
     assert report[bad_pose].stage == "load" and "finite" in report[bad_pose].message
+    assert "cameras.json" in report[bad_pose].message and bad_pose in report[bad_pose].message
     raw = json.loads((store / "reports" / "quarantine.json").read_text())
-    assert raw["count"] == 2 and {e["error_type"] for e in raw["scenes"]} == {"SourceError", "CameraError"}
+    assert raw["count"] == 2 and {e["error_type"] for e in raw["scenes"]} == {"SourceError"}
     assert Path(s2["report"]).is_file() and json.loads(Path(s2["report"]).read_text())["scenes"]["processed"] == 1
     assert set(s2["elapsed_s"]) >= {"discover", "plan", "build", "commit", "total"}
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -362,22 +363,39 @@ def test_direct_path_truncated_chunk(tmp_path):
         ShardStore.open(url, check_files=False)[0]
 
 
-def _key_and_sum(sample):
+_FORKED_LOADER = """
+import sys
+import numpy as np
+import torch.utils.data as tud
+from pipelines.store import ShardStore
+
+def key_and_sum(sample):
     return sample["key"], float(sample["coord"].sum())
 
+store = ShardStore.open(sys.argv[1])
+expected = [float(store[i]["coord"].sum()) for i in range(len(store))]  # parent opened zarr first
+loader = tud.DataLoader(store, batch_size=None, num_workers=2, multiprocessing_context="fork", collate_fn=key_and_sum)
+got = [c for _, c in loader]
+assert np.allclose(got, expected), (got, expected)
+print("ok", len(got))
+"""
 
-def test_torch_dataloader_workers(tmp_path, context="fork"):
+
+def test_torch_dataloader_workers(tmp_path):
     """The store is a map-style dataset: forked workers inherit opened shards
     after the parent has read (zarr resets its event loop after fork). Spawned
-    workers unpickle it: see test_reader_pickles_and_reopens and the Dask test."""
-    import torch.utils.data as tud
+    workers unpickle it: see test_reader_pickles_and_reopens and the Dask test.
+
+    Run in a fresh interpreter, as a training process would be: forking this
+    pytest process, which by now hosts Prefect/Dask/torch threads from other
+    tests, is not what the loader does in real use and made workers die at random."""
+    import subprocess
+    import sys
 
     rng = np.random.default_rng(12)
-    scenes = mixed_scenes(rng)
     url = str(tmp_path / "s")
-    write_store(url, scenes)
-    store = ShardStore.open(url)
-    expected = [store[i]["coord"].sum() for i in range(len(store))]  # parent opened zarr first
-    loader = tud.DataLoader(store, batch_size=None, num_workers=2, multiprocessing_context=context, collate_fn=_key_and_sum)
-    got = [c for _, c in loader]
-    assert np.allclose(got, expected)
+    write_store(url, mixed_scenes(rng))
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", _FORKED_LOADER, url], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["ok", str(len(ShardStore.open(url)))]
