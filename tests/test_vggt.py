@@ -120,6 +120,10 @@ def test_checkpoint_roundtrip_zero_missing_zero_unexpected(tiny_model, tmp_path,
 
 def test_checkpoint_errors_name_the_keys(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here: fail fast, clearly
+    import huggingface_hub.constants
+
+    # the env var is read when huggingface_hub is imported, which may have happened already
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     state = dict(tiny_model.state_dict())
     del state["camera_head.embed_pose.weight"]
     state["depth_head.extra.weight"] = torch.zeros(1)
