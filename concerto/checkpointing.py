@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from preprocess.atomic_file import atomic_write
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 
@@ -41,10 +42,7 @@ def set_rng_state(state: dict) -> None:
 
 def atomic_torch_save(obj, path: Path) -> None:
     """torch.save to ``path`` via a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda p: torch.save(obj, p))
 
 
 def save_checkpoint(root: Path, step: int, state: Optional[dict], rank: int, barrier: Callable[[], None],

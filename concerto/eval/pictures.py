@@ -21,6 +21,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from preprocess.colormap import interpolate_anchors
+
 BACKGROUND = (255, 255, 255)
 
 
@@ -75,10 +77,7 @@ def colormap(values: np.ndarray, vmin: Optional[float] = None, vmax: Optional[fl
     v = np.asarray(values, np.float64).reshape(-1)
     lo = float(v.min()) if vmin is None else vmin
     hi = float(v.max()) if vmax is None else vmax
-    t = np.clip((v - lo) / max(hi - lo, 1e-12), 0.0, 1.0) * (len(_HEAT_ANCHORS) - 1)
-    i = np.minimum(np.floor(t).astype(int), len(_HEAT_ANCHORS) - 2)
-    w = (t - i)[:, None]
-    return ((1 - w) * _HEAT_ANCHORS[i] + w * _HEAT_ANCHORS[i + 1]).astype(np.float32)
+    return interpolate_anchors((v - lo) / max(hi - lo, 1e-12), _HEAT_ANCHORS).astype(np.float32)
 
 
 def cosine_similarity(feat: np.ndarray, query: int) -> np.ndarray:

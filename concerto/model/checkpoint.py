@@ -17,6 +17,7 @@ import torch
 
 from .config import PTv3Config
 from .ptv3 import PointTransformerV3
+from preprocess.atomic_file import atomic_write
 
 # Prefixes stripped from state-dict keys, longest first.
 KNOWN_PREFIXES = (
@@ -130,13 +131,8 @@ def load_checkpoint(
 
 def save_checkpoint(model: PointTransformerV3, path: str | os.PathLike, prefix: str = "") -> Path:
     """Write ``{"config": reference-style dict, "state_dict": ...}`` (atomically, via a temp name)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {prefix + k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"config": model.config.to_dict(), "state_dict": state}, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda p: torch.save({"config": model.config.to_dict(), "state_dict": state}, p))
 
 
 def pretrained_location(name: str) -> tuple[str, str]:

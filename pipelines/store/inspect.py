@@ -19,6 +19,7 @@ import sys
 import numpy as np
 
 from pipelines.store.errors import StoreError
+from preprocess.colormap import interpolate_anchors
 from pipelines.store.gc import gc
 from pipelines.store.manifest import list_versions, load_manifest
 from pipelines.store.reader import ShardStore
@@ -29,10 +30,7 @@ _CMAP_ANCHORS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 
 
 def colormap(t: np.ndarray) -> np.ndarray:
     """t float [M] in [0, 1] -> uint8 [M, 3] (dark blue near, yellow far)."""
-    x = np.clip(np.nan_to_num(t), 0, 1) * (len(_CMAP_ANCHORS) - 1)
-    i = np.minimum(x.astype(int), len(_CMAP_ANCHORS) - 2)
-    f = (x - i)[:, None]
-    return (_CMAP_ANCHORS[i] * (1 - f) + _CMAP_ANCHORS[i + 1] * f).round().astype(np.uint8)
+    return interpolate_anchors(np.nan_to_num(t), _CMAP_ANCHORS).round().astype(np.uint8)
 
 
 def camera_depth(coord: np.ndarray, pose: np.ndarray) -> np.ndarray:

@@ -371,7 +371,7 @@ def estimate_normals(points: np.ndarray, k: int = 16, viewpoints: Optional[np.nd
             pcd.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(k))
             normals = np.asarray(pcd.normals).copy()
     if normals is None:
-        normals = _pca_normals(points, k)
+        normals = pca_normals(points, k)
     if viewpoints is not None:
         flip = np.einsum("ij,ij->i", normals, np.asarray(viewpoints) - points) < 0
         normals[flip] *= -1
@@ -379,7 +379,9 @@ def estimate_normals(points: np.ndarray, k: int = 16, viewpoints: Optional[np.nd
     return normals.astype(np.float32)
 
 
-def _pca_normals(points: np.ndarray, k: int) -> np.ndarray:
+def pca_normals(points: np.ndarray, k: int) -> np.ndarray:
+    """[N, 3] unit normals, sign arbitrary: the smallest-eigenvalue eigenvector of
+    the covariance of each point's k nearest neighbours (points float64 [N, 3])."""
     from scipy.spatial import cKDTree
 
     _, nn = cKDTree(points, balanced_tree=False, compact_nodes=False).query(points, k=k)

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from preprocess.colormap import interpolate_anchors
 from preprocess.scene import Scene
 
 # Control points of a perceptually ordered map (dark blue -> teal -> yellow),
@@ -27,10 +28,7 @@ def colorize_depth(depth: np.ndarray, lo: float | None = None, hi: float | None 
     vals = depth[valid]
     lo = float(np.percentile(vals, 2)) if lo is None else lo
     hi = float(np.percentile(vals, 98)) if hi is None else hi
-    t = np.clip((vals - lo) / max(hi - lo, 1e-6), 0.0, 1.0) * (len(_MAP) - 1)
-    i = np.minimum(t.astype(int), len(_MAP) - 2)
-    f = (t - i)[:, None]
-    out[valid] = np.rint(_MAP[i] * (1 - f) + _MAP[i + 1] * f).astype(np.uint8)
+    out[valid] = np.rint(interpolate_anchors((vals - lo) / max(hi - lo, 1e-6), _MAP)).astype(np.uint8)
     return out
 
 

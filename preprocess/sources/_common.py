@@ -204,19 +204,13 @@ def estimate_normals(coord: np.ndarray, k: int = 16) -> np.ndarray:
     """Normals of a bare point cloud: smallest-eigenvalue direction of the k
     nearest neighbours' covariance. float32 [N,3] unit; the sign is arbitrary
     (flipped to point up-ish, +z) because a point cloud has no inside."""
-    from scipy.spatial import cKDTree
+    from preprocess.lift.geometry import pca_normals
 
     coord = coord.astype(np.float64)
     n = len(coord)
     if n < 3:
         return np.tile(np.array([0, 0, 1], np.float32), (n, 1))
-    k = min(k, n)
-    _, idx = cKDTree(coord).query(coord, k=k)
-    nb = coord[idx]  # [N,k,3]
-    nb = nb - nb.mean(axis=1, keepdims=True)
-    cov = np.einsum("nki,nkj->nij", nb, nb)
-    _, vecs = np.linalg.eigh(cov)
-    normal = vecs[:, :, 0]
+    normal = pca_normals(coord, min(k, n))
     normal[normal[:, 2] < 0] *= -1
     return _unit_or_up(normal)
 

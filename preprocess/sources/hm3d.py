@@ -34,6 +34,7 @@ from preprocess.habitat.habitat_backend import habitat_available
 from preprocess.scene import Scene
 from preprocess.sources._common import AdapterBase, scene_hash
 from preprocess.sources.base import SceneRef, SourceError, register_source
+from preprocess.atomic_file import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +173,8 @@ class HM3DSource(AdapterBase):
         if self.options["max_rooms"] is not None:
             ids = ids[: self.options["max_rooms"]]
         if cache_file is not None:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps({"version": ROOM_CACHE_VERSION, "hash": house_hash, "rooms": ids}))
-            os.replace(tmp, cache_file)
+            record = json.dumps({"version": ROOM_CACHE_VERSION, "hash": house_hash, "rooms": ids})
+            atomic_write(cache_file, lambda p: p.write_text(record))
         return ids
 
     # ---------------------------------------------------------------- loading

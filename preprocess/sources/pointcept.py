@@ -53,6 +53,7 @@ from preprocess.sources._common import (
     write_uint16_png,
 )
 from preprocess.sources.base import SceneRef, SourceError, register_source
+from preprocess.atomic_file import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPG", ".PNG")
 _SEGMENT_KEYS = ("segment20", "segment", "segment25", "segment200")
@@ -344,7 +345,5 @@ def export_pointcept(
                 "images": [shown(img_dir / "color" / f"{names[j]}.png") for j in group],
                 "correspondences": [shown(img_dir / "correspondence" / f"{names[j]}.npy") for j in group],
             }
-        tmp = split_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(entries, indent=2))
-        os.replace(tmp, split_path)
+        atomic_write(split_path, lambda p: p.write_text(json.dumps(entries, indent=2)))
     return pc_dir

@@ -19,7 +19,6 @@ does for real datasets with a ground-truth mesh.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from preprocess.procedural.labeled_ply import LabeledMesh, LabeledPlyError, read
 from preprocess.procedural.rooms import CLASS_NAMES, RoomConfig, generate_room
 from preprocess.scene import Frame, PointCloud, Scene, SceneValidationError
 from preprocess.sources.base import SceneRef, SourceError, hash_files, register_source
+from preprocess.atomic_file import atomic_write
 
 GENERATOR_VERSION = 1
 MESH_FILE, CAMERA_FILE, PARAMS_FILE = "mesh.ply", "cameras.json", "params.json"
@@ -116,9 +116,9 @@ class SyntheticSource:
                 {"name": f"frame{i:04d}", "K": room.K.tolist(), "pose": pose.tolist()} for i, pose in enumerate(room.poses)
             ],
         }
-        _atomic_write(folder / MESH_FILE, lambda p: write_labeled_ply(p, room.mesh))
-        _atomic_write(folder / CAMERA_FILE, lambda p: p.write_text(json.dumps(cameras, indent=1, sort_keys=True)))
-        _atomic_write(folder / PARAMS_FILE, lambda p: p.write_text(json.dumps(self._params(index), indent=1, sort_keys=True)))
+        atomic_write(folder / MESH_FILE, lambda p: write_labeled_ply(p, room.mesh))
+        atomic_write(folder / CAMERA_FILE, lambda p: p.write_text(json.dumps(cameras, indent=1, sort_keys=True)))
+        atomic_write(folder / PARAMS_FILE, lambda p: p.write_text(json.dumps(self._params(index), indent=1, sort_keys=True)))
 
     # -- loading -------------------------------------------------------------------
     def load(self, ref: SceneRef) -> Scene:
@@ -199,8 +199,3 @@ def _read_cameras(key: str, path: Path) -> list[tuple[str, np.ndarray, np.ndarra
 def _index_of(scene_id: str) -> int:
     return int(scene_id.split("_")[0][len("room"):])
 
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
