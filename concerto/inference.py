@@ -10,7 +10,7 @@ Checkpoints understood by :func:`load`:
   ``"concerto_large"``, ...; see ``concerto.model.checkpoint.PRETRAINED``), fetched
   from Hugging Face with ``huggingface_hub`` (weights CC-BY-NC);
 - any file in the official layout ``{"config": reference kwargs, "state_dict": ...}``
-  (what ``save_checkpoint`` and training's ``backbone.pth`` hold);
+  (what ``concerto.train.checkpoint.export_backbone`` writes, e.g. training's ``backbone.pth``);
 - our training output: a run folder (``<run>/checkpoints/step_*/state.pt``, newest
   complete step, else ``<run>/backbone.pth``), a step folder, or a ``state.pt``
   file. From a training state the EMA teacher's backbone is used by default
@@ -316,13 +316,13 @@ def _read_training_state(path: Path) -> dict:
 
 def resolve_checkpoint(path: Union[str, os.PathLike]) -> tuple[Path, str]:
     """(file to read, kind) for a path: kind "training" (a state.pt) or "official" ({config, state_dict})."""
-    from concerto.checkpointing import latest_checkpoint
+    from concerto.train.checkpoint import latest_training_state
 
     p = Path(path)
     if p.is_dir():
         if (p / "state.pt").is_file():
             return p / "state.pt", "training"
-        latest = latest_checkpoint(p / "checkpoints")
+        latest = latest_training_state(p / "checkpoints")
         if latest is not None:
             return latest / "state.pt", "training"
         for name in ("backbone.pth", "model.pth"):

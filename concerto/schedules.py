@@ -1,6 +1,8 @@
 """Step-indexed schedules (pure functions of the step, so resuming needs no state).
 
-All schedules take the 0-based optimiser step and the total number of steps.
+All schedules take the 0-based optimiser step and the total number of steps;
+``training_schedules`` evaluates those of a PretrainConfig (the mask schedule is
+concerto.ssl.masking.MaskShape.at, evaluated in the loader workers).
 """
 from __future__ import annotations
 
@@ -37,3 +39,15 @@ def one_cycle_factor(step: int, total: int, pct_start: float = 0.05,
     rest = max(total - 1 - warm, 1.0)
     t = min((step - warm) / rest, 1.0)
     return minimum + (1.0 - minimum) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def training_schedules(cfg, step: int) -> dict:
+    """The step's values of every optimiser-side schedule of a PretrainConfig: ``lr_factor``
+    (times each group's max lr), ``weight_decay``, ``teacher_temp`` and EMA ``momentum``."""
+    o, d, total = cfg.optim, cfg.distill, cfg.run.steps
+    return dict(lr_factor=one_cycle_factor(step, total, o.warmup_ratio, o.div_factor, o.final_div_factor),
+                weight_decay=cosine_warmup(step, total, o.weight_decay_start, o.weight_decay_start,
+                                           o.weight_decay_end, 0.0),
+                teacher_temp=cosine_warmup(step, total, d.teacher_temp_start, d.teacher_temp_base,
+                                           d.teacher_temp_base, d.teacher_temp_warmup_ratio),
+                momentum=cosine_warmup(step, total, d.momentum_base, d.momentum_base, d.momentum_final, 0.0))

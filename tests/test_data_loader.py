@@ -4,13 +4,13 @@ import torch
 
 from concerto.data import DataError, ShardBatchSampler, ShardLoader, SampleSpec
 from concerto.data.sampler import interleave_worker_batches
-from concerto.ssl.views import ViewParams
+from concerto.config import MaskConfig, ViewConfig
 from pipelines.patches import PatchGrid
 from pipelines.store import ShardStore, commit
 from pretrain_store import write_store
 
-SPEC = SampleSpec(views=ViewParams(max_points=300, principal_max_points=300), grid=PatchGrid(56, 14),
-                  total_steps=100)
+SPEC = SampleSpec(views=ViewConfig(max_points=300, principal_max_points=300), mask=MaskConfig(),
+                  grid=PatchGrid(56, 14), total_steps=100)
 
 
 @pytest.fixture(scope="module")

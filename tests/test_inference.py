@@ -16,7 +16,8 @@ from concerto.inference import (
     prepare_cloud,
     random_encoder,
 )
-from concerto.model import PointTransformerV3, PTv3Config, save_checkpoint
+from concerto.model import PointTransformerV3, PTv3Config
+from concerto.train.checkpoint import export_backbone
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pretrain_store import write_store  # noqa: E402
@@ -172,7 +173,7 @@ def test_load_training_run_state_and_backbone(trained_run):
 def test_load_official_layout(tmp_path):
     torch.manual_seed(0)
     model = PointTransformerV3(PTv3Config.tiny())
-    path = save_checkpoint(model, tmp_path / "sonata_like.pth")
+    path = export_backbone(model, tmp_path / "sonata_like.pth")
     raw = torch.load(path, weights_only=True)
     assert set(raw) == {"config", "state_dict"} and "embedding.stem.linear.weight" in raw["state_dict"]
     enc = load(path)

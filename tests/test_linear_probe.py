@@ -131,10 +131,11 @@ def test_probe_end_to_end_cli(rooms, tmp_path, capsys):
 
 
 def test_probe_with_official_checkpoint(rooms, tmp_path):
-    from concerto.model import PointTransformerV3, PTv3Config, save_checkpoint
+    from concerto.model import PointTransformerV3, PTv3Config
+    from concerto.train.checkpoint import export_backbone
 
     torch.manual_seed(1)
-    path = save_checkpoint(PointTransformerV3(PTv3Config.tiny()), tmp_path / "ckpt.pth")
+    path = export_backbone(PointTransformerV3(PTv3Config.tiny()), tmp_path / "ckpt.pth")
     result = run_probe(rooms, str(path), epochs=3, val_fraction=0.5, seed=1, progress=False,
                        output=str(tmp_path / "r.json"))
     assert result["channels"] == 128 and len(result["split"]["val"]) == 2

@@ -13,7 +13,6 @@ from concerto.model import (
     load_checkpoint,
     pretrained_location,
     read_checkpoint,
-    save_checkpoint,
     upcast,
 )
 from concerto.model.checkpoint import CheckpointError
@@ -218,9 +217,11 @@ def test_official_layout_checkpoint_loads_and_reproduces(tmp_path):
     assert loaded.config.extra["enable_flash"] is True
 
 
-def test_save_checkpoint_round_trip_and_errors(tmp_path):
+def test_backbone_export_round_trip_and_errors(tmp_path):
     model = tiny(drop_path=0.1)
-    path = save_checkpoint(model, tmp_path / "ckpt" / "model.pth")
+    from concerto.train.checkpoint import export_backbone
+
+    path = export_backbone(model, tmp_path / "ckpt" / "model.pth")
     loaded = load_checkpoint(path)
     assert loaded.config == model.config
     for k, v in model.state_dict().items():

@@ -2,7 +2,9 @@
 import numpy as np
 
 from concerto.ssl.masking import cube_mask, jitter_masked
-from concerto.ssl.views import ViewParams, grid_sample_random, make_views, nearest_crop
+from concerto.config import MaskConfig, ViewConfig
+from concerto.ssl.masking import MaskShape
+from concerto.ssl.views import grid_sample_random, make_views, nearest_crop
 
 
 def cloud(n=4000, seed=0):
@@ -56,8 +58,9 @@ def test_make_views_structure_and_provenance():
     coord, color, normal = cloud()
     seen = np.zeros(len(coord), bool)
     seen[np.linalg.norm(coord - [0.3, 0.3, 0.5], axis=1) < 0.3] = True
-    params = ViewParams(max_points=1000, principal_max_points=800, mask_size=0.2, mask_ratio=0.5)
-    v = make_views(coord, color, normal, params, np.random.default_rng(0), has_correspondence=seen)
+    params = ViewConfig(max_points=1000, principal_max_points=800)
+    v = make_views(coord, color, normal, params, MaskShape(size=0.2, ratio=0.5, jitter=0.01),
+                   np.random.default_rng(0), has_correspondence=seen)
     assert v["global_count"].tolist()[0] == 800 and len(v["global_count"]) == 2
     assert len(v["local_count"]) == 4
     assert all(100 <= c <= 400 for c in v["local_count"])  # local scale 0.1 - 0.4 of max_points
@@ -83,10 +86,11 @@ def test_make_views_structure_and_provenance():
 
 def test_make_views_is_deterministic_per_seed():
     coord, color, normal = cloud(2000)
-    p = ViewParams(max_points=600, principal_max_points=600)
-    a = make_views(coord, color, normal, p, np.random.default_rng([1, 2, 3]))
-    b = make_views(coord, color, normal, p, np.random.default_rng([1, 2, 3]))
-    c = make_views(coord, color, normal, p, np.random.default_rng([1, 2, 4]))
+    p = ViewConfig(max_points=600, principal_max_points=600)
+    m = MaskShape.at(MaskConfig(), 0, 100)
+    a = make_views(coord, color, normal, p, m, np.random.default_rng([1, 2, 3]))
+    b = make_views(coord, color, normal, p, m, np.random.default_rng([1, 2, 3]))
+    c = make_views(coord, color, normal, p, m, np.random.default_rng([1, 2, 4]))
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["global_coord"], c["global_coord"])
 

@@ -9,38 +9,33 @@ nothing).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
-from concerto.schedules import cosine_warmup
-from concerto.ssl.views import ViewParams, make_views
+from concerto.config import MaskConfig, ViewConfig
+from concerto.ssl.masking import MaskShape
+from concerto.ssl.views import make_views
 from pipelines.patches import PatchGrid, normalize_image, pixel_to_patch, prepare_image
 
 
 @dataclass
 class SampleSpec:
-    """Everything a worker needs to build samples (picklable)."""
+    """Everything a worker needs to build samples (picklable): the run's view and
+    mask settings (``PretrainConfig.views`` / ``.mask``, not copies), the image
+    encoder's patch grid and normalisation, and the step count the mask schedule spans."""
 
-    views: ViewParams
+    views: ViewConfig
+    mask: MaskConfig
     grid: PatchGrid
     image_mean: tuple = (0.485, 0.456, 0.406)
     image_std: tuple = (0.229, 0.224, 0.225)
     total_steps: int = 1
-    mask_size_start: float = 0.1
-    mask_size_base: float = 0.4
-    mask_ratio_start: float = 0.3
-    mask_ratio_base: float = 0.7
-    mask_warmup_ratio: float = 0.05
     with_images: bool = True
 
-    def params_at(self, step: int) -> ViewParams:
-        """View parameters with the mask size / ratio of optimiser step ``step``."""
-        size = cosine_warmup(step, self.total_steps, self.mask_size_start, self.mask_size_base,
-                             self.mask_size_base, self.mask_warmup_ratio)
-        ratio = cosine_warmup(step, self.total_steps, self.mask_ratio_start, self.mask_ratio_base,
-                              self.mask_ratio_base, self.mask_warmup_ratio)
-        return replace(self.views, mask_size=size, mask_ratio=ratio)
+    def mask_at(self, step: int) -> MaskShape:
+        """The cube-mask size / ratio / jitter of optimiser step ``step``."""
+        return MaskShape.at(self.mask, step, self.total_steps)
 
 
 class SampleError(ValueError):
@@ -81,7 +76,7 @@ def build_sample(raw: dict, spec: SampleSpec, step: int, rng: np.random.Generato
                 raise SampleError(f"segment '{name}': field 'corr_point[{v}]': index out of range [0, {n})")
             seen[pts] = True
     out = make_views(coord, np.asarray(raw["color"]), np.asarray(raw["normal"], np.float32),
-                     spec.params_at(step), rng, has_correspondence=seen)
+                     spec.views, spec.mask_at(step), rng, has_correspondence=seen)
     out["name"] = name
     images, rows, image_ids, patches = [], [], [], []
     if rgbs:

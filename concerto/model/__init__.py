@@ -24,8 +24,9 @@ Typical use::
 - Backends chosen at run time, same function and parameters:
   ``sparse_conv_backend`` "auto" | "torch" | "spconv" and
   ``attention_backend`` "auto" | "sdpa" | "flash" (config fields).
-- Checkpoints: ``save_checkpoint(model, path)`` / ``load_checkpoint(path)``
-  use the official ``{"config", "state_dict"}`` layout and key names;
+- Checkpoints: ``official_layout(model)`` (the dict to save) /
+  ``load_checkpoint(path)`` use the official ``{"config", "state_dict"}`` layout
+  and key names (files are written by concerto.train.checkpoint.export_backbone);
   ``load_pretrained("sonata" | "concerto_base" | "concerto_large" | ...)``
   fetches released weights from Hugging Face (CC-BY-NC).
 """
@@ -34,9 +35,9 @@ from .checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_pretrained,
+    official_layout,
     pretrained_location,
     read_checkpoint,
-    save_checkpoint,
 )
 from .config import PTv3Config
 from .grid_sample import grid_sample
@@ -52,8 +53,8 @@ __all__ = [
     "grid_sample",
     "load_checkpoint",
     "load_pretrained",
+    "official_layout",
     "pretrained_location",
     "read_checkpoint",
-    "save_checkpoint",
     "upcast",
 ]

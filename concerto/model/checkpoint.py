@@ -4,7 +4,9 @@ Official Sonata/Concerto backbone files use the reference's PT-v3m2 keyword
 names in ``config`` and its parameter names in ``state_dict``; training
 checkpoints wrap them in prefixes such as ``module.``,
 ``student.backbone.`` or ``module.student.backbone.``, which are stripped.
-Files are always read with ``torch.load(..., weights_only=True)``.
+Files are always read with ``torch.load(..., weights_only=True)``. This module
+converts layouts and loads; it writes no files (training writes them, see
+concerto.train.checkpoint.export_backbone).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import torch
 
 from .config import PTv3Config
 from .ptv3 import PointTransformerV3
-from preprocess.atomic_file import atomic_write
 
 # Prefixes stripped from state-dict keys, longest first.
 KNOWN_PREFIXES = (
@@ -129,10 +130,11 @@ def load_checkpoint(
     return model
 
 
-def save_checkpoint(model: PointTransformerV3, path: str | os.PathLike, prefix: str = "") -> Path:
-    """Write ``{"config": reference-style dict, "state_dict": ...}`` (atomically, via a temp name)."""
+def official_layout(model: PointTransformerV3, prefix: str = "") -> dict:
+    """``{"config": reference-style kwargs, "state_dict": CPU tensors}``: what an official
+    backbone file holds (``torch.save`` it; concerto.train.checkpoint.export_backbone does, atomically)."""
     state = {prefix + k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return atomic_write(path, lambda p: torch.save({"config": model.config.to_dict(), "state_dict": state}, p))
+    return {"config": model.config.to_dict(), "state_dict": state}
 
 
 def pretrained_location(name: str) -> tuple[str, str]:

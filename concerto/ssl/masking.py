@@ -1,7 +1,28 @@
 """Cube masks for the masked global views (Sonata)."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+
+from concerto.config import MaskConfig
+from concerto.schedules import cosine_warmup
+
+
+class MaskShape(NamedTuple):
+    """The cube masks of one optimiser step: cube side ``size`` (m), fraction ``ratio``
+    of cubes masked, coordinate jitter ``jitter`` (m) on masked points."""
+
+    size: float
+    ratio: float
+    jitter: float
+
+    @staticmethod
+    def at(mask: MaskConfig, step: int, total: int) -> "MaskShape":
+        """Size and ratio warm up from their start to their base value (cosine_warmup)."""
+        size = cosine_warmup(step, total, mask.size_start, mask.size_base, mask.size_base, mask.warmup_ratio)
+        ratio = cosine_warmup(step, total, mask.ratio_start, mask.ratio_base, mask.ratio_base, mask.warmup_ratio)
+        return MaskShape(size, ratio, mask.jitter)
 
 
 def cube_mask(coord: np.ndarray, size: float, ratio: float, rng: np.random.Generator) -> np.ndarray:

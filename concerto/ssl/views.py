@@ -14,7 +14,7 @@ float32 [N,3]). Steps, as the reference pretraining transform:
 4. augmentation: shared photometric jitter for the globals, own for each local;
    per-view centre shift, scale, rotation (z full turn, x/y small), flip, jitter;
    normals rotated and flipped with the coordinates;
-5. cube masks on each global view (side ``mask_size``, fraction ``mask_ratio`` of
+5. cube masks on each global view (side ``mask.size``, fraction ``mask.ratio`` of
    cubes) and jitter on the masked points' coordinates.
 
 ``origin_coord`` is the grid-sampled coordinate before augmentation: students and
@@ -27,36 +27,13 @@ Elastic distortion (smoothed noise grids, granularity/magnitude pairs in
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-from concerto.ssl.masking import cube_mask, jitter_masked
-
-
-@dataclass
-class ViewParams:
-    """What one sample's views depend on besides the cloud (see ViewConfig)."""
-
-    grid_size: float = 0.02
-    global_num: int = 2
-    global_scale: tuple = (0.4, 1.0)
-    local_num: int = 4
-    local_scale: tuple = (0.1, 0.4)
-    max_points: int = 65536
-    principal_max_points: int = 65536
-    color_drop_all_prob: float = 0.2
-    color_drop_part_prob: float = 0.5
-    color_drop_part_ratio: float = 0.2
-    normal_drop_all_prob: float = 0.2
-    normal_drop_part_prob: float = 0.5
-    normal_drop_part_ratio: float = 0.2
-    mask_size: float = 0.1
-    mask_ratio: float = 0.3
-    mask_jitter: float = 0.01
-    elastic: tuple = ((0.2, 0.4), (0.8, 1.6))  # (granularity m, magnitude) pairs; () disables
+from concerto.config import ViewConfig
+from concerto.ssl.masking import MaskShape, cube_mask, jitter_masked
 
 
 def grid_sample_random(coord: np.ndarray, grid_size: float, rng: np.random.Generator) -> np.ndarray:
@@ -172,9 +149,12 @@ def _features(coord, color, normal) -> np.ndarray:
 
 
 def make_views(coord: np.ndarray, color: np.ndarray, normal: np.ndarray,
-               params: ViewParams, rng: np.random.Generator,
+               params: ViewConfig, mask: MaskShape, rng: np.random.Generator,
                has_correspondence: Optional[np.ndarray] = None) -> dict:
     """All views of one sample.
+
+    ``params``: the run's view settings; ``mask``: the cube-mask shape of this
+    step (``MaskShape.at(cfg.mask, step, total)``).
 
     coord float32 [N,3], color uint8 [N,3], normal float32 [N,3];
     has_correspondence bool [N] (points seen by some image) or None.
@@ -220,12 +200,12 @@ def make_views(coord: np.ndarray, color: np.ndarray, normal: np.ndarray,
     parts = {k: [] for k in ("coord", "masked_coord", "origin_coord", "feat", "mask", "index")}
     for idx in global_idx:
         c, nrm = geometric_augment(g_coord[idx], g_normal[idx], rng, params.elastic)
-        mask = cube_mask(c, params.mask_size, params.mask_ratio, rng)
+        masked = cube_mask(c, mask.size, mask.ratio, rng)
         parts["coord"].append(c)
-        parts["masked_coord"].append(jitter_masked(c, mask, params.mask_jitter, rng))
+        parts["masked_coord"].append(jitter_masked(c, masked, mask.jitter, rng))
         parts["origin_coord"].append(g_coord[idx])
         parts["feat"].append(_features(c, shared_color[idx], nrm))
-        parts["mask"].append(mask)
+        parts["mask"].append(masked)
         parts["index"].append(keep[idx])
     for k, v in parts.items():
         out[f"global_{k}"] = np.concatenate(v)

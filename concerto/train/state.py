@@ -1,0 +1,252 @@
+"""Setting up a run: process group, models, optimiser, data loader, resume.
+
+``build_state`` returns a ``TrainState``: everything the step, the checkpoints and
+the logs work on. Every rank builds identical models (same seed); on resume the
+saved state replaces them, and the run continues on the data version it started with.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from concerto.config import ConfigError, PretrainConfig
+from concerto.train.checkpoint import latest_training_state, load_training_state, set_rng_state
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start (bad data, bad resume state); one line, names the cause."""
+
+
+@dataclass
+class TrainState:
+    """One rank's run. ``model`` is the student, DDP-wrapped when world > 1;
+    ``step`` counts optimiser steps done."""
+
+    cfg: PretrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    output: Path
+    image_encoder: Optional[torch.nn.Module]
+    student: torch.nn.Module
+    teacher: torch.nn.Module
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: Any
+    grid_hw: tuple
+    step: int = 0
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Initialises the process group when launched by torchrun."""
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        if not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend=backend)
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def wrap_ddp(student: torch.nn.Module, cfg: PretrainConfig, world: int, device: torch.device) -> torch.nn.Module:
+    if world == 1:
+        return student
+    return torch.nn.parallel.DistributedDataParallel(
+        student, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=cfg.run.find_unused_parameters)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_config(cfg: PretrainConfig) -> None:
+    if cfg.distill.roll_mask_weight > 0 and cfg.views.global_num != 2:
+        raise ConfigError(f"config key 'views.global_num': the roll-mask term needs 2 global views, got {cfg.views.global_num}")
+
+
+def check_data(data: Any, version: Optional[int]) -> None:
+    """Fail fast on an unusable store, before the models are built."""
+    from concerto.data import check_store, open_store
+
+    if isinstance(data, (str, Path)):
+        check_store(open_store(str(data), version), str(data))
+    else:
+        check_store(data, type(data).__name__)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def build_image_encoder(cfg: PretrainConfig):
+    from concerto.image_encoder import ImageEncoder
+
+    cm = cfg.cross_modal
+    if cm.encoder_config is not None:
+        return ImageEncoder.from_config(dict(cm.encoder_config), image_size=cm.image_size, seed=cfg.run.seed)
+    return ImageEncoder.from_pretrained(cm.model_id, image_size=cm.image_size)
+
+
+def build_backbone(cfg: PretrainConfig):
+    from concerto.model import PointTransformerV3, PTv3Config
+
+    presets = {"base": PTv3Config.base, "large": PTv3Config.large, "tiny": PTv3Config.tiny}
+    if cfg.model.preset not in presets:
+        raise ConfigError(f"config key 'model.preset': unknown preset '{cfg.model.preset}'")
+    over: dict[str, Any] = {"grid_size": cfg.model.grid_size}
+    if cfg.model.drop_path is not None:
+        over["drop_path"] = cfg.model.drop_path
+    return PointTransformerV3(presets[cfg.model.preset](**over))
+
+
+def build_student_teacher(cfg: PretrainConfig, image_encoder, device: torch.device):
+    """(student, teacher): the teacher starts as a copy of the student and never drops paths."""
+    from concerto.ssl.pretrainer import StudentNet, TeacherNet, upcast_channels
+
+    backbone = build_backbone(cfg)
+    enc, d, cm = backbone.config.enc_channels, cfg.distill, cfg.cross_modal
+    student = StudentNet(backbone, upcast_channels(enc, d.upcast_level), upcast_channels(enc, cm.upcast_level),
+                         image_encoder.channels if image_encoder else 1, d.head_hidden, d.head_embed,
+                         d.num_prototypes, d.upcast_level, cm.upcast_level, cfg.model.grid_size).to(device)
+    teacher = TeacherNet(student).to(device)
+    for m in teacher.modules():
+        if hasattr(m, "drop_prob"):
+            m.drop_prob = 0.0
+    return student, teacher
+
+
+# ----------------------------------------------------------------------------- optimiser
+
+
+def layer_decay_groups(model: torch.nn.Module, lr: float, decay: float, enc_depths) -> list[dict]:
+    """AdamW groups: encoder block b of stage e gets lr * decay ** (blocks after it);
+    everything else (embedding, pooling, heads, predictor) the full lr."""
+    total = sum(enc_depths)
+    groups: dict[float, list] = {}
+    pattern = re.compile(r"(?:^|\.)enc(\d+)\.block(\d+)\.")
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        m = pattern.search(name)
+        scale = 1.0
+        if m:
+            e, b = int(m.group(1)), int(m.group(2))
+            scale = decay ** (total - sum(enc_depths[:e]) - b - 1)
+        groups.setdefault(scale, []).append(p)
+    return [{"params": ps, "max_lr": lr * s, "lr": lr * s} for s, ps in sorted(groups.items(), reverse=True)]
+
+
+def build_optimizer(cfg: PretrainConfig, student) -> torch.optim.Optimizer:
+    o = cfg.optim
+    groups = layer_decay_groups(student, o.lr, o.layer_decay, student.backbone.config.enc_depths)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay_start)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def build_sample_spec(cfg: PretrainConfig, grid, mean, std, with_images: bool):
+    """The loader workers' SampleSpec: the run's own view / mask settings plus the
+    image encoder's patch grid and normalisation."""
+    from concerto.data import SampleSpec
+
+    return SampleSpec(views=cfg.views, mask=cfg.mask, grid=grid, image_mean=tuple(mean), image_std=tuple(std),
+                      total_steps=cfg.run.steps, with_images=with_images)
+
+
+def sample_spec_for(cfg: PretrainConfig, image_encoder):
+    """SampleSpec for ``image_encoder`` (None: no images, the DINOv2 grid and normalisation)."""
+    from pipelines.patches import PatchGrid
+
+    if image_encoder is None:
+        return build_sample_spec(cfg, PatchGrid(518, 14), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False)
+    return build_sample_spec(cfg, image_encoder.grid, image_encoder.mean, image_encoder.std, True)
+
+
+def build_loader(cfg: PretrainConfig, data, spec, rank: int, world: int, version: Optional[int]):
+    from concerto.data import ShardLoader
+
+    return ShardLoader(data, spec, cfg.data.batch_size, rank=rank, world_size=world,
+                       num_workers=cfg.data.num_workers, seed=cfg.data.seed,
+                       accumulate=cfg.optim.accumulate, version=version)
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def read_resume(output: Path, rank: int, world: int) -> tuple[Optional[dict], Optional[dict], Optional[Path]]:
+    """(saved state, this rank's RNG state, folder) of the latest checkpoint, or Nones."""
+    path = latest_training_state(output / "checkpoints")
+    if path is None:
+        return None, None, None
+    saved, rng = load_training_state(path, rank)
+    saved_world = saved.get("world_size", 1)
+    if saved_world != world:
+        raise TrainError(f"resume from '{path}': saved with {saved_world} ranks, running with {world}")
+    return saved, rng, path
+
+
+def restore(s: TrainState, saved: dict, path: Path) -> None:
+    """Load a saved state into freshly built models, optimiser and loader."""
+    s.student.load_state_dict(saved["student"])
+    s.teacher.load_state_dict(saved["teacher"])
+    s.optimizer.load_state_dict(saved["optimizer"])
+    try:
+        s.loader.load_state_dict(saved["loader"])
+    except ValueError as exc:
+        raise TrainError(f"resume from '{path}': {exc}") from exc
+    s.step = int(saved["step"])
+
+
+def seed_step_rng(s: TrainState, saved_rng: Optional[dict]) -> None:
+    """Per-rank RNG for the steps to come: a fresh seed, replaced by the saved states on resume."""
+    torch.manual_seed(s.cfg.run.seed + 1000 * s.rank + s.step)
+    if saved_rng is not None:
+        set_rng_state(saved_rng)
+
+
+# ----------------------------------------------------------------------------- all of it
+
+
+def build_state(cfg: PretrainConfig, data: Any, output: Path, resume: bool) -> TrainState:
+    """Process group, data check, models, loader, optimiser; restored when ``resume``
+    finds a checkpoint under ``<output>/checkpoints``."""
+    rank, world, device = init_distributed()
+    if cfg.run.num_threads > 0:
+        torch.set_num_threads(cfg.run.num_threads)
+    saved, saved_rng, path = read_resume(output, rank, world) if resume else (None, None, None)
+    # resume on the manifest the run started with
+    version = saved["data_version"] if saved and saved.get("data_version") is not None else cfg.data.version
+    check_data(data, version)
+    torch.manual_seed(cfg.run.seed)  # identical initialisation on every rank
+    image_encoder = build_image_encoder(cfg).to(device) if cfg.cross_modal.weight > 0 else None
+    student, teacher = build_student_teacher(cfg, image_encoder, device)
+    spec = sample_spec_for(cfg, image_encoder)
+    loader = build_loader(cfg, data, spec, rank, world, version)
+    s = TrainState(cfg, rank, world, device, output, image_encoder, student, teacher, student,
+                   build_optimizer(cfg, student), loader, spec.grid.grid_hw)
+    if saved is not None:
+        restore(s, saved, path)
+    seed_step_rng(s, saved_rng)
+    s.model = wrap_ddp(student, cfg, world, device)
+    return s
