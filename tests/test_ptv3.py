@@ -241,6 +241,17 @@ def test_backbone_export_round_trip_and_errors(tmp_path):
         load_checkpoint(tmp_path / "absent.pth")
 
 
+def test_model_package_imports_only_torch_numpy_and_itself():
+    import subprocess
+    import sys
+
+    code = ("import sys, concerto.model; print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'preprocess', 'pipelines', 'prefect', 'zarr', 'dask'}) + "
+            "sorted(m for m in sys.modules if m.startswith('concerto.') and not m.startswith('concerto.model')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_pretrained_names_resolve():
     assert pretrained_location("sonata") == ("facebook/sonata", "sonata.pth")
     assert pretrained_location("concerto_large") == ("Pointcept/Concerto", "concerto_large.pth")

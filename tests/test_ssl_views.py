@@ -1,5 +1,6 @@
 """View generation and masking (numpy, per sample)."""
 import numpy as np
+import pytest
 
 from concerto.ssl.masking import cube_mask, jitter_masked
 from concerto.config import MaskConfig, ViewConfig
@@ -126,3 +127,17 @@ def test_elastic_interpolation_matches_scipy():
     axes = [np.linspace(a - 0.3, a + 0.3 * (d - 2), d) for a, d in zip(lo, dims)]
     expected = RegularGridInterpolator(axes, noise, bounds_error=False, fill_value=0.0)(coord)
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_mask_shape_follows_the_run_config_schedule():
+    m = MaskConfig()
+    assert MaskShape.at(m, 0, 100) == (m.size_start, m.ratio_start, m.jitter)
+    assert MaskShape.at(m, 99, 100) == pytest.approx((m.size_base, m.ratio_base, m.jitter))
+    # the view settings the loader workers see are the run's own config objects, not copies
+    from concerto.config import PretrainConfig
+    from concerto.train import build_sample_spec
+    from pipelines.patches import PatchGrid
+
+    cfg = PretrainConfig.tiny()
+    spec = build_sample_spec(cfg, PatchGrid(56, 14), (0.5,) * 3, (0.5,) * 3, True)
+    assert spec.views is cfg.views and spec.mask is cfg.mask
