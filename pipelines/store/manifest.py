@@ -16,7 +16,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from pipelines.store.errors import ManifestConflictError, ManifestFormatError, ManifestVersionError, NoManifestError
+from pipelines.store.errors import (
+    ManifestConflictError,
+    ManifestFormatError,
+    ManifestVersionError,
+    NoManifestError,
+    StoreFormatError,
+)
+from pipelines.store.layout import SHARD_FORMAT
 from pipelines.store.location import MANIFEST_DIR, SHARD_DIR, StoreLocation
 from pipelines.store.writer import INVENTORY, SceneEntry, ShardInfo
 
@@ -40,6 +47,16 @@ class Manifest:
     def scenes(self) -> dict[str, tuple[str, SceneEntry]]:
         """{scene key: (shard id, entry)} over every listed scene."""
         return {s.key: (sh.id, s) for sh in self.shards for s in sh.scenes}
+
+    @property
+    def outdated_shards(self) -> list[ShardInfo]:
+        """Listed shards written in an older shard format (no chunk checksums)."""
+        return [sh for sh in self.shards if sh.format != SHARD_FORMAT]
+
+    @property
+    def store_format(self) -> int:
+        """2 when every listed shard carries chunk checksums, else 1."""
+        return 1 if self.outdated_shards else 2
 
     def shard(self, shard_id: str) -> ShardInfo:
         for sh in self.shards:
@@ -71,6 +88,7 @@ class Manifest:
             "parent": self.parent,
             "created": self.created,
             "note": self.note,
+            "store_format": self.store_format,
             "sources": self.source_counts(),
             "shards": [sh.to_json() for sh in self.shards],
             "extra": self.extra,
@@ -127,6 +145,11 @@ def load_manifest(store, version: int | None = None) -> Manifest:
         raise ManifestFormatError(f"{loc.url}/{MANIFEST_DIR}/{name}: malformed ({type(e).__name__}: {e})") from e
 
 
+def outdated_store_message(url: str, m: Manifest) -> str:
+    return (f"store {url} v{m.version} has store format {m.store_format} ({len(m.outdated_shards)} shards without "
+            f"chunk checksums): it opens read-only; run `concerto-store {url} --migrate` to rewrite it in format 2")
+
+
 def commit(
     store,
     base_version: int | None,
@@ -144,13 +167,17 @@ def commit(
     requests (a scene key served twice, removing something not listed, an
     added shard whose folder is missing)."""
     loc = StoreLocation.of(store)
+    removed_shards = set(removed_shards)
     if base_version is None:
         if list_versions(loc):
             raise ManifestConflictError(f"{loc.url} already has manifest v{latest_version(loc)}; commit against it")
         base_shards: list[ShardInfo] = []
     else:
-        base_shards = load_manifest(loc, base_version).shards
-    removed_shards = set(removed_shards)
+        base = load_manifest(loc, base_version)
+        base_shards = base.shards
+        # an old-format store changes only by a commit that retires all its old shards (a migration)
+        if {sh.id for sh in base.outdated_shards} - removed_shards:
+            raise StoreFormatError(outdated_store_message(loc.url, base))
     removed_scenes = set(removed_scenes)
     base_ids = {sh.id for sh in base_shards}
     if removed_shards - base_ids:
@@ -168,6 +195,8 @@ def commit(
     if missing:
         raise ValueError(f"cannot remove scenes not in v{base_version}: {sorted(missing)}")
     for sh in added_shards:
+        if sh.format != SHARD_FORMAT:
+            raise StoreFormatError(f"shard '{sh.id}' has format {sh.format!r}; only {SHARD_FORMAT!r} can be committed")
         if sh.id in base_ids:
             raise ValueError(f"shard '{sh.id}' is already listed in v{base_version}")
         if not loc.exists(SHARD_DIR, sh.id, INVENTORY):  # written last by the writer
