@@ -108,3 +108,24 @@ def test_migrate_rewrites_an_old_store(tmp_path, monkeypatch):
     _flip_byte(tmp_path / "store" / SHARD_DIR / m.shards[0].id / "points" / "coord" / "c" / "0" / "0")
     with pytest.raises(ShardCorruptError, match="checksum"):
         _read_all(url)
+
+
+def test_readers_open_the_latest_complete_version(tmp_path):
+    """Batch commits of a running (or killed) build are "partial": a reader
+    keeps seeing the last complete version until the build's final commit."""
+    rng = np.random.default_rng(5)
+    url = str(tmp_path / "store")
+    w = ShardWriter(url)
+    a = w.write([synthetic_scene(rng, "a", "s0", n_points=200, image_sizes=[(24, 32)] * 4)])
+    assert commit(url, None, [a], run_id="run-1") == 1
+    b = w.write([synthetic_scene(rng, "b", "s0", n_points=200, image_sizes=[(24, 32)] * 4)])
+    assert commit(url, 1, [b], run_id="run-2", state="partial") == 2
+    opened = ShardStore.open(url)
+    assert opened.version == 1 and set(opened.manifest.source_counts()) == {"a"}
+    m2 = load_manifest(url, 2)
+    assert (m2.run_id, m2.state, m2.parent) == ("run-2", "partial", 1)
+    assert ShardStore.open(url, version=2).version == 2  # explicit versions open as asked
+    assert commit(url, 2, [], run_id="run-2") == 3
+    assert ShardStore.open(url).version == 3
+    with pytest.raises(ValueError, match="state"):
+        commit(url, 3, [], state="half")

@@ -43,6 +43,11 @@ class Manifest:
     shards: list[ShardInfo]
     note: str = ""
     extra: dict = field(default_factory=dict)
+    # who made this version (a Prefect flow-run id or a CLI run id) and whether
+    # it ends that run ("complete") or is one of its resumable batch commits
+    # ("partial"); readers open the latest complete version by default
+    run_id: str = ""
+    state: str = "complete"
 
     def scenes(self) -> dict[str, tuple[str, SceneEntry]]:
         """{scene key: (shard id, entry)} over every listed scene."""
@@ -88,6 +93,8 @@ class Manifest:
             "parent": self.parent,
             "created": self.created,
             "note": self.note,
+            "run_id": self.run_id,
+            "state": self.state,
             "store_format": self.store_format,
             "sources": self.source_counts(),
             "shards": [sh.to_json() for sh in self.shards],
@@ -103,6 +110,8 @@ class Manifest:
             shards=[ShardInfo.from_json(s) for s in d["shards"]],
             note=d.get("note", ""),
             extra=d.get("extra", {}),
+            run_id=d.get("run_id", ""),
+            state=d.get("state", "complete"),  # older manifests: every version was complete
         )
 
 
@@ -122,12 +131,24 @@ def latest_version(store) -> int | None:
     return v[-1] if v else None
 
 
-def load_manifest(store, version: int | None = None) -> Manifest:
-    """The manifest at ``version`` (default: the latest)."""
+STATES = ("partial", "complete")
+
+
+def load_manifest(store, version: int | None = None, complete: bool = False) -> Manifest:
+    """The manifest at ``version`` (default: the latest; with ``complete``, the
+    latest whose state is "complete", i.e. not a batch commit of a build that
+    is running or was killed)."""
     loc = StoreLocation.of(store)
     versions = list_versions(loc)
     if not versions:
         raise NoManifestError(f"no manifest at {loc.url} (the store is empty or does not exist)")
+    if version is None and complete:
+        for v in reversed(versions):
+            m = load_manifest(loc, v)
+            if m.state == "complete":
+                return m
+        raise NoManifestError(f"no complete manifest at {loc.url} (versions {versions} are all partial: "
+                              f"a build is running or was killed; re-run it, or open a version explicitly)")
     if version is None:
         version = versions[-1]
     if version not in versions:
@@ -157,6 +178,8 @@ def commit(
     removed_shards: Iterable[str] = (),
     removed_scenes: Iterable[str] = (),
     note: str = "",
+    run_id: str = "",
+    state: str = "complete",
 ) -> int:
     """Create manifest ``base_version + 1`` = base - removed shards - removed
     scenes + added shards, and return its version.
@@ -167,6 +190,8 @@ def commit(
     requests (a scene key served twice, removing something not listed, an
     added shard whose folder is missing)."""
     loc = StoreLocation.of(store)
+    if state not in STATES:
+        raise ValueError(f"manifest state must be one of {STATES}, got {state!r}")
     removed_shards = set(removed_shards)
     if base_version is None:
         if list_versions(loc):
@@ -215,6 +240,8 @@ def commit(
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         shards=shards,
         note=note,
+        run_id=run_id,
+        state=state,
     )
     data = json.dumps(m.to_json(), indent=1).encode()
     if not loc.create_exclusive(data, MANIFEST_DIR, manifest_name(version)):

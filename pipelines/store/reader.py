@@ -347,12 +347,14 @@ class ShardStore:
 
     @classmethod
     def open(cls, url, version: int | None = None, check_files: bool = True, direct: bool = True) -> "ShardStore":
-        """Open ``url`` (path or fsspec URL) at manifest ``version`` (default latest).
-        Raises NoManifestError if the store has no manifest. ``direct``: on local
-        disks read chunk files without zarr's event loop where the layout allows
-        (same bytes, several times less CPU; see pipelines.store.fastread)."""
+        """Open ``url`` (path or fsspec URL) at manifest ``version`` (default: the
+        latest complete version, so a running or killed build's batch commits are
+        not read). Raises NoManifestError if the store has no manifest.
+        ``direct``: on local disks read chunk files without zarr's event loop
+        where the layout allows (same bytes, several times less CPU; see
+        pipelines.store.fastread)."""
         loc = StoreLocation.of(url)
-        manifest = load_manifest(loc, version)
+        manifest = load_manifest(loc, version, complete=True)
         if manifest.store_format < 2:
             warnings.warn(outdated_store_message(loc.url, manifest), stacklevel=2)
         return cls(loc, manifest, check_files=check_files, direct=direct)
