@@ -132,3 +132,38 @@ def test_empty_store_is_one_clear_error(tmp_path):
     commit(url, None, [])
     with pytest.raises(DataError, match="empty"):
         ShardLoader(url, SPEC, batch_size=1)
+
+
+def _damage_first_coord_chunk(url, tmp_path_factory):
+    """A copy of the store with one flipped byte in the first shard's coords."""
+    import shutil
+    from pathlib import Path
+
+    copy = tmp_path_factory.mktemp("damaged") / "s"
+    shutil.copytree(url, copy)
+    store = ShardStore.open(str(copy))
+    chunk = Path(copy) / "shards" / store.shards[0] / "points" / "coord" / "c" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[-30] ^= 0x11
+    chunk.write_bytes(bytes(data))
+    return str(copy), store.shards[0], len(store.segments_by_shard()[0])
+
+
+def test_damaged_shard_fails_loudly_by_default(store_url, tmp_path_factory):
+    from pipelines.store import ShardCorruptError
+
+    url, shard, _ = _damage_first_coord_chunk(store_url, tmp_path_factory)
+    loader = ShardLoader(url, SPEC, batch_size=2, num_workers=0, seed=0)
+    with pytest.raises(ShardCorruptError, match=rf"shard '{shard}': array 'points/coord', chunk 0"):
+        for _ in loader.epoch():
+            pass
+
+
+def test_skip_corrupt_leaves_out_and_counts(store_url, tmp_path_factory, caplog):
+    url, shard, n_bad = _damage_first_coord_chunk(store_url, tmp_path_factory)
+    loader = ShardLoader(url, SPEC, batch_size=2, num_workers=2, seed=0, skip_corrupt=True)
+    seen = [i for batch in loader.epoch() for i in batch["segment_index"].tolist()]
+    bad = set(ShardStore.open(url).segments_by_shard()[0])
+    assert loader.skipped == n_bad == len(bad)
+    assert sorted(seen) == sorted(set(range(8)) - bad)
+    assert loader.state_dict()["epoch"] == 1  # the epoch still completed

@@ -18,7 +18,14 @@ LOCAL_KEYS = ("coord", "origin_coord", "feat")
 
 
 def collate_samples(samples: list[dict]) -> dict:
-    out: dict = {}
+    """Samples -> one batch. Samples the dataset skipped (``{"skipped": msg}``,
+    damaged shard data with ``skip_corrupt``) are left out and listed in
+    ``batch["skipped"]``; a batch of only skipped samples is just that list."""
+    skipped = [s["skipped"] for s in samples if "skipped" in s]
+    samples = [s for s in samples if "skipped" not in s]
+    if not samples:
+        return {"names": [], "skipped": skipped}
+    out: dict = {"skipped": skipped}
     for prefix, keys in (("global", GLOBAL_KEYS), ("local", LOCAL_KEYS)):
         for k in keys:
             out[f"{prefix}_{k}"] = torch.from_numpy(np.concatenate([s[f"{prefix}_{k}"] for s in samples]))

@@ -7,6 +7,7 @@ A store object (anything with ``__len__``, ``__getitem__`` and
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Optional, Union
 
@@ -14,6 +15,9 @@ import numpy as np
 
 from concerto.data.sample import SampleSpec, build_sample
 from concerto.data.sampler import SampleTicket
+
+
+log = logging.getLogger(__name__)
 
 
 class DataError(RuntimeError):
@@ -46,12 +50,19 @@ def check_store(store, name: str) -> list[list[int]]:
 
 
 class SegmentDataset:
-    """``dataset[ticket]`` -> sample dict (see ``build_sample``)."""
+    """``dataset[ticket]`` -> sample dict (see ``build_sample``).
 
-    def __init__(self, store: Union[str, Any], spec: SampleSpec, version: Optional[int] = None):
+    A sample whose shard data is damaged (``ShardCorruptError``: a failed chunk
+    checksum, a missing file) raises, naming shard, array and chunk, unless
+    ``skip_corrupt``: then it comes back as ``{"skipped": message}``, logged as a
+    warning, and ``collate_samples`` leaves it out of the batch and counts it."""
+
+    def __init__(self, store: Union[str, Any], spec: SampleSpec, version: Optional[int] = None,
+                 skip_corrupt: bool = False):
         self.url = store if isinstance(store, str) else None
         self.version = version
         self.spec = spec
+        self.skip_corrupt = skip_corrupt
         self._store = None if isinstance(store, str) else store
         self._pid = os.getpid() if self._store is not None else None
         if self.url is not None:
@@ -78,7 +89,15 @@ class SegmentDataset:
         return check_store(self.store, self.url or type(self.store).__name__)
 
     def __getitem__(self, ticket: SampleTicket) -> dict:
-        raw = self.store[ticket.index]
+        from pipelines.store.errors import ShardCorruptError
+
+        try:
+            raw = self.store[ticket.index]
+        except ShardCorruptError as exc:
+            if not self.skip_corrupt:
+                raise
+            log.warning("skipping sample %d: %s", ticket.index, exc)
+            return {"skipped": f"sample {ticket.index}: {exc}", "segment_index": ticket.index}
         rng = np.random.default_rng(ticket.rng_seed())
         sample = build_sample(raw, self.spec, ticket.step, rng)
         sample["segment_index"] = ticket.index

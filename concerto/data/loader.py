@@ -23,8 +23,9 @@ from concerto.data.sampler import ShardBatchSampler
 class ShardLoader:
     def __init__(self, store: Union[str, Any], spec: SampleSpec, batch_size: int,
                  rank: int = 0, world_size: int = 1, num_workers: int = 0, seed: int = 0,
-                 accumulate: int = 1, version: Optional[int] = None):
-        self.dataset = SegmentDataset(store, spec, version=version)
+                 accumulate: int = 1, version: Optional[int] = None, skip_corrupt: bool = False):
+        self.dataset = SegmentDataset(store, spec, version=version, skip_corrupt=skip_corrupt)
+        self.skipped = 0  # samples left out because their shard data is damaged
         self.sampler = ShardBatchSampler(self.dataset.shards(), batch_size, rank=rank,
                                          world_size=world_size, num_workers=num_workers,
                                          seed=seed, accumulate=accumulate)
@@ -61,8 +62,10 @@ class ShardLoader:
     def epoch(self) -> Iterator[dict]:
         """The rest of the current epoch; advances to the next epoch at its end."""
         for batch in self._loader():
-            self.sampler.consumed += len(batch["names"])
-            yield batch
+            self.sampler.consumed += len(batch["names"]) + len(batch["skipped"])
+            self.skipped += len(batch["skipped"])
+            if batch["names"]:
+                yield batch
         self.sampler.set_epoch(self.sampler.epoch + 1)
 
     def __iter__(self) -> Iterator[dict]:

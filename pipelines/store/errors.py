@@ -23,6 +23,11 @@ class ManifestFormatError(StoreError):
     """A manifest file exists but cannot be parsed or has the wrong format."""
 
 
+class StoreFormatError(StoreError):
+    """The store was written by an older format: readable, but not writable
+    until ``concerto-store <url> --migrate`` rewrites it."""
+
+
 class ShardCorruptError(StoreError):
     """A shard's files are missing, truncated or fail to decode."""
 

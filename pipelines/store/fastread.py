@@ -4,8 +4,9 @@ zarr-python 3 routes every read through its event loop and thread pool, which
 costs about 1 ms of CPU per request (more on a busy machine): more than reading
 and decoding a sample's data. For the one layout the writer produces (regular
 chunks split along axis 0 only, "default" chunk keys with "/", little-endian
-bytes, optionally one blosc codec, every chunk written) a chunk is a plain file
-holding one blosc frame, so a row range is: read the files, decompress, copy.
+bytes, optionally one blosc codec, then zarr's crc32c, every chunk written) a
+chunk is a plain file holding one blosc frame and its crc32c, so a row range
+is: read the files, check the crc32c, decompress, copy.
 Everything else (zarr's sharding codec, other codecs, fsspec URLs) goes
 through zarr. tests/test_store.py checks that both paths return the same bytes.
 """
@@ -14,12 +15,21 @@ from __future__ import annotations
 import os
 import struct
 
+import google_crc32c
 import numcodecs.blosc
 import numpy as np
 
 
 class UnsupportedLayout(ValueError):
     """The array's metadata is outside what the fast path handles."""
+
+
+class ChunkReadError(ValueError):
+    """Chunk ``chunk`` of the array could not be read or failed its checksum."""
+
+    def __init__(self, chunk: int, message: str):
+        self.chunk = chunk
+        super().__init__(f"chunk {chunk}: {message}")
 
 
 class RowReader:
@@ -43,12 +53,14 @@ class RowReader:
         codecs = meta["codecs"]
         if not codecs or codecs[0]["name"] != "bytes" or codecs[0].get("configuration", {}).get("endian", "little") != "little":
             raise UnsupportedLayout("first codec is not little-endian bytes")
-        if len(codecs) == 1:
-            self.blosc = False
-        elif len(codecs) == 2 and codecs[1]["name"] == "blosc":
-            self.blosc = True
-        else:
+        names = [c["name"] for c in codecs[1:]]
+        # shard format 2 ends every chunk with a crc32c; format 1 had none
+        self.crc32c = bool(names) and names[-1] == "crc32c"
+        if self.crc32c:
+            names = names[:-1]
+        if names not in ([], ["blosc"]):
             raise UnsupportedLayout(f"codecs {[c['name'] for c in codecs]}")
+        self.blosc = names == ["blosc"]
         if meta.get("storage_transformers"):
             raise UnsupportedLayout("storage transformers")
         self.dtype = np.dtype(meta["data_type"]).newbyteorder("<")
@@ -57,21 +69,30 @@ class RowReader:
 
     def _chunk(self, c: int) -> np.ndarray:
         path = f"{self.path}/c/{self._zeros}{c}" if len(self.shape) == 1 else f"{self.path}/c/{c}/{self._zeros[:-1]}"
-        with open(path, "rb") as f:  # FileNotFoundError: the writer writes every chunk
-            raw = f.read()
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError as e:  # the writer writes every chunk
+            raise ChunkReadError(c, f"file '{path}' is missing") from e
+        if self.crc32c:
+            # the same check zarr's crc32c codec makes: little-endian uint32 of
+            # the bytes before it, appended to the chunk
+            if len(raw) < 4 or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+                raise ChunkReadError(c, "checksum mismatch (stored crc32c differs from the data): the file was altered")
+            raw = raw[:-4]
         if self.blosc:
             # check the frame's own sizes first: blosc trusts its header and a
             # truncated file must fail here, not read past the buffer
             if len(raw) < 16:
-                raise ValueError(f"chunk {c}: {len(raw)} bytes, shorter than a blosc header")
+                raise ChunkReadError(c, f"{len(raw)} bytes, shorter than a blosc header")
             # blosc1 header: version, versionlz, flags, typesize (1 byte each),
             # then uint32 little-endian nbytes, blocksize, cbytes
             nbytes, _blocksize, cbytes = struct.unpack_from("<III", raw, 4)
             if cbytes != len(raw) or nbytes != self.chunk_nbytes:
-                raise ValueError(f"chunk {c}: file has {len(raw)} bytes, its blosc header says {cbytes} (decoding to {nbytes}, expected {self.chunk_nbytes})")
+                raise ChunkReadError(c, f"file has {len(raw)} bytes, its blosc header says {cbytes} (decoding to {nbytes}, expected {self.chunk_nbytes})")
             raw = numcodecs.blosc.decompress(raw)
         if len(raw) != self.chunk_nbytes:
-            raise ValueError(f"chunk {c} decodes to {len(raw)} bytes, expected {self.chunk_nbytes}")
+            raise ChunkReadError(c, f"decodes to {len(raw)} bytes, expected {self.chunk_nbytes}")
         return np.frombuffer(raw, self.dtype).reshape(self.chunk)
 
     def read(self, sel) -> np.ndarray:

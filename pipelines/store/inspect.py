@@ -8,6 +8,8 @@
                                                 a sample's correspondences over its
                                                 images (2x2 grid, colour = depth)
     concerto-store <url> --verify               re-hash every listed shard file
+    concerto-store <url> --migrate              rewrite an older-format store (chunks
+                                                without checksums) in the current format
     concerto-store <url> --gc [--keep-last N] [--min-age S] [--dry-run]
                                                 delete shards no kept manifest lists
 """
@@ -22,6 +24,7 @@ from pipelines.store.errors import StoreError
 from preprocess.colormap import interpolate_anchors
 from pipelines.store.gc import gc
 from pipelines.store.manifest import list_versions, load_manifest
+from pipelines.store.migrate import migrate
 from pipelines.store.reader import ShardStore
 
 # anchor colours of a perceptually ordered dark-blue -> yellow map (viridis)
@@ -118,6 +121,7 @@ def main(argv=None, out=None) -> int:
     p.add_argument("--draw", type=int, metavar="SEGMENT", help="draw sample SEGMENT's correspondences")
     p.add_argument("--out", help="PNG path for --draw")
     p.add_argument("--verify", action="store_true", help="re-hash every shard file")
+    p.add_argument("--migrate", action="store_true", help="rewrite shards of an older store format")
     p.add_argument("--gc", action="store_true", help="delete shard folders no kept manifest lists")
     p.add_argument("--keep-last", type=int, default=None, help="with --gc: keep only the newest N manifests")
     p.add_argument("--min-age", type=float, default=3600.0, help="with --gc: spare unlisted shards younger than this (s)")
@@ -126,6 +130,9 @@ def main(argv=None, out=None) -> int:
     if args.draw is not None and not args.out:
         p.error("--draw needs --out file.png")
     try:
+        if args.migrate:
+            rep = migrate(args.url, progress=True)
+            print(f"migrate: {len(rep.rewritten)} shards rewritten" + (f", committed v{rep.version}" if rep.version else " (store already current)"), file=out)
         store = ShardStore.open(args.url, args.version)
         if args.versions:
             rows = []

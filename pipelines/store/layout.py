@@ -33,11 +33,15 @@ inventory's digest. Chunks are split along the first axis only and every chunk
 is written (no implicit fill-value chunks), so a missing file always means
 damage and local reads can go straight to the chunk files
 (``pipelines.store.fastread``). Codecs: blosc-zstd for images, byte-shuffled
-blosc-lz4 for everything else.
+blosc-lz4 for everything else, then crc32c on every chunk (checked on every
+read, by zarr or by the direct reader).
 """
 from __future__ import annotations
 
-SHARD_FORMAT = "concerto-shard/1"
+# 2: every chunk ends with a crc32c (zarr's codec). 1: no checksums; such a
+# store is read-only until `concerto-store --migrate` rewrites it.
+SHARD_FORMAT = "concerto-shard/2"
+READABLE_SHARD_FORMATS = ("concerto-shard/1", SHARD_FORMAT)
 MAX_VIEWS = 4
 
 POINT_ARRAYS = ("coord", "color", "normal", "segment", "instance")

@@ -16,7 +16,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from pipelines.store.errors import ManifestConflictError, ManifestFormatError, ManifestVersionError, NoManifestError
+from pipelines.store.errors import (
+    ManifestConflictError,
+    ManifestFormatError,
+    ManifestVersionError,
+    NoManifestError,
+    StoreFormatError,
+)
+from pipelines.store.layout import SHARD_FORMAT
 from pipelines.store.location import MANIFEST_DIR, SHARD_DIR, StoreLocation
 from pipelines.store.writer import INVENTORY, SceneEntry, ShardInfo
 
@@ -36,10 +43,25 @@ class Manifest:
     shards: list[ShardInfo]
     note: str = ""
     extra: dict = field(default_factory=dict)
+    # who made this version (a Prefect flow-run id or a CLI run id) and whether
+    # it ends that run ("complete") or is one of its resumable batch commits
+    # ("partial"); readers open the latest complete version by default
+    run_id: str = ""
+    state: str = "complete"
 
     def scenes(self) -> dict[str, tuple[str, SceneEntry]]:
         """{scene key: (shard id, entry)} over every listed scene."""
         return {s.key: (sh.id, s) for sh in self.shards for s in sh.scenes}
+
+    @property
+    def outdated_shards(self) -> list[ShardInfo]:
+        """Listed shards written in an older shard format (no chunk checksums)."""
+        return [sh for sh in self.shards if sh.format != SHARD_FORMAT]
+
+    @property
+    def store_format(self) -> int:
+        """2 when every listed shard carries chunk checksums, else 1."""
+        return 1 if self.outdated_shards else 2
 
     def shard(self, shard_id: str) -> ShardInfo:
         for sh in self.shards:
@@ -71,6 +93,9 @@ class Manifest:
             "parent": self.parent,
             "created": self.created,
             "note": self.note,
+            "run_id": self.run_id,
+            "state": self.state,
+            "store_format": self.store_format,
             "sources": self.source_counts(),
             "shards": [sh.to_json() for sh in self.shards],
             "extra": self.extra,
@@ -85,6 +110,8 @@ class Manifest:
             shards=[ShardInfo.from_json(s) for s in d["shards"]],
             note=d.get("note", ""),
             extra=d.get("extra", {}),
+            run_id=d.get("run_id", ""),
+            state=d.get("state", "complete"),  # older manifests: every version was complete
         )
 
 
@@ -104,12 +131,24 @@ def latest_version(store) -> int | None:
     return v[-1] if v else None
 
 
-def load_manifest(store, version: int | None = None) -> Manifest:
-    """The manifest at ``version`` (default: the latest)."""
+STATES = ("partial", "complete")
+
+
+def load_manifest(store, version: int | None = None, complete: bool = False) -> Manifest:
+    """The manifest at ``version`` (default: the latest; with ``complete``, the
+    latest whose state is "complete", i.e. not a batch commit of a build that
+    is running or was killed)."""
     loc = StoreLocation.of(store)
     versions = list_versions(loc)
     if not versions:
         raise NoManifestError(f"no manifest at {loc.url} (the store is empty or does not exist)")
+    if version is None and complete:
+        for v in reversed(versions):
+            m = load_manifest(loc, v)
+            if m.state == "complete":
+                return m
+        raise NoManifestError(f"no complete manifest at {loc.url} (versions {versions} are all partial: "
+                              f"a build is running or was killed; re-run it, or open a version explicitly)")
     if version is None:
         version = versions[-1]
     if version not in versions:
@@ -127,6 +166,11 @@ def load_manifest(store, version: int | None = None) -> Manifest:
         raise ManifestFormatError(f"{loc.url}/{MANIFEST_DIR}/{name}: malformed ({type(e).__name__}: {e})") from e
 
 
+def outdated_store_message(url: str, m: Manifest) -> str:
+    return (f"store {url} v{m.version} has store format {m.store_format} ({len(m.outdated_shards)} shards without "
+            f"chunk checksums): it opens read-only; run `concerto-store {url} --migrate` to rewrite it in format 2")
+
+
 def commit(
     store,
     base_version: int | None,
@@ -134,6 +178,8 @@ def commit(
     removed_shards: Iterable[str] = (),
     removed_scenes: Iterable[str] = (),
     note: str = "",
+    run_id: str = "",
+    state: str = "complete",
 ) -> int:
     """Create manifest ``base_version + 1`` = base - removed shards - removed
     scenes + added shards, and return its version.
@@ -144,13 +190,19 @@ def commit(
     requests (a scene key served twice, removing something not listed, an
     added shard whose folder is missing)."""
     loc = StoreLocation.of(store)
+    if state not in STATES:
+        raise ValueError(f"manifest state must be one of {STATES}, got {state!r}")
+    removed_shards = set(removed_shards)
     if base_version is None:
         if list_versions(loc):
             raise ManifestConflictError(f"{loc.url} already has manifest v{latest_version(loc)}; commit against it")
         base_shards: list[ShardInfo] = []
     else:
-        base_shards = load_manifest(loc, base_version).shards
-    removed_shards = set(removed_shards)
+        base = load_manifest(loc, base_version)
+        base_shards = base.shards
+        # an old-format store changes only by a commit that retires all its old shards (a migration)
+        if {sh.id for sh in base.outdated_shards} - removed_shards:
+            raise StoreFormatError(outdated_store_message(loc.url, base))
     removed_scenes = set(removed_scenes)
     base_ids = {sh.id for sh in base_shards}
     if removed_shards - base_ids:
@@ -168,6 +220,8 @@ def commit(
     if missing:
         raise ValueError(f"cannot remove scenes not in v{base_version}: {sorted(missing)}")
     for sh in added_shards:
+        if sh.format != SHARD_FORMAT:
+            raise StoreFormatError(f"shard '{sh.id}' has format {sh.format!r}; only {SHARD_FORMAT!r} can be committed")
         if sh.id in base_ids:
             raise ValueError(f"shard '{sh.id}' is already listed in v{base_version}")
         if not loc.exists(SHARD_DIR, sh.id, INVENTORY):  # written last by the writer
@@ -186,6 +240,8 @@ def commit(
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         shards=shards,
         note=note,
+        run_id=run_id,
+        state=state,
     )
     data = json.dumps(m.to_json(), indent=1).encode()
     if not loc.create_exclusive(data, MANIFEST_DIR, manifest_name(version)):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import warnings
 from pathlib import Path
 
 import numcodecs.blosc
@@ -17,10 +18,10 @@ from zarr.core.sync import sync as zarr_sync
 
 from pipelines.records import Correspondence, ProcessedScene
 from pipelines.store.errors import ShardCorruptError
-from pipelines.store.fastread import row_readers
-from pipelines.store.layout import POINT_ARRAYS, SHARD_FORMAT, rgb_array_name
+from pipelines.store.fastread import ChunkReadError, row_readers
+from pipelines.store.layout import POINT_ARRAYS, READABLE_SHARD_FORMATS, rgb_array_name
 from pipelines.store.location import SHARD_DIR, StoreLocation
-from pipelines.store.manifest import Manifest, load_manifest
+from pipelines.store.manifest import Manifest, load_manifest, outdated_store_message
 from pipelines.store.writer import INVENTORY, ShardInfo, file_digest
 from preprocess.scene import Frame, PointCloud, Scene
 
@@ -144,8 +145,8 @@ class ShardReader:
             attrs = dict(root.attrs)
         except Exception as e:  # noqa: BLE001 - any zarr failure means a broken shard
             raise self._corrupt("group metadata", f"cannot open ({type(e).__name__}: {e})") from e
-        if attrs.get("format") != SHARD_FORMAT:
-            raise self._corrupt("group metadata", f"format is {attrs.get('format')!r}, expected {SHARD_FORMAT!r}")
+        if attrs.get("format") not in READABLE_SHARD_FORMATS:
+            raise self._corrupt("group metadata", f"format is {attrs.get('format')!r}, expected one of {READABLE_SHARD_FORMATS}")
         arrays: dict = {"attrs": attrs}
         names = [f"points/{n}" for n in POINT_ARRAYS] + ["corr/point", "corr/pixel"]
         names += [f"images/{rgb_array_name(h, w)}" for h, w in attrs["image_sizes"]]
@@ -162,11 +163,30 @@ class ShardReader:
         self._arrays = arrays
         return arrays
 
+    def _read_error(self, arrays, name: str, sel, e: Exception) -> ShardCorruptError:
+        """A ShardCorruptError naming the shard, the array and the bad chunk.
+        zarr's errors don't say which chunk failed: find it by reading the
+        selection's chunks one at a time (only on this error path)."""
+        if isinstance(e, ChunkReadError):
+            return self._corrupt(f"array '{name}', chunk {e.chunk}", f"cannot read rows {sel} ({e})")
+        arr = arrays[name]
+        bad = []
+        if hasattr(arr, "chunks") and arr.shape:
+            n = arr.chunks[0]
+            lo, hi, _ = (sel if isinstance(sel, slice) else slice(int(sel), int(sel) + 1)).indices(arr.shape[0])
+            for c in range(lo // n, max(lo, hi - 1) // n + 1):
+                try:
+                    arr[c * n:min(arr.shape[0], (c + 1) * n)]
+                except Exception:  # noqa: BLE001
+                    bad.append(c)
+        where = f"array '{name}'" + (f", chunk {', '.join(map(str, bad))}" if bad else "")
+        return self._corrupt(where, f"cannot read rows {sel} ({type(e).__name__}: {e})")
+
     def _read_array(self, arrays, name: str, sel) -> np.ndarray:
         try:
             return arrays[name][sel]
         except Exception as e:  # noqa: BLE001 - decode errors surface as many types
-            raise self._corrupt(f"array '{name}'", f"cannot read {sel} ({type(e).__name__}: {e})") from e
+            raise self._read_error(arrays, name, sel, e) from e
 
     def _read_many(self, arrays, requests: list[tuple[str, object]]) -> list[np.ndarray]:
         """Read several (array name, selection): directly from the chunk files
@@ -182,8 +202,8 @@ class ShardReader:
                 continue
             try:
                 out[k] = rows.read(sel)
-            except Exception as e:  # noqa: BLE001 - missing file, bad frame, short chunk
-                raise self._corrupt(f"array '{name}'", f"cannot read {sel} ({type(e).__name__}: {e})") from e
+            except Exception as e:  # noqa: BLE001 - missing file, bad checksum, bad frame, short chunk
+                raise self._read_error(arrays, name, sel, e) from e
         if not via_zarr:
             return out
 
@@ -191,12 +211,15 @@ class ShardReader:
             try:
                 return await arrays[name]._async_array.getitem(sel)
             except Exception as e:  # noqa: BLE001
-                raise self._corrupt(f"array '{name}'", f"cannot read {sel} ({type(e).__name__}: {e})") from e
+                return e
 
         async def all_of():
             return await asyncio.gather(*(one(*requests[k]) for k in via_zarr))
 
         for k, got in zip(via_zarr, zarr_sync(all_of())):
+            if isinstance(got, Exception):
+                # outside the event loop: locating the bad chunk reads through zarr again
+                raise self._read_error(arrays, *requests[k], got) from got
             out[k] = got
         return out
 
@@ -324,12 +347,17 @@ class ShardStore:
 
     @classmethod
     def open(cls, url, version: int | None = None, check_files: bool = True, direct: bool = True) -> "ShardStore":
-        """Open ``url`` (path or fsspec URL) at manifest ``version`` (default latest).
-        Raises NoManifestError if the store has no manifest. ``direct``: on local
-        disks read chunk files without zarr's event loop where the layout allows
-        (same bytes, several times less CPU; see pipelines.store.fastread)."""
+        """Open ``url`` (path or fsspec URL) at manifest ``version`` (default: the
+        latest complete version, so a running or killed build's batch commits are
+        not read). Raises NoManifestError if the store has no manifest.
+        ``direct``: on local disks read chunk files without zarr's event loop
+        where the layout allows (same bytes, several times less CPU; see
+        pipelines.store.fastread)."""
         loc = StoreLocation.of(url)
-        return cls(loc, load_manifest(loc, version), check_files=check_files, direct=direct)
+        manifest = load_manifest(loc, version, complete=True)
+        if manifest.store_format < 2:
+            warnings.warn(outdated_store_message(loc.url, manifest), stacklevel=2)
+        return cls(loc, manifest, check_files=check_files, direct=direct)
 
     def _build_index(self):
         shard_of, scene_of, seg_of = [], [], []

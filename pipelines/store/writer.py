@@ -66,6 +66,7 @@ class ShardInfo:
     created: str = ""
     n_scenes_written: int = 0  # scenes physically in the shard (listed or not)
     points_written: int = 0
+    format: str = SHARD_FORMAT
 
     @property
     def n_points(self) -> int:
@@ -87,6 +88,7 @@ class ShardInfo:
             "bytes": self.nbytes,
             "n_files": self.n_files,
             "inventory_digest": self.inventory_digest,
+            "format": self.format,
             "scenes": [s.to_json() for s in self.scenes],
         }
 
@@ -101,6 +103,8 @@ class ShardInfo:
             created=d.get("created", ""),
             n_scenes_written=int(d.get("n_scenes_written", len(d["scenes"]))),
             points_written=int(d.get("points_written", 0)),
+            # manifests before store format 2 did not record it
+            format=d.get("format", "concerto-shard/1"),
         )
 
 
@@ -215,14 +219,18 @@ class ShardWriter:
     def _compressors(self, image: bool):
         """Images: zstd (lossless, ~2x smaller than lz4 on photos). Everything
         else: byte-shuffled lz4, which decodes several times faster than zstd:
-        a sample reads a whole scene's points, so decode speed matters more."""
-        from zarr.codecs import BloscCodec
+        a sample reads a whole scene's points, so decode speed matters more.
+        Every chunk ends with zarr's crc32c codec, so a flipped byte fails the
+        read that meets it instead of decoding to wrong values."""
+        from zarr.codecs import BloscCodec, Crc32cCodec
 
         if image:
-            return [BloscCodec(cname="zstd", clevel=self.clevel, shuffle="noshuffle")]
-        if self.numeric_codec == "none":
-            return []
-        return [BloscCodec(cname=self.numeric_codec, clevel=5, shuffle="shuffle")]
+            compress = [BloscCodec(cname="zstd", clevel=self.clevel, shuffle="noshuffle")]
+        elif self.numeric_codec == "none":
+            compress = []
+        else:
+            compress = [BloscCodec(cname=self.numeric_codec, clevel=5, shuffle="shuffle")]
+        return compress + [Crc32cCodec()]
 
     def _write_array(self, group, name: str, data: np.ndarray, chunk_rows: int | None = None, image: bool = False):
         """One array; ``chunk_rows`` rows per chunk (None: a single chunk); with
@@ -343,7 +351,7 @@ class ShardWriter:
             id=shard_id, scenes=entries, inventory_digest=file_digest(inventory),
             nbytes=sum(v[0] for v in files.values()) + len(inventory), n_files=len(files) + 1,
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            n_scenes_written=len(scenes), points_written=int(n_pts.sum()),
+            n_scenes_written=len(scenes), points_written=int(n_pts.sum()), format=SHARD_FORMAT,
         )
 
     def inventory(self, shard_id: str) -> dict[str, list]:
