@@ -83,8 +83,9 @@ def write_json_atomic(store, data: dict, *parts: str) -> str:
             os.fsync(f.fileno())
         os.replace(tmp, final)
     else:
-        loc.fs.pipe_file(tmp, payload)
-        loc.fs.mv(tmp, final)
+        # an object PUT replaces the key whole (readers see old or new); a
+        # temp-then-move would be copy + delete there, neither atomic nor cheaper
+        loc.write_bytes(payload, *parts)
     return final
 
 

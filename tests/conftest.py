@@ -22,3 +22,37 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A SeaweedFS S3 server for the session; its endpoint and dummy credentials
+    are put in os.environ (restored at the end), so subprocesses see them too."""
+    import os
+
+    from tests.s3_server import SeaweedS3
+
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs")).start()
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    try:
+        yield server
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+@pytest.fixture
+def s3_url(s3_server, request) -> str:
+    """A fresh ``s3://`` store URL (own bucket per test) on the session's server."""
+    import re
+    import uuid
+
+    bucket = "t-" + re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:6]
+    server_fs = s3_server.filesystem()
+    server_fs.mkdir(bucket)
+    return f"s3://{bucket}/store"

@@ -19,6 +19,11 @@ class ManifestConflictError(StoreError):
     """Another writer committed the version this commit wanted to create."""
 
 
+class ConcurrentWriterError(StoreError):
+    """Another writer is committing to a store that has no conditional writes
+    (see ``StoreLocation.create_exclusive``): such stores take one writer at a time."""
+
+
 class ManifestFormatError(StoreError):
     """A manifest file exists but cannot be parsed or has the wrong format."""
 

@@ -23,7 +23,10 @@ def gc(store, keep_last: int | None = None, min_age_s: float = 3600.0, dry_run: 
     keep_last: keep only the newest ``keep_last`` manifests (older versions can
     no longer be opened); None keeps every version. min_age_s: leave alone
     unlisted shards and temp files younger than this, because a writer may be
-    about to commit them."""
+    about to commit them (on object stores a shard's age is its newest object's).
+
+    A shard listed by a kept version is never deleted, also when that version
+    was committed while gc ran: the versions are read again just before deleting."""
     loc = StoreLocation.of(store)
     report = GcReport()
     versions = list_versions(loc)
@@ -52,9 +55,19 @@ def gc(store, keep_last: int | None = None, min_age_s: float = 3600.0, dry_run: 
             report.removed_temp_files.append(name)
             if not dry_run:
                 loc.remove_file(MANIFEST_DIR, name)
-    for sid in loc.listdir(SHARD_DIR):
-        if sid not in live and old_enough(SHARD_DIR, sid):
-            report.removed_shards.append(sid)
-            if not dry_run:
-                loc.remove_tree(SHARD_DIR, sid)
+    candidates = [sid for sid in loc.listdir(SHARD_DIR) if sid not in live and old_enough(SHARD_DIR, sid)]
+    # A commit may have landed since the manifests were read (a build running
+    # beside gc): re-read the versions and spare whatever a new one lists.
+    seen = set(versions)
+    for v in list_versions(loc):
+        if v not in seen:
+            live.update(sh.id for sh in load_manifest(loc, v).shards)
+    for sid in candidates:
+        if sid in live:
+            continue
+        if not loc.is_local and not loc.file_sizes(SHARD_DIR, sid):
+            continue  # an emptied prefix some S3 servers keep listing for a while: nothing to delete
+        report.removed_shards.append(sid)
+        if not dry_run:
+            loc.remove_tree(SHARD_DIR, sid)
     return report

@@ -5,11 +5,20 @@ Layout under the store root::
 
     manifests/v000001.json ...   committed manifests (never modified)
     shards/<shard_id>/           one zarr v3 group per shard (immutable)
+
+Object stores (``s3://bucket/prefix``): credentials and endpoint come from the
+usual places (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
+``AWS_ENDPOINT_URL`` or ``FSSPEC_S3_ENDPOINT_URL``, fsspec's config files) or
+from ``storage_options``, which a location carries to the processes it is
+pickled to but never prints (not in ``repr``).
 """
 from __future__ import annotations
 
+import json
 import os
 import posixpath
+import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,29 +26,57 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from pipelines.store.errors import ConcurrentWriterError
+
 MANIFEST_DIR = "manifests"
 SHARD_DIR = "shards"
+# Object stores whose server may honour S3's create-only write (If-None-Match: *);
+# whether it does is probed once per process and bucket.
+_CONDITIONAL_PROTOCOLS = ("s3", "s3a")
+# "0"/"1" forces the answer of the probe (servers that accept the header but ignore it, tests)
+CONDITIONAL_ENV = "CONCERTO_STORE_CONDITIONAL_WRITES"
+_conditional_cache: dict = {}
+WRITER_LOCK = ".writer-lock"
+# a writer lock older than this is taken over (its owner died mid-commit)
+WRITER_LOCK_TTL_S = 120.0
+
+
+def _lost_condition(exc: BaseException) -> bool:
+    """True when a create-only write failed because the key exists (HTTP 412
+    PreconditionFailed, or 409 when S3 saw a concurrent conditional write)."""
+    if isinstance(exc, FileExistsError):
+        return True
+    for e in (exc, exc.__cause__, exc.__context__):
+        resp = getattr(e, "response", None)
+        if isinstance(resp, dict):
+            code = str(resp.get("Error", {}).get("Code", ""))
+            status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                return True
+    return False
 
 
 @dataclass
 class StoreLocation:
-    """A store root. Picklable: the fsspec filesystem is rebuilt from the URL.
+    """A store root. Picklable: the fsspec filesystem is rebuilt from the URL
+    and ``storage_options`` (kept out of ``repr``: they may hold credentials).
 
     ``url`` is what the user gave; ``root`` is the path within ``fs``."""
 
     url: str
+    storage_options: dict = field(default_factory=dict, repr=False, compare=False)
     _fs: Any = field(default=None, repr=False, compare=False)
     _root: str | None = field(default=None, repr=False, compare=False)
 
     @staticmethod
-    def of(url_or_location) -> "StoreLocation":
+    def of(url_or_location, storage_options: dict | None = None) -> "StoreLocation":
         if isinstance(url_or_location, StoreLocation):
             return url_or_location
-        return StoreLocation(str(os.fspath(url_or_location)))
+        return StoreLocation(str(os.fspath(url_or_location)), dict(storage_options or {}))
 
     def _resolve(self):
         if self._fs is None:
-            fs, root = fsspec.core.url_to_fs(self.url)
+            fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
             self._fs, self._root = fs, root.rstrip("/") or "/"
         return self._fs, self._root
 
@@ -56,36 +93,64 @@ class StoreLocation:
         return isinstance(self.fs, LocalFileSystem)
 
     def __getstate__(self):
-        return {"url": self.url}
+        return {"url": self.url, "storage_options": self.storage_options}
 
     def __setstate__(self, state):
         self.url = state["url"]
+        self.storage_options = state.get("storage_options", {})
         self._fs = None
         self._root = None
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
+    def _fresh(self, p: str) -> str:
+        """Drop fsspec's cached listings of ``p`` (object stores): another process
+        may have written there since, and a stale listing would hide a commit."""
+        if not self.is_local:
+            self.fs.invalidate_cache(p)
+        return p
+
     # -- files -----------------------------------------------------------------
     def exists(self, *parts: str) -> bool:
-        return self.fs.exists(self.path(*parts))
+        return self.fs.exists(self._fresh(self.path(*parts)))
 
     def read_bytes(self, *parts: str) -> bytes:
         return self.fs.cat_file(self.path(*parts))
 
+    def read_many(self, base: tuple[str, ...], rels: list[str]) -> dict[str, bytes]:
+        """{rel: bytes} of the files ``base/rel``; on object stores the requests
+        run concurrently (fsspec's ``cat`` gathers them on its event loop)."""
+        if not rels:
+            return {}
+        paths = [self.path(*base, rel) for rel in rels]
+        if self.is_local:
+            return {rel: self.fs.cat_file(p) for rel, p in zip(rels, paths)}
+        got = self.fs.cat(paths, on_error="raise")
+        return {rel: got[p] for rel, p in zip(rels, paths)}
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        """Create or replace one file; on object stores one PUT, which readers see
+        whole or not at all."""
+        p = self.path(*parts)
+        self.fs.makedirs(posixpath.dirname(p), exist_ok=True)
+        self.fs.pipe_file(p, data)
+
     def listdir(self, *parts: str) -> list[str]:
         """Names (not paths) directly under ``parts``; [] if it does not exist."""
-        p = self.path(*parts)
+        p = self._fresh(self.path(*parts))
         if not self.fs.exists(p):
             return []
-        return sorted(posixpath.basename(x.rstrip("/")) for x in self.fs.ls(p, detail=False))
+        # some S3 servers (SeaweedFS) list an emptied prefix as itself: skip it
+        return sorted(posixpath.basename(x.rstrip("/")) for x in self.fs.ls(p, detail=False)
+                      if x.rstrip("/") != p.rstrip("/"))
 
     def file_sizes(self, *parts: str) -> dict[str, int]:
         """{relative path: size in bytes} of every file under ``parts``."""
-        base = self.path(*parts)
-        if not self.fs.exists(base):
-            return {}
+        base = self._fresh(self.path(*parts))
         if self.is_local:
+            if not os.path.exists(base):
+                return {}
             # os.walk is several times faster than fs.find on local disks.
             out = {}
             for d, _, files in os.walk(base):
@@ -93,22 +158,70 @@ class StoreLocation:
                     full = os.path.join(d, f)
                     out[os.path.relpath(full, base).replace(os.sep, "/")] = os.path.getsize(full)
             return out
-        found = self.fs.find(base, detail=True)
+        found = self.fs.find(base, detail=True)  # one paged listing on object stores
         return {posixpath.relpath(k, base): int(v["size"]) for k, v in found.items() if v["type"] == "file"}
+
+    # -- exclusive create ------------------------------------------------------
+    @property
+    def conditional_writes(self) -> bool:
+        """Whether ``create_exclusive`` is atomic across processes and machines:
+        always on local disks (``os.link``); on S3 when the server honours
+        ``If-None-Match: *`` (AWS since 2024, SeaweedFS 4.x, MinIO), probed
+        once per process and bucket with a throwaway key; never on other
+        fsspec filesystems. ``CONCERTO_STORE_CONDITIONAL_WRITES=0|1`` forces it."""
+        if self.is_local:
+            return True
+        forced = os.environ.get(CONDITIONAL_ENV)
+        if forced in ("0", "1"):
+            return forced == "1"
+        fs = self.fs
+        protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+        if not set(protocols) & set(_CONDITIONAL_PROTOCOLS):
+            return False
+        key = (fs, self.root.split("/", 1)[0])
+        if key not in _conditional_cache:
+            _conditional_cache[key] = self._probe_conditional()
+        return _conditional_cache[key]
+
+    def _probe_conditional(self) -> bool:
+        """Create a throwaway key twice with If-None-Match: *; the server honours
+        it when the second write is refused."""
+        fs = self.fs
+        probe = self.path(MANIFEST_DIR, f".probe-{uuid.uuid4().hex}")
+        try:
+            try:
+                fs.pipe_file(probe, b"1", mode="create")
+            except Exception:  # noqa: BLE001 - header rejected (e.g. 501 NotImplemented)
+                return False
+            try:
+                fs.pipe_file(probe, b"2", mode="create")
+            except Exception as e:  # noqa: BLE001
+                return _lost_condition(e)
+            return False  # the second create overwrote: the header is ignored
+        finally:
+            try:
+                fs.rm_file(probe)
+            except FileNotFoundError:
+                pass
 
     def create_exclusive(self, data: bytes, *parts: str) -> bool:
         """Write ``data`` to ``parts`` only if nothing is there yet; a reader never
         sees a half-written file. Returns False when the name already exists.
 
         Local disks: write a temp file, then ``os.link`` it to the final name
-        (atomic, fails if the name exists). Other filesystems: write a temp file,
-        check, then move; the check-then-move window is not atomic there, which
-        is acceptable for one committer per store at a time."""
+        (atomic, fails if the name exists). S3 with conditional writes: one PUT
+        with ``If-None-Match: *`` on the final key (atomic on the server; two
+        racing writers: exactly one wins). Other object stores cannot create
+        atomically: they take one writer at a time. A writer there holds a lock
+        file (``<folder>/.writer-lock``) while it checks and writes; a second
+        writer that finds a live lock raises ConcurrentWriterError instead of
+        risking a lost update (best effort: two writers starting within the
+        same few milliseconds can both pass; run one builder per store)."""
         final = self.path(*parts)
-        tmp = posixpath.join(posixpath.dirname(final), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(final)}")
         fs = self.fs
-        fs.makedirs(posixpath.dirname(final), exist_ok=True)
         if self.is_local:
+            tmp = posixpath.join(posixpath.dirname(final), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(final)}")
+            fs.makedirs(posixpath.dirname(final), exist_ok=True)
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -120,30 +233,69 @@ class StoreLocation:
             finally:
                 os.unlink(tmp)
             return True
-        fs.pipe_file(tmp, data)
+        if self.conditional_writes:
+            try:
+                fs.pipe_file(final, data, mode="create")
+            except Exception as e:  # noqa: BLE001
+                if _lost_condition(e):
+                    return False
+                raise
+            self._fresh(posixpath.dirname(final))
+            return True
+        lock = posixpath.join(posixpath.dirname(final), WRITER_LOCK)
+        token = self._take_writer_lock(lock, final)
         try:
-            if fs.exists(final):
+            if fs.exists(self._fresh(final)):
                 return False
-            fs.mv(tmp, final)
+            fs.pipe_file(final, data)
             return True
         finally:
-            if fs.exists(tmp):
-                fs.rm_file(tmp)
+            if self._lock_owner(lock) == token:
+                fs.rm_file(lock)
+
+    def _lock_owner(self, lock: str) -> str | None:
+        try:
+            return json.loads(self.fs.cat_file(self._fresh(lock))).get("token")
+        except (FileNotFoundError, ValueError, AttributeError):
+            return None
+
+    def _take_writer_lock(self, lock: str, final: str) -> str:
+        """Write a lock file naming this writer, then read it back; raise
+        ConcurrentWriterError if another live writer holds it or wins the race."""
+        fs = self.fs
+        try:
+            held = json.loads(fs.cat_file(self._fresh(lock)))
+        except (FileNotFoundError, ValueError):
+            held = None
+        if held and time.time() - float(held.get("time", 0)) < WRITER_LOCK_TTL_S:
+            raise ConcurrentWriterError(
+                f"{self.url}: another writer ({held.get('host')} pid {held.get('pid')}) is committing "
+                f"(lock {lock}); this store has no conditional writes (S3 If-None-Match), so it takes one "
+                f"writer at a time: wait for the other build, or remove the lock if it died")
+        token = uuid.uuid4().hex
+        fs.pipe_file(lock, json.dumps({"token": token, "host": socket.gethostname(), "pid": os.getpid(),
+                                       "time": time.time(), "target": posixpath.basename(final)}).encode())
+        time.sleep(0.05)  # let a racing writer's lock land before reading back
+        if self._lock_owner(lock) != token:
+            raise ConcurrentWriterError(
+                f"{self.url}: another writer took the commit lock {lock} at the same time; this store has "
+                f"no conditional writes, so it takes one writer at a time")
+        return token
 
     def remove_tree(self, *parts: str) -> None:
-        p = self.path(*parts)
+        p = self._fresh(self.path(*parts))
         if self.fs.exists(p):
             self.fs.rm(p, recursive=True)
 
     def remove_file(self, *parts: str) -> None:
-        p = self.path(*parts)
+        p = self._fresh(self.path(*parts))
         if self.fs.exists(p):
             self.fs.rm_file(p)
 
     def modified(self, *parts: str) -> float | None:
         """Newest modification time (POSIX seconds) of a file or of any file in a
         folder (a folder's own mtime misses writes deeper down); None if unknown."""
-        p = self.path(*parts)
+        p = self._fresh(self.path(*parts))
         try:
             if self.is_local:
                 newest = os.path.getmtime(p)
@@ -151,22 +303,48 @@ class StoreLocation:
                     for f in files:
                         newest = max(newest, os.path.getmtime(os.path.join(d, f)))
                 return newest
+            # object stores have no folders: the newest object under the prefix
+            found = self.fs.find(p, detail=True)
+            stamps = [_timestamp(v) for v in found.values() if v.get("type") == "file"]
+            stamps = [t for t in stamps if t is not None]
+            if stamps:
+                return max(stamps)
             m = self.fs.modified(p)
             return m.timestamp()
-        except (NotImplementedError, FileNotFoundError, OSError, AttributeError):
+        except (NotImplementedError, FileNotFoundError, OSError, AttributeError, IsADirectoryError):
             return None
 
     # -- zarr ------------------------------------------------------------------
     def zarr_store(self, *parts: str, read_only: bool = False):
-        """A zarr store rooted at ``parts`` under the store root."""
+        """A zarr store rooted at ``parts`` under the store root. On object stores
+        zarr drives an asynchronous fsspec instance on its own event loop, so a
+        sample's chunk requests (and a writer's chunk uploads) run concurrently."""
         import zarr.storage
 
         p = self.path(*parts)
         if self.is_local:
             return zarr.storage.LocalStore(p, read_only=read_only)
-        from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
-
         fs = self.fs
-        if not getattr(fs, "async_impl", False):
+        if getattr(fs, "async_impl", False):
+            # a separate instance: the synchronous one is bound to fsspec's own loop
+            fs, _ = fsspec.core.url_to_fs(self.url, asynchronous=True, **self.storage_options)
+        else:
+            from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
             fs = AsyncFileSystemWrapper(fs, asynchronous=True)
         return zarr.storage.FsspecStore(fs=fs, path=p, read_only=read_only)
+
+
+def _timestamp(info: dict) -> float | None:
+    """An object's modification time from an fsspec listing entry."""
+    for k in ("LastModified", "mtime", "last_modified", "modified", "updated"):
+        v = info.get(k)
+        if v is None:
+            continue
+        if hasattr(v, "timestamp"):
+            return v.timestamp()
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            continue
+    return None

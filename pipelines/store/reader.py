@@ -22,7 +22,7 @@ from pipelines.store.fastread import ChunkReadError, row_readers
 from pipelines.store.layout import POINT_ARRAYS, READABLE_SHARD_FORMATS, rgb_array_name
 from pipelines.store.location import SHARD_DIR, StoreLocation
 from pipelines.store.manifest import Manifest, load_manifest, outdated_store_message
-from pipelines.store.writer import INVENTORY, ShardInfo, file_digest
+from pipelines.store.writer import INVENTORY, READ_GROUP, ShardInfo, batches, file_digest
 from preprocess.scene import Frame, PointCloud, Scene
 
 _TABLES = (
@@ -118,11 +118,17 @@ class ShardReader:
             return [str(e)]
         problems = []
         actual = self.location.file_sizes(SHARD_DIR, self.id)
-        for rel, (size, digest) in sorted(files.items()):
-            if rel not in actual:
-                problems.append(f"shard '{self.id}': file '{rel}' is missing")
-                continue
-            data = self.location.read_bytes(SHARD_DIR, self.id, rel)
+        present = [rel for rel in sorted(files) if rel in actual]
+        problems += [f"shard '{self.id}': file '{rel}' is missing" for rel in sorted(files) if rel not in actual]
+        for group in batches(present, READ_GROUP):  # concurrent GETs on object stores
+            got = self.location.read_many((SHARD_DIR, self.id), group)
+            problems += self._check_files(files, got)
+        return sorted(problems)
+
+    def _check_files(self, files: dict, got: dict[str, bytes]) -> list[str]:
+        problems = []
+        for rel, data in got.items():
+            size, digest = files[rel]
             if len(data) != size:
                 problems.append(f"shard '{self.id}': file '{rel}' has {len(data)} bytes, expected {size}")
             elif file_digest(data) != digest:

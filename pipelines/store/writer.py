@@ -48,6 +48,13 @@ class SceneEntry:
 
 
 INVENTORY = "inventory.json"
+# files fetched together when hashing a shard (concurrent GETs on object stores)
+READ_GROUP = 32
+
+
+def batches(items: list, n: int) -> list[list]:
+    """``items`` cut into consecutive lists of at most ``n``."""
+    return [items[i:i + n] for i in range(0, len(items), n)]
 
 
 @dataclass
@@ -337,7 +344,7 @@ class ShardWriter:
         files = self.inventory(shard_id)
         inventory = json.dumps(files, sort_keys=True).encode()
         # written last: a shard with an inventory file finished writing
-        loc.fs.pipe_file(loc.path(SHARD_DIR, shard_id, INVENTORY), inventory)
+        loc.write_bytes(inventory, SHARD_DIR, shard_id, INVENTORY)
         entries = [
             SceneEntry(
                 key=ps.key, source=ps.scene.source, scene_id=ps.scene.scene_id,
@@ -359,11 +366,10 @@ class ShardWriter:
         inventory file itself)."""
         loc = self.location
         out = {}
-        for rel in sorted(loc.file_sizes(SHARD_DIR, shard_id)):
-            if rel == INVENTORY:
-                continue
-            data = loc.read_bytes(SHARD_DIR, shard_id, rel)
-            out[rel] = [len(data), file_digest(data)]
+        rels = [rel for rel in sorted(loc.file_sizes(SHARD_DIR, shard_id)) if rel != INVENTORY]
+        for group in batches(rels, READ_GROUP):  # concurrent requests on object stores, bounded memory
+            for rel, data in loc.read_many((SHARD_DIR, shard_id), group).items():
+                out[rel] = [len(data), file_digest(data)]
         return out
 
 
