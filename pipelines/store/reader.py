@@ -15,7 +15,7 @@ import numcodecs.blosc
 import numpy as np
 from zarr.core.sync import sync as zarr_sync
 
-from pipelines.records import Correspondence, ProcessedScene
+from preprocess.records import Correspondence, ProcessedScene
 from pipelines.store.errors import ShardCorruptError
 from pipelines.store.fastread import row_readers
 from pipelines.store.layout import POINT_ARRAYS, SHARD_FORMAT, rgb_array_name
