@@ -63,6 +63,7 @@ from pipelines.build import build_batch as run_batch
 from pipelines.quarantine import SceneFailure, refresh_after_discovery, update_quarantine, write_build_report
 from pipelines.segments import DEFAULT_MIN_CORRESPONDENCES
 from pipelines.store import Plan, gc
+from preprocess.geometry import DEPTH_EPS
 from preprocess.sources.base import SceneRef
 
 LOCAL_CLUSTER = dict(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1")
@@ -202,7 +203,7 @@ def build_dataset(
     sources: list[SourceParam],
     store: str,
     frame_gap: Optional[int] = None,
-    eps: float = 0.01,
+    eps: float = DEPTH_EPS,
     max_image_side: Optional[int] = None,
     min_correspondences: int = DEFAULT_MIN_CORRESPONDENCES,
     scenes_per_task: int = 4,
@@ -371,7 +372,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a source, repeatable; options name=, frame_gap= and adapter options, "
                         "e.g. synthetic:data/synthetic:num_scenes=4,seed=0")
     p.add_argument("--frame-gap", type=int, default=None)
-    p.add_argument("--eps", type=float, default=0.01)
+    p.add_argument("--eps", type=float, default=DEPTH_EPS)
     p.add_argument("--max-image-side", type=int, default=None)
     p.add_argument("--min-correspondences", type=int, default=DEFAULT_MIN_CORRESPONDENCES)
     p.add_argument("--scenes-per-task", type=int, default=4)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Sequence
 
 from pipelines.quarantine import SceneFailure
-from pipelines.records import ProcessedScene
+from preprocess.records import ProcessedScene
 from pipelines.segments import DEFAULT_MIN_CORRESPONDENCES, FRAME_GAP, process_scene
 from pipelines.store import (
     ManifestConflictError,
@@ -36,6 +36,7 @@ from pipelines.store import (
     plan_update,
     validate_processed,
 )
+from preprocess.geometry import DEPTH_EPS
 from preprocess.scene import SceneValidationError
 from preprocess.sources.base import SceneRef, SceneSource, make_source
 
@@ -134,7 +135,7 @@ class SourceSpec:
 class SceneSettings:
     """Per-scene processing settings shared by a build (frame_gap is per source)."""
 
-    eps: float = 0.01
+    eps: float = DEPTH_EPS
     min_correspondences: int = DEFAULT_MIN_CORRESPONDENCES
     max_image_side: Optional[int] = None
     render_backend: str = "auto"

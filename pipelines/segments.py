@@ -26,7 +26,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from pipelines.correspondence import scene_correspondences
-from pipelines.records import Correspondence, ProcessedScene
+from preprocess.geometry import DEPTH_EPS
+from preprocess.records import Correspondence, ProcessedScene
 from preprocess.scene import Frame, Scene
 
 IMAGES_PER_SEGMENT = 4
@@ -97,7 +98,7 @@ def _resize_frame(frame: Frame, corr: Correspondence, max_side: int) -> tuple[Fr
 
 def process_scene(
     scene: Scene,
-    eps: float = 0.01,
+    eps: float = DEPTH_EPS,
     frame_gap: int = 1,
     min_correspondences: int = DEFAULT_MIN_CORRESPONDENCES,
     max_image_side: Optional[int] = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from preprocess.geometry import matrix_to_quaternion, quaternion_to_matrix
 from preprocess.habitat import floorplan as fp
 from preprocess.habitat import poses as P
 from preprocess.habitat.capture import CaptureSettings, MeshBackend, find_hm3d_scene
@@ -62,7 +63,7 @@ def test_point_in_front_of_habitat_camera_lands_on_same_pixel():
         yaw = rng.uniform(-np.pi, np.pi)
         q = P.yaw_quaternion(yaw)
         cam = rng.normal(size=3)
-        R = P.quaternion_to_matrix(q)
+        R = quaternion_to_matrix(q)
         # a point 2.5 m in front (-Z) of the habitat camera, off-axis
         point_hab = cam + R @ np.array([0.4, -0.3, -2.5])
         u_h, v_h, d_h = _habitat_project(point_hab, cam, R, f, cx, cy)
@@ -80,12 +81,12 @@ def test_pose_round_trip_and_quaternions():
         q = rng.normal(size=4)
         q /= np.linalg.norm(q)
         q *= np.sign(q[0])
-        np.testing.assert_allclose(P.matrix_to_quaternion(P.quaternion_to_matrix(q)), q, atol=1e-10)
+        np.testing.assert_allclose(matrix_to_quaternion(quaternion_to_matrix(q)), q, atol=1e-10)
         pos = rng.normal(size=3)
         pose = P.habitat_camera_to_opencv_pose(pos, q)
         pos2, R2 = P.opencv_pose_to_habitat_camera(pose)
         np.testing.assert_allclose(pos2, pos, atol=1e-12)
-        np.testing.assert_allclose(R2, P.quaternion_to_matrix(q), atol=1e-12)
+        np.testing.assert_allclose(R2, quaternion_to_matrix(q), atol=1e-12)
     # habitat's (x, y, z, w) coefficient order
     np.testing.assert_allclose(quat_wxyz_from_coeffs([0.1, 0.2, 0.3, 0.9]), [0.9, 0.1, 0.2, 0.3])
 

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from corr_synth import intrinsics, look_at, make_cloud, make_frame, random_scene
-from pipelines.correspondence import project_points, scene_correspondences
-from pipelines.records import Correspondence
+from pipelines.correspondence import scene_correspondences
+from preprocess.geometry import project
+from preprocess.records import Correspondence
 from pipelines.segments import make_segments, process_scene, select_frames
 from preprocess.scene import Scene, SceneValidationError
 
@@ -98,7 +99,7 @@ def test_process_scene_downsizes_images_consistently():
         # stored pixel = the downsized pixel containing the original pixel's centre
         np.testing.assert_array_equal(corr.pixel.astype(np.int64), (2 * orig.pixel.astype(np.int64) + 1) // 4)
         # and projecting with the scaled K lands on (or next to) that pixel
-        uv, _ = project_points(scene.points.coord[corr.point_index], frame.K, src.world_to_camera())
+        uv, _ = project(scene.points.coord[corr.point_index], frame.K, src.pose)
         diff = np.abs(np.floor(uv + 0.5) - corr.pixel)
         assert diff.max() <= 1
         agree += int((diff == 0).all(axis=1).sum())

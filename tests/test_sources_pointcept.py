@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import source_fixtures as fx
-from pipelines.records import Correspondence, ProcessedScene
+from preprocess.records import Correspondence, ProcessedScene
 from preprocess.scene import Frame, PointCloud, Scene
 from preprocess.sources import SourceError, make_source
 from preprocess.sources.pointcept import PointceptSource, export_pointcept
