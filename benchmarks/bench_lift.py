@@ -35,7 +35,7 @@ from tqdm import tqdm  # noqa: E402
 
 from preprocess.lift import geometry as geo  # noqa: E402
 from preprocess.lift.lifter import GivenDepthLifter, LiftOptions, scene_from_views  # noqa: E402
-from preprocess.lift.synthetic import BoxRoomClip, render_box  # noqa: E402
+from testkit.box_room_clip import BoxRoomClip, render_box  # noqa: E402
 
 
 def room_cloud(n: int, seed: int = 0) -> np.ndarray:

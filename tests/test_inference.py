@@ -1,6 +1,5 @@
 """concerto.load / Encoder.embed: checkpoints (training run, official layout), determinism, equivariance."""
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +16,7 @@ from concerto.inference import (
     random_encoder,
 )
 from concerto.model import PointTransformerV3, PTv3Config, save_checkpoint
-
-sys.path.insert(0, str(Path(__file__).parent))
-from pretrain_store import write_store  # noqa: E402
+from testkit.pretrain_store import write_store
 
 
 def cloud(n=800, seed=0, extent=(2.0, 1.6, 1.0)):

@@ -2,7 +2,6 @@
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-import source_fixtures as fx
 from preprocess.sources import available_sources
 from preprocess.sources._common import (
     axis_angle_to_matrix,
@@ -13,6 +12,7 @@ from preprocess.sources._common import (
     reproject_depth,
     vertex_normals,
 )
+from testkit import dataset_files as fx
 
 
 def test_all_dataset_kinds_are_registered():

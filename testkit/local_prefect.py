@@ -1,6 +1,6 @@
 """Start and stop a local Prefect server and a process worker as child processes.
 
-Used by the deployment test and handy for a local demo. Every process is
+Used by the deployment test. Every process is
 started in its own session so it (and its children) can be stopped by its
 own process-group id, and stopped in the order Prefect needs: a worker ignores
 SIGTERM, so it gets SIGINT, and it is stopped before the server.
