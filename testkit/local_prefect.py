@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,12 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from flows.settings import PROJECT_ROOT, api_url, prefect_env
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+from testkit.ports import free_port
 
 
 def prefect_cli() -> list[str]:
