@@ -36,7 +36,7 @@ from tqdm import tqdm  # noqa: E402
 from preprocess import geometry  # noqa: E402
 from preprocess.lift import alignment as align  # noqa: E402
 from preprocess.lift.lifter import GivenDepthLifter, LiftOptions, scene_from_views  # noqa: E402
-from preprocess.lift.synthetic import BoxRoomClip, render_box  # noqa: E402
+from testkit.box_room_clip import BoxRoomClip, render_box  # noqa: E402
 
 
 def room_cloud(n: int, seed: int = 0) -> np.ndarray:

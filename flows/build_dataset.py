@@ -61,7 +61,7 @@ from pipelines.build import (
 )
 from pipelines.build import build_batch as run_batch
 from pipelines.quarantine import SceneFailure, refresh_after_discovery, update_quarantine, write_build_report
-from pipelines.segments import DEFAULT_MIN_CORRESPONDENCES
+from pipelines.image_groups import DEFAULT_MIN_CORRESPONDENCES
 from pipelines.store import Plan, gc
 from preprocess.geometry import DEPTH_EPS
 from preprocess.sources.base import SceneRef

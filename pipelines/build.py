@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from pipelines.quarantine import SceneFailure
 from preprocess.records import ProcessedScene
-from pipelines.segments import DEFAULT_MIN_CORRESPONDENCES, FRAME_GAP, process_scene
+from pipelines.image_groups import DEFAULT_MIN_CORRESPONDENCES, FRAME_GAP, process_scene
 from pipelines.store import (
     ManifestConflictError,
     Plan,

@@ -17,8 +17,6 @@ def one_torch_thread():
 @pytest.fixture
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (for gloo rendezvous)."""
-    import socket
+    from testkit.ports import free_port as pick
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return pick()

@@ -3,7 +3,6 @@ import math
 import numpy as np
 import pytest
 
-from corr_synth import intrinsics, look_at, make_cloud, make_frame, random_scene, room_scene
 import pipelines.correspondence as corr_mod
 from pipelines.correspondence import (
     correspondence_agreement,
@@ -14,6 +13,7 @@ from pipelines.correspondence import (
 )
 from preprocess.geometry import project
 from preprocess.scene import Scene, SceneValidationError
+from testkit.correspondence_scenes import intrinsics, look_at, make_cloud, make_frame, random_scene, room_scene
 
 
 def brute_force(coord, frame, eps):

@@ -12,7 +12,7 @@ from preprocess.habitat.capture import CaptureSettings, MeshBackend, find_hm3d_s
 from preprocess.habitat.habitat_backend import depth_from_habitat, quat_wxyz_from_coeffs, region_box_glb
 from preprocess.habitat.house import load_house, read_semantic_txt, texture_lookup
 from preprocess.habitat.viewpoints import intrinsics_from_hfov, view_yaws
-from tests.hm3d_fixtures import ROOMS, distance_to_surface, floor_b_color, part_colors, ray_cast, room_of, write_house
+from testkit.hm3d_house import ROOMS, distance_to_surface, floor_b_color, part_colors, ray_cast, room_of, write_house
 
 W = H = 40
 SPACING = 0.05  # the cloud spacing in the backend tests (0.02 is the default; same code)
@@ -417,7 +417,7 @@ def _source(root, tmp_path, **kw):
 
 
 def test_source_discover_load_and_process(hm3d_split, tmp_path):
-    from pipelines.segments import process_scene
+    from pipelines.image_groups import process_scene
     from preprocess.sources.base import SourceError
 
     src = _source(hm3d_split, tmp_path)

@@ -9,7 +9,7 @@ import pytest
 
 from preprocess import geometry
 from preprocess.lift import alignment as align
-from preprocess.lift.synthetic import BoxRoomClip, render_box, write_synthetic_clip
+from testkit.box_room_clip import BoxRoomClip, render_box, write_box_room_clip
 from preprocess.sources.base import SourceError, make_source
 from preprocess.sources.re10k import (
     Re10kSource,
@@ -18,6 +18,7 @@ from preprocess.sources.re10k import (
     select_view_groups,
     write_camera_file,
 )
+from testkit.box_room_clip import BoxRoomClip, render_box, write_box_room_clip
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -199,7 +200,7 @@ def test_synthetic_render_is_consistent():
 def synthetic_clip(tmp_path_factory):
     """A RE10K-layout dataset with one synthetic clip (frames + depth), and a
     broken camera file next to it that must not sink discovery."""
-    root = write_synthetic_clip(tmp_path_factory.mktemp("re10k"), "clip0", SPEC)
+    root = write_box_room_clip(tmp_path_factory.mktemp("re10k"), "clip0", SPEC)
     (root / "train" / "broken.txt").write_text("https://youtu.be/b\n1 2 3\n")
     return root
 
@@ -207,7 +208,7 @@ def synthetic_clip(tmp_path_factory):
 def test_synthetic_clip_given_depth_through_the_pipeline(synthetic_clip, tmp_path):
     from PIL import Image
 
-    from pipelines.segments import process_scene
+    from pipelines.image_groups import process_scene
     from preprocess.lift.preview import write_preview
 
     src = make_source("re10k", synthetic_clip, lifter="given-depth", conf_percentile=None, voxel_size=0.05,
@@ -259,7 +260,7 @@ def test_synthetic_clip_with_tiny_vggt(synthetic_clip):
     pipeline finds correspondences in every view."""
     import torch
 
-    from pipelines.segments import process_scene
+    from pipelines.image_groups import process_scene
     from preprocess.lift.lifter import VGGTLifter
     from preprocess.lift.vggt_model import VGGT, VGGTConfig
 

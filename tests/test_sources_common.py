@@ -1,7 +1,6 @@
 """Shared adapter helpers: depth reprojection, normals, registry."""
 import numpy as np
 
-import source_fixtures as fx
 from preprocess.sources import available_sources
 from preprocess.sources._common import (
     depth_from_raw,
@@ -10,6 +9,7 @@ from preprocess.sources._common import (
     reproject_depth,
     vertex_normals,
 )
+from testkit import dataset_files as fx
 
 
 def test_all_dataset_kinds_are_registered():

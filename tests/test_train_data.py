@@ -8,7 +8,7 @@ import pytest
 
 from concerto.train import main
 from pipelines.store import ShardWriter, commit, latest_version
-from pretrain_store import room_scene, write_store
+from testkit.pretrain_store import room_scene, write_store
 
 
 @pytest.fixture()

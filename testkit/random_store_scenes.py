@@ -42,7 +42,7 @@ def smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def synthetic_scene(
+def random_processed_scene(
     rng: np.random.Generator,
     source: str,
     scene_id: str,

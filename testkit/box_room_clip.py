@@ -1,6 +1,6 @@
-"""A synthetic RealEstate10K clip with exact depth: a textured box room seen by a
+"""A box-room RealEstate10K clip with exact depth: a textured box room seen by a
 slowly turning, pitched-down camera, written in the RE10K dataset layout
-(camera file + frames + optional depth). Used by tests, benchmarks and demos.
+(camera file + frames + optional depth). Used by tests and benchmarks.
 
 The camera file's world is a rotated, shifted, ``file_scale``-scaled copy of
 the room's z-up metric world (RE10K's own scale and axes are arbitrary), and the
@@ -76,7 +76,7 @@ def render_box(room, K: np.ndarray, pose: np.ndarray, hw: tuple[int, int]) -> tu
     return np.clip(rgb, 0, 255).astype(np.uint8), t.astype(np.float32)  # ray z = 1, so t is z-depth
 
 
-def write_synthetic_clip(root: str | Path, clip_id: str = "clip0", spec: BoxRoomClip = BoxRoomClip(),
+def write_box_room_clip(root: str | Path, clip_id: str = "clip0", spec: BoxRoomClip = BoxRoomClip(),
                          split: str = "train", with_depth: bool = True) -> Path:
     """Write ``<root>/<split>/<clip_id>.txt``, ``<root>/frames/<clip_id>/<ts>.png``
     and (``with_depth``) ``<root>/depth/<clip_id>/<ts>.npy``. Returns root."""

@@ -1,4 +1,4 @@
-"""Small synthetic scenes for the correspondence / segment tests.
+"""Small synthetic scenes for the correspondence and image-group tests.
 
 Cameras follow the scene convention (camera-to-world, OpenCV axes). Depth of mesh
 scenes is ray-cast here with trimesh (embree when installed), independently of
