@@ -268,6 +268,79 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, desc="build-dataset", unit="scene", file=sys.stderr)
 
 
+def discover_sources(store: str, specs: Sequence[SourceSpec], executor: Executor, discover: Callable,
+                     logger: logging.Logger) -> tuple[dict[SourceSpec, list[SceneRef]], list[SceneFailure]]:
+    """{spec: refs} of the sources whose discovery worked, and a "source/*"
+    failure for each one that did not (the build goes on without it). Updates
+    the quarantine report (see ``refresh_after_discovery``)."""
+    futures = {spec: executor.submit(discover, spec) for spec in specs}
+    refs_of: dict[SourceSpec, list[SceneRef]] = {}
+    failures: list[SceneFailure] = []
+    for spec, fut in futures.items():
+        try:
+            refs_of[spec] = fut.result()
+        except Exception as exc:  # the source as a whole is unusable: report it, build the rest
+            failures.append(SceneFailure.of(f"{spec.source_name}/*", spec.source_name, "*", "", "discover", exc))
+            logger.error("source '%s' failed discovery: %s: %s", spec.source_name, type(exc).__name__, exc)
+    refresh_after_discovery(store, failures, [s.source_name for s in refs_of],
+                            [r.key for refs in refs_of.values() for r in refs])
+    return refs_of, failures
+
+
+@dataclass
+class _Progress:
+    """What the committed batches add up to (the build part of the summary)."""
+
+    version: int | None
+    committed: list[str] = field(default_factory=list)
+    failures: list[SceneFailure] = field(default_factory=list)
+    worker_s: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
+    shards: int = 0
+    points: int = 0
+    segments: int = 0
+    batches_failed: int = 0
+    commit_s: float = 0.0
+
+
+def build_and_commit(store: str, batches: list[list[BatchItem]], executor: Executor, as_completed: Callable,
+                     steps: BuildSteps, settings: SceneSettings, shard_size: int, logger: logging.Logger,
+                     bar=None) -> _Progress:
+    """Submit every batch to ``executor`` and commit each one, serially, as it
+    finishes. A batch that raises (retries exhausted, worker died) has all its
+    scenes quarantined with stage "batch"."""
+    t = time.perf_counter()
+    n_items = sum(len(b) for b in batches)
+    done = _Progress(version=None)
+    batch_futures = {executor.submit(steps.build_batch, i, store, batch, settings, shard_size): (i, batch)
+                     for i, batch in enumerate(batches)}
+    for n_done, fut in enumerate(as_completed(list(batch_futures)), start=1):
+        index, batch = batch_futures[fut]
+        try:
+            result: BatchResult = fut.result()
+        except Exception as exc:
+            done.batches_failed += 1
+            result = BatchResult(failures=[failure_of(it, "batch", exc) for it in batch])
+            logger.error("batch %d failed after retries: %s: %s", index, type(exc).__name__, exc)
+        tc = time.perf_counter()
+        v = steps.commit(index, store, result, result.failures)
+        done.commit_s += time.perf_counter() - tc
+        done.version = v if v is not None else done.version
+        done.failures.extend(result.failures)
+        done.committed.extend(result.scene_keys)
+        done.shards += len(result.shards)
+        done.points += result.points
+        done.segments += result.segments
+        for s in STAGES:
+            done.worker_s[s] += result.timings.get(s, 0.0)
+        rate = len(done.committed) / max(time.perf_counter() - t, 1e-9)
+        logger.info("batch %d/%d committed%s: %d scenes ok, %d failed; total %d/%d scenes (%.2f scenes/s)",
+                    n_done, len(batches), f" as v{v}" if v is not None else " (nothing to list)",
+                    len(result.scene_keys), len(result.failures), len(done.committed), n_items, rate)
+        if bar is not None:
+            bar.update(len(batch))
+    return done
+
+
 def run_build(
     store: str,
     sources: Sequence[SourceSpec | dict],
@@ -311,19 +384,9 @@ def run_build(
 
     # 1. discover, one call per source
     t = time.perf_counter()
-    failures: list[SceneFailure] = []
-    futures = {spec: executor.submit(steps.discover, spec) for spec in specs}
-    refs_of: dict[SourceSpec, list[SceneRef]] = {}
-    failed_sources: list[str] = []
-    for spec, fut in futures.items():
-        try:
-            refs_of[spec] = fut.result()
-        except Exception as exc:  # the source as a whole is unusable: report it, build the rest
-            failed_sources.append(spec.source_name)
-            failures.append(SceneFailure.of(f"{spec.source_name}/*", spec.source_name, "*", "", "discover", exc))
-            logger.error("source '%s' failed discovery: %s: %s", spec.source_name, type(exc).__name__, exc)
+    refs_of, discover_failures = discover_sources(store, specs, executor, steps.discover, logger)
+    failed_sources = [s.source_name for s in specs if s not in refs_of]
     all_refs = [r for refs in refs_of.values() for r in refs]
-    refresh_after_discovery(store, failures, [s.source_name for s in refs_of], [r.key for r in all_refs])
     elapsed["discover"] = time.perf_counter() - t
 
     # 2. plan against the latest manifest
@@ -338,44 +401,13 @@ def run_build(
 
     # 3.+4. build batches through the executor, commit each one as it finishes
     t = time.perf_counter()
-    summary = BuildSummary(store=store, sources=names, base_version=plan.base_version, batches=len(batches),
-                           failed_sources=failed_sources, gc=gc_report)
-    worker_s = {s: 0.0 for s in STAGES}
-    commit_s = 0.0
-    version = plan.base_version
-    committed: list[str] = []
     bar = _progress_bar(len(items), progress)
-    batch_futures = {executor.submit(steps.build_batch, i, store, batch, settings, shard_size): (i, batch)
-                     for i, batch in enumerate(batches)}
-    for done, fut in enumerate(as_completed(list(batch_futures)), start=1):
-        index, batch = batch_futures[fut]
-        try:
-            result: BatchResult = fut.result()
-        except Exception as exc:  # retries exhausted or the worker died: its scenes are quarantined
-            summary.batches_failed += 1
-            result = BatchResult(failures=[failure_of(it, "batch", exc) for it in batch])
-            logger.error("batch %d failed after retries: %s: %s", index, type(exc).__name__, exc)
-        tc = time.perf_counter()
-        v = steps.commit(index, store, result, result.failures)
-        commit_s += time.perf_counter() - tc
-        version = v if v is not None else version
-        failures.extend(result.failures)
-        committed.extend(result.scene_keys)
-        summary.shards_written += len(result.shards)
-        summary.points_written += result.points
-        summary.segments_written += result.segments
-        for s in STAGES:
-            worker_s[s] += result.timings.get(s, 0.0)
-        rate = len(committed) / max(time.perf_counter() - t, 1e-9)
-        logger.info("batch %d/%d committed%s: %d scenes ok, %d failed; total %d/%d scenes (%.2f scenes/s)",
-                    done, len(batches), f" as v{v}" if v is not None else " (nothing to list)",
-                    len(result.scene_keys), len(result.failures), len(committed), len(items), rate)
-        if bar is not None:
-            bar.update(len(batch))
+    done = build_and_commit(store, batches, executor, as_completed, steps, settings, shard_size, logger, bar)
     if bar is not None:
         bar.close()
-    elapsed["build"] = time.perf_counter() - t - commit_s
-    elapsed["commit"] = commit_s
+    elapsed["build"] = time.perf_counter() - t - done.commit_s
+    elapsed["commit"] = done.commit_s
+    version = done.version if done.version is not None else plan.base_version
 
     # 5. scenes that left the build
     t = time.perf_counter()
@@ -384,18 +416,24 @@ def run_build(
     elapsed["remove"] = time.perf_counter() - t
     elapsed["total"] = time.perf_counter() - t_start
 
-    summary.manifest_version = version
-    summary.scenes = {"discovered": len(all_refs), "skipped": len(plan.unchanged), "new": len(plan.new),
-                      "changed": len(plan.changed), "processed": len(committed), "quarantined": len(failures),
-                      "removed": len(plan.removed)}
-    summary.quarantined = [{"key": f.key, "stage": f.stage, "error_type": f.error_type, "message": f.message}
-                           for f in failures]
-    summary.elapsed_s = {k: round(v, 3) for k, v in elapsed.items()}
-    summary.worker_s = {k: round(v, 3) for k, v in worker_s.items()}
-    summary.scenes_per_s = round(len(committed) / max(elapsed["build"] + elapsed["commit"], 1e-9), 3)
+    failures = discover_failures + done.failures
+    summary = BuildSummary(
+        store=store, sources=names, manifest_version=version, base_version=plan.base_version,
+        scenes={"discovered": len(all_refs), "skipped": len(plan.unchanged), "new": len(plan.new),
+                "changed": len(plan.changed), "processed": len(done.committed), "quarantined": len(failures),
+                "removed": len(plan.removed)},
+        failed_sources=failed_sources,
+        quarantined=[{"key": f.key, "stage": f.stage, "error_type": f.error_type, "message": f.message}
+                     for f in failures],
+        batches=len(batches), batches_failed=done.batches_failed, shards_written=done.shards,
+        points_written=done.points, segments_written=done.segments, gc=gc_report,
+        elapsed_s={k: round(v, 3) for k, v in elapsed.items()},
+        worker_s={k: round(v, 3) for k, v in done.worker_s.items()},
+        scenes_per_s=round(len(done.committed) / max(elapsed["build"] + elapsed["commit"], 1e-9), 3),
+    )
     summary.report = write_build_report(store, summary.as_dict())
     logger.info("build-dataset done: v%s, %d discovered, %d skipped, %d processed, %d quarantined, %d shards, %.1f s",
-                version, len(all_refs), len(plan.unchanged), len(committed), len(failures), summary.shards_written,
+                version, len(all_refs), len(plan.unchanged), len(done.committed), len(failures), done.shards,
                 elapsed["total"])
     return summary
 
