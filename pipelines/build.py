@@ -12,7 +12,8 @@ discovered scenes with the store's latest manifest, ``commit_batch`` lists a
 finished batch's shards in a new manifest version (so a killed build keeps
 every committed batch), ``commit_removals`` drops scenes that left the build.
 
-No Prefect import: ``flows/build_dataset.py`` wires these into tasks.
+No Prefect import: ``pipelines.build_run.run_build`` runs these in a whole
+build; ``flows/build_dataset.py`` wires the same loop into Prefect tasks.
 """
 from __future__ import annotations
 
