@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("preprocess", "pipelines", "flows", "concerto")
+PACKAGES = ("preprocess", "pipelines", "flows", "concerto", "testkit")
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess:
