@@ -34,6 +34,7 @@ from scipy.spatial import cKDTree  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pipelines.correspondence import DEFAULT_POINT_VIEWS_PER_STEP, scene_correspondences, unproject_depth  # noqa: E402
+from preprocess.geometry import look_at  # noqa: E402
 from preprocess.scene import Frame, PointCloud, Scene  # noqa: E402
 
 H, W = 480, 640
@@ -59,17 +60,6 @@ def furnished_room():
     sphere.apply_translation([3.0, 2.5, 1.6])
     parts.append(sphere)
     return trimesh.util.concatenate(parts), size
-
-
-def look_at(eye, target):
-    z = target - eye
-    z = z / np.linalg.norm(z)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    pose = np.eye(4)
-    pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = x, y, z, eye
-    return pose.astype(np.float32)
 
 
 class Renderer:
@@ -107,7 +97,7 @@ def build_scene(mesh, size, n_points, n_frames, renderer, seed=0):
         eye = rng.uniform([0.8, 0.8, 1.0], size - [0.8, 0.8, 1.0])
         target = rng.uniform([0.0, 0.0, 0.0], size)
         target[2] = rng.uniform(0.2, 1.5)
-        pose = look_at(eye, target)
+        pose = look_at(eye, target).astype(np.float32)
         frames.append(Frame(name=f"f{i:04d}", rgb=np.zeros((H, W, 3), np.uint8), K=K, pose=pose, depth=renderer.depth(K, pose)))
     n = len(pts)
     cloud = PointCloud(coord=pts.astype(np.float32), color=np.zeros((n, 3), np.uint8), normal=np.tile(np.float32([0, 0, 1]), (n, 1)))

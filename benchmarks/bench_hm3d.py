@@ -72,7 +72,7 @@ def bench_thinning(n_points: int, rng) -> None:
 
 def bench_rooms(size: int) -> None:
     from preprocess.render import make_renderer
-    from tests.hm3d_fixtures import write_house
+    from testkit.hm3d_house import write_house
 
     with tempfile.TemporaryDirectory() as tmp:
         scene = find_hm3d_scene(write_house(Path(tmp) / "00000-benchhouse", "plain"))

@@ -33,9 +33,10 @@ from benchmarks.timing import best_of  # noqa: E402
 
 from tqdm import tqdm  # noqa: E402
 
-from preprocess.lift import geometry as geo  # noqa: E402
+from preprocess import geometry  # noqa: E402
+from preprocess.lift import alignment as align  # noqa: E402
 from preprocess.lift.lifter import GivenDepthLifter, LiftOptions, scene_from_views  # noqa: E402
-from preprocess.lift.synthetic import BoxRoomClip, render_box  # noqa: E402
+from testkit.box_room_clip import BoxRoomClip, render_box  # noqa: E402
 
 
 def room_cloud(n: int, seed: int = 0) -> np.ndarray:
@@ -46,7 +47,7 @@ def room_cloud(n: int, seed: int = 0) -> np.ndarray:
     wall = np.c_[rng.uniform(0, 4, nw), np.full(nw, 5.0), rng.uniform(0, 2.6, nw)]
     clutter = rng.uniform([0.3, 0.3, 0.05], [3.7, 4.7, 2.0], (n - nf - nw, 3))
     pts = np.vstack([floor, wall, clutter]) + rng.normal(0, 0.005, (n, 3))
-    return pts @ geo.axis_angle_rotation([1, 0.5, 0], np.radians(8)).T
+    return pts @ geometry.axis_angle_to_matrix([1, 0.5, 0], np.radians(8)).T
 
 
 def angle_deg(a, b) -> float:
@@ -66,7 +67,7 @@ def synthetic_views(spec: BoxRoomClip, rows=(0, 20, 40, 60)):
 def open3d_group_baseline(views, o3d):
     """The heavy steps as the reference does them: unproject, then open3d
     voxel_down_sample + estimate_normals + segment_plane."""
-    pts = np.concatenate([geo.unproject_depth(views.depth[i], views.K[i], views.pose[i])[np.isfinite(views.depth[i])]
+    pts = np.concatenate([geometry.unproject_depth(views.depth[i], views.K[i], views.pose[i])[np.isfinite(views.depth[i])]
                           for i in range(len(views))])
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
     low = pcd.select_by_index(np.nonzero(pts[:, 2] <= np.percentile(pts[:, 2], 20))[0])
@@ -88,14 +89,14 @@ def main(argv=None):
     steps = tqdm(total=4, desc="bench_lift", unit="case")
     pts = room_cloud(a.points)
     low = pts[pts[:, 2] <= np.percentile(pts[:, 2], 20)]
-    t_ours, fit = best_of(lambda: geo.fit_floor(pts, seed=0), a.repeat)
+    t_ours, fit = best_of(lambda: align.fit_floor(pts, seed=0), a.repeat)
     pcd_low = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(low))
     t_o3d, (plane, _) = best_of(lambda: pcd_low.segment_plane(0.01, 3, 1000), a.repeat)
     rows = [("floor RANSAC (%d low pts)" % len(low), t_ours, t_o3d, f"normals differ by {angle_deg(fit.normal, plane[:3]):.3f} deg")]
     steps.update()
 
     sub = pts[:: max(1, len(pts) // 100_000)]
-    t_ours, n_ours = best_of(lambda: geo.estimate_normals(sub, 16, backend="numpy"), a.repeat)
+    t_ours, n_ours = best_of(lambda: align.estimate_normals(sub, 16, backend="numpy"), a.repeat)
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(sub))
 
     def o3d_normals():

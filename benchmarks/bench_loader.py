@@ -23,7 +23,6 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def main() -> None:
@@ -35,11 +34,10 @@ def main() -> None:
     ap.add_argument("--config", default="tiny")
     args = ap.parse_args()
 
-    from pretrain_store import write_store
-
     from concerto.config import load_config
     from concerto.data import ShardLoader
     from concerto.train import build_sample_spec, train
+    from testkit.pretrain_store import write_store
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_loader_"))
     try:

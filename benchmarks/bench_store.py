@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,14 +26,16 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipelines.store import ShardStore, apply_update, load_manifest, plan_update
-from pipelines.store.synthetic import synthetic_scene
-from preprocess.sources.base import SceneRef
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testkit is not installed
+
+from pipelines.store import ShardStore, apply_update, load_manifest, plan_update  # noqa: E402
+from preprocess.sources.base import SceneRef  # noqa: E402
+from testkit.random_store_scenes import random_processed_scene  # noqa: E402
 
 
 def make_dataset(rng, source, n_scenes, n_points, n_images, hw):
     return [
-        synthetic_scene(rng, source, f"{source}{i:03d}", n_points=n_points, image_sizes=[hw] * n_images,
+        random_processed_scene(rng, source, f"{source}{i:03d}", n_points=n_points, image_sizes=[hw] * n_images,
                         n_segments=n_images // 2, geometric=True)
         for i in tqdm(range(n_scenes), desc=f"synthesising {source}", leave=False)
     ]

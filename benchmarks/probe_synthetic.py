@@ -1,6 +1,6 @@
 """Linear-probe mIoU of a briefly pretrained encoder against a random one, on procedural rooms.
 
-Builds (or reuses) a labelled store of procedural rooms (``concerto.eval.rooms_store``),
+Builds (or reuses) a labelled store of procedural rooms (``testkit.room_store``),
 pretrains the tiny encoder on it for ``--steps`` steps (``python -m concerto.train
 --config tiny``; skipped with ``--checkpoint``), then runs the linear probe for the
 trained encoder and for a randomly initialised one of the same preset, for each
@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from concerto.eval.linear_probe import format_table, run_probe  # noqa: E402
 from concerto.eval.pictures import save_feature_pictures, save_similarity_picture  # noqa: E402
-from concerto.eval.rooms_store import build_room_store  # noqa: E402
 from concerto.inference import load, random_encoder  # noqa: E402
+from testkit.room_store import build_room_store  # noqa: E402
 
 
 def main() -> None:

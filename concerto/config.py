@@ -11,7 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 
 class ConfigError(ValueError):
@@ -110,7 +110,13 @@ class OptimConfig:
 
 @dataclass
 class DataConfig:
-    version: Optional[int] = None  # manifest version; None = newest
+    # manifest version: None = the latest complete one at the start of a run and,
+    # on resume, the version the run started with; "latest" = the latest complete
+    # one, also on resume (the run moves on to it at the next epoch)
+    version: Optional[Union[int, str]] = None
+    # a sample whose shard data fails its checksum stops the run (False), or is
+    # left out, logged and counted (True)
+    skip_corrupt: bool = False
     batch_size: int = 2  # per rank, per micro-step
     num_workers: int = 2
     seed: int = 0

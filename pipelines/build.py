@@ -12,7 +12,8 @@ discovered scenes with the store's latest manifest, ``commit_batch`` lists a
 finished batch's shards in a new manifest version (so a killed build keeps
 every committed batch), ``commit_removals`` drops scenes that left the build.
 
-No Prefect import: ``flows/build_dataset.py`` wires these into tasks.
+No Prefect import: ``pipelines.build_run.run_build`` runs these in a whole
+build; ``flows/build_dataset.py`` wires the same loop into Prefect tasks.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Sequence
 
 from pipelines.quarantine import SceneFailure
-from pipelines.records import ProcessedScene
-from pipelines.segments import DEFAULT_MIN_CORRESPONDENCES, FRAME_GAP, process_scene
+from preprocess.records import ProcessedScene
+from pipelines.image_groups import DEFAULT_MIN_CORRESPONDENCES, FRAME_GAP, process_scene
 from pipelines.store import (
     ManifestConflictError,
     Plan,
@@ -36,6 +37,7 @@ from pipelines.store import (
     plan_update,
     validate_processed,
 )
+from preprocess.geometry import DEPTH_EPS
 from preprocess.scene import SceneValidationError
 from preprocess.sources.base import SceneRef, SceneSource, make_source
 
@@ -134,7 +136,7 @@ class SourceSpec:
 class SceneSettings:
     """Per-scene processing settings shared by a build (frame_gap is per source)."""
 
-    eps: float = 0.01
+    eps: float = DEPTH_EPS
     min_correspondences: int = DEFAULT_MIN_CORRESPONDENCES
     max_image_side: Optional[int] = None
     render_backend: str = "auto"

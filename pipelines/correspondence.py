@@ -1,14 +1,9 @@
 """Point <-> pixel correspondences by projection and a depth check (Concerto A.2).
 
-A point X (world, metres) is seen by a frame when, with ``world_to_camera`` =
-inv(pose) and OpenCV axes,
-
-- its camera-space depth z > 0 (in front of the camera),
-- its projection (u, v) = K X_cam / z falls in pixel (col, row) =
-  (floor(u + 0.5), floor(v + 0.5)) inside the image (pixel centres at integer
-  coordinates, see ``preprocess.scene``),
-- the frame's z-depth D at that pixel is valid (not NaN, > 0), and
-- |D(row, col) - z| < eps (strict; eps in metres).
+A point X (world, metres) is seen by a frame when it passes the depth check of
+``preprocess.geometry.depth_check`` (in front, pixel inside the image, valid
+z-depth D there, |D - z| < eps with eps = ``DEPTH_EPS`` by default). This
+module validates frames and chunks points x frames so memory stays bounded.
 
 Every point projects to exactly one pixel, so each frame's ``Correspondence``
 holds each seen point once, sorted by point index.
@@ -24,7 +19,8 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.spatial import cKDTree
 
-from pipelines.records import Correspondence
+from preprocess.records import Correspondence
+from preprocess.geometry import DEPTH_EPS, depth_check, projection_matrix, unproject
 from preprocess.scene import Frame, Scene, validate_frame
 
 # Point-views (points x frames) processed per vectorised step. Each float64
@@ -33,88 +29,17 @@ from preprocess.scene import Frame, Scene, validate_frame
 DEFAULT_POINT_VIEWS_PER_STEP = 1 << 20
 
 
-def project_points(coord: np.ndarray, K: np.ndarray, world_to_camera: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pinhole projection.
-
-    coord [N,3] world metres; K [3,3]; world_to_camera [4,4] (OpenCV axes).
-    Returns uv float64 [N,2] (u = column, v = row; pixel centres at integers)
-    and z float64 [N], the camera-space depth. Points with z <= 0 get uv = NaN
-    (they are behind or on the camera plane and have no image position).
-    """
-    coord = np.asarray(coord, dtype=np.float64).reshape(-1, 3)
-    P = np.asarray(K, np.float64) @ np.asarray(world_to_camera, np.float64)[:3, :4]
-    uvw = coord @ P[:, :3].T + P[:, 3]
-    # K's last row is [0, 0, 1], so the homogeneous coordinate is the z-depth.
-    z = uvw[:, 2].copy()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = uvw[:, :2] / z[:, None]
-    uv[z <= 0] = np.nan
-    return uv, z
-
-
 def _projection_matrices(frames: Sequence[Frame]) -> np.ndarray:
     """[F,3,4] float64: K @ world_to_camera[:3] per frame."""
     out = np.empty((len(frames), 3, 4))
     for i, frame in enumerate(frames):
-        out[i] = frame.K.astype(np.float64) @ frame.world_to_camera()[:3, :4]
+        out[i] = projection_matrix(frame.K, frame.pose)
     return out
 
 
 def _check_frames(scene_key: str, frames: Sequence[Frame], offset: int = 0) -> None:
     for i, frame in enumerate(frames):
         validate_frame(scene_key, offset + i, frame, require_depth=True)
-
-
-def _depth_check_block(
-    coord: np.ndarray,
-    proj: np.ndarray,
-    heights: np.ndarray,
-    widths: np.ndarray,
-    depths: Sequence[np.ndarray],
-    eps: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The depth check for a block of points against a block of frames.
-
-    coord float64 [C,3]; proj [B,3,4]; heights/widths int64 [B]; depths: the B
-    depth maps float32 [H_b, W_b]. Returns (frame_in_block, point_in_chunk, col,
-    row) of the kept pairs, ordered by frame, then point.
-    """
-    B, C = proj.shape[0], coord.shape[0]
-    # One BLAS call gives the homogeneous image coordinates of every point in
-    # every frame, [B, 3, C]; float64 so that pixel rounding and the eps test
-    # match a per-point evaluation.
-    hom = (proj[:, :, :3].reshape(3 * B, 3) @ coord.T).reshape(B, 3, C)
-    hom += proj[:, :, 3, None]
-    z = hom[:, 2]
-    uv = hom[:, :2]
-    # In place: (u, v) -> floor(u / z + 0.5), floor(v / z + 0.5), the pixel.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        np.divide(uv, z[:, None, :], out=uv)
-    uv += 0.5
-    np.floor(uv, out=uv)
-    col, row = hom[:, 0], hom[:, 1]
-    # z <= 0 gave inf/NaN above; the z test drops those before any cast.
-    inside = z > 0
-    inside &= col >= 0
-    inside &= row >= 0
-    inside &= col < widths[:, None]
-    inside &= row < heights[:, None]
-    flat = np.flatnonzero(inside)
-    fb, pc = np.divmod(flat, C)
-    zs = z.reshape(-1)[flat]
-    col = col.reshape(-1)[flat].astype(np.int64)
-    row = row.reshape(-1)[flat].astype(np.int64)
-    # Entries are ordered by frame (row-major nonzero over [B, C]), so each
-    # frame's depth lookups are one contiguous slice: gather from its own map
-    # rather than copying all maps into one array.
-    d = np.empty(len(fb), np.float64)
-    bounds = np.searchsorted(fb, np.arange(len(depths) + 1))
-    for b, depth in enumerate(depths):
-        s, e = bounds[b], bounds[b + 1]
-        d[s:e] = depth[row[s:e], col[s:e]]
-    # NaN compares false, so invalid depth drops out here.
-    keep = (d > 0) & (np.abs(d - zs) < eps)
-    return fb[keep], pc[keep], col[keep], row[keep]
 
 
 def _auto_chunk(n_frames: int, chunk_points: Optional[int]) -> int:
@@ -154,7 +79,7 @@ def _correspond_frames(coord: np.ndarray, frames: Sequence[Frame], eps: float, c
         pix_parts = [[] for _ in block]
         for p0 in range(0, n, chunk):
             xyz = coord[p0 : p0 + chunk].astype(np.float64)
-            fb, pc, col, row = _depth_check_block(xyz, proj, heights, widths, depths, eps)
+            fb, pc, col, row = depth_check(xyz, proj, heights, widths, depths, eps)
             bounds = np.searchsorted(fb, np.arange(len(block) + 1))
             for b in range(len(block)):
                 s, e = bounds[b], bounds[b + 1]
@@ -171,7 +96,7 @@ def _correspond_frames(coord: np.ndarray, frames: Sequence[Frame], eps: float, c
     return out
 
 
-def frame_correspondence(coord: np.ndarray, frame: Frame, eps: float = 0.01, scene_key: str = "<unnamed>") -> Correspondence:
+def frame_correspondence(coord: np.ndarray, frame: Frame, eps: float = DEPTH_EPS, scene_key: str = "<unnamed>") -> Correspondence:
     """Depth-checked correspondences of one frame.
 
     coord float [N,3] world metres; frame with depth (z-depth, NaN invalid).
@@ -183,7 +108,7 @@ def frame_correspondence(coord: np.ndarray, frame: Frame, eps: float = 0.01, sce
     return _correspond_frames(coord, [frame], eps, None)[0]
 
 
-def scene_correspondences(scene: Scene, eps: float = 0.01, chunk_points: Optional[int] = None, validate: bool = True) -> list[Correspondence]:
+def scene_correspondences(scene: Scene, eps: float = DEPTH_EPS, chunk_points: Optional[int] = None, validate: bool = True) -> list[Correspondence]:
     """Depth-checked correspondences of every frame of ``scene`` (list aligned
     with scene.frames).
 
@@ -211,13 +136,8 @@ def unproject_depth(frame: Frame) -> tuple[np.ndarray, np.ndarray]:
     """
     depth = frame.depth
     rows, cols = np.nonzero(np.isfinite(depth) & (depth > 0))
-    d = depth[rows, cols].astype(np.float64)
-    Kinv = np.linalg.inv(frame.K.astype(np.float64))
-    rays = np.stack([cols, rows, np.ones_like(cols)], axis=1).astype(np.float64) @ Kinv.T
-    cam = rays * (d / rays[:, 2])[:, None]  # scale so the z component is the z-depth
-    pose = frame.pose.astype(np.float64)
-    xyz = cam @ pose[:3, :3].T + pose[:3, 3]
-    return np.stack([cols, rows], axis=1), xyz
+    pixel = np.stack([cols, rows], axis=1)
+    return pixel, unproject(pixel, depth[rows, cols], frame.K, frame.pose)
 
 
 def reference_pixel_matches(coord: np.ndarray, frame: Frame, radius: float = 0.01, tree: Optional[cKDTree] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -268,7 +188,7 @@ def reference_correspondence(
     return Correspondence(point.astype(np.int32), pixel.astype(np.uint16))
 
 
-def correspondence_agreement(scene: Scene, eps: float = 0.01, radius: float = 0.01) -> dict:
+def correspondence_agreement(scene: Scene, eps: float = DEPTH_EPS, radius: float = 0.01) -> dict:
     """How far the depth check and the KD-tree method agree on ``scene``.
 
     Per frame and overall:

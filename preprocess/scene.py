@@ -24,6 +24,8 @@ from typing import Optional
 
 import numpy as np
 
+from preprocess.geometry import rigid_inverse
+
 ORTHONORMAL_TOL = 1e-3
 
 
@@ -74,12 +76,7 @@ class Frame:
 
     def world_to_camera(self) -> np.ndarray:
         """[4,4] float64 rigid inverse of ``pose``."""
-        pose = self.pose.astype(np.float64)
-        R, t = pose[:3, :3], pose[:3, 3]
-        out = np.eye(4)
-        out[:3, :3] = R.T
-        out[:3, 3] = -R.T @ t
-        return out
+        return rigid_inverse(self.pose)
 
 
 @dataclass

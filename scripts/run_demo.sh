@@ -16,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false
 PY=.venv/bin/python
 mkdir -p "$OUT"
 
-echo "== 1/4 build-dataset flow: synthetic rooms -> depth -> correspondences -> segments -> Zarr shards"
+echo "== 1/4 build-dataset flow: synthetic rooms -> depth -> correspondences -> image groups -> Zarr shards"
 $PY -m flows.build_dataset --store "$OUT/store" \
     --source "synthetic:$OUT/scenes:num_scenes=6,seed=0"
 

@@ -17,11 +17,9 @@ def one_torch_thread():
 @pytest.fixture
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (for gloo rendezvous)."""
-    import socket
+    from testkit.ports import free_port as pick
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return pick()
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +28,7 @@ def s3_server(tmp_path_factory):
     are put in os.environ (restored at the end), so subprocesses see them too."""
     import os
 
-    from tests.s3_server import SeaweedS3
+    from testkit.s3_server import SeaweedS3
 
     server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs")).start()
     saved = {k: os.environ.get(k) for k in server.env}

@@ -168,17 +168,17 @@ def test_hm3d_and_re10k_sources_build_into_one_store(tmp_path):
     """The two simulated/lifted sources go through the same build path as every
     other (build_batch is what the flow's Dask tasks run): one store, both sources,
     the unreadable house quarantined."""
-    from hm3d_fixtures import write_house
+    from testkit.hm3d_house import write_house
 
     from pipelines.build import BatchItem, SceneSettings, SourceSpec, build_batch, commit_batch
     from pipelines.store import ShardStore
-    from preprocess.lift.synthetic import write_synthetic_clip
+    from testkit.box_room_clip import write_box_room_clip
 
     hm3d_root = tmp_path / "hm3d"
     write_house(hm3d_root / "val" / "00800-plainhouse", "plain")
     (hm3d_root / "val" / "00802-broken").mkdir(parents=True)
     (hm3d_root / "val" / "00802-broken" / "broken.glb").write_bytes(b"not a glb")
-    re10k_root = write_synthetic_clip(tmp_path / "re10k", "clip0")
+    re10k_root = write_box_room_clip(tmp_path / "re10k", "clip0")
     specs = [
         SourceSpec("hm3d", str(hm3d_root / "val"), None,
                    dict(backend="mesh", image_width=40, image_height=40, point_spacing=0.05,

@@ -3,17 +3,17 @@ import math
 import numpy as np
 import pytest
 
-from corr_synth import intrinsics, look_at, make_cloud, make_frame, random_scene, room_scene
 import pipelines.correspondence as corr_mod
 from pipelines.correspondence import (
     correspondence_agreement,
     frame_correspondence,
-    project_points,
     reference_correspondence,
     scene_correspondences,
     unproject_depth,
 )
+from preprocess.geometry import project
 from preprocess.scene import Scene, SceneValidationError
+from testkit.correspondence_scenes import intrinsics, look_at, make_cloud, make_frame, random_scene, room_scene
 
 
 def brute_force(coord, frame, eps):
@@ -72,13 +72,13 @@ def test_work_per_step_is_bounded(monkeypatch):
     budget = 5000
     monkeypatch.setattr(corr_mod, "DEFAULT_POINT_VIEWS_PER_STEP", budget)
     shapes = []
-    inner = corr_mod._depth_check_block
+    inner = corr_mod.depth_check
 
     def spy(coord, proj, *args):
         shapes.append((proj.shape[0], coord.shape[0]))
         return inner(coord, proj, *args)
 
-    monkeypatch.setattr(corr_mod, "_depth_check_block", spy)
+    monkeypatch.setattr(corr_mod, "depth_check", spy)
     got = scene_correspondences(scene)
     assert len(shapes) > 3 and max(b * c for b, c in shapes) <= budget
     assert sum(b for b, c in shapes if c == shapes[0][1]) >= 9  # every frame visited
@@ -87,11 +87,11 @@ def test_work_per_step_is_bounded(monkeypatch):
         np.testing.assert_array_equal(a.pixel, b.pixel)
 
 
-def test_project_points_matches_definition():
+def test_project_matches_definition():
     rng = np.random.default_rng(3)
     scene = random_scene(rng, n_points=50, n_frames=1)
     frame = scene.frames[0]
-    uv, z = project_points(scene.points.coord, frame.K, frame.world_to_camera())
+    uv, z = project(scene.points.coord, frame.K, frame.pose)
     cam = frame.world_to_camera()
     for i, p in enumerate(scene.points.coord.astype(np.float64)):
         xc = cam[:3, :3] @ p + cam[:3, 3]
@@ -214,7 +214,7 @@ def test_unproject_inverts_projection():
     scene = random_scene(rng, n_points=10, n_frames=1)
     frame = scene.frames[0]
     pixel, xyz = unproject_depth(frame)
-    uv, z = project_points(xyz, frame.K, frame.world_to_camera())
+    uv, z = project(xyz, frame.K, frame.pose)
     # float32 poses are orthonormal to ~1e-7, hence the 1e-4 px tolerance
     np.testing.assert_allclose(uv, pixel, atol=1e-4)
     np.testing.assert_allclose(z, frame.depth[pixel[:, 1], pixel[:, 0]], rtol=1e-5)

@@ -7,7 +7,7 @@ from concerto.data.sampler import interleave_worker_batches
 from concerto.config import MaskConfig, ViewConfig
 from pipelines.patches import PatchGrid
 from pipelines.store import ShardStore, commit
-from pretrain_store import write_store
+from testkit.pretrain_store import write_store
 
 SPEC = SampleSpec(views=ViewConfig(max_points=300, principal_max_points=300), mask=MaskConfig(),
                   grid=PatchGrid(56, 14), total_steps=100)

@@ -71,6 +71,20 @@ def shard_file_digests(store: Path) -> dict[str, str]:
     return out
 
 
+def _task_run_names(expected: set[str], timeout_s: float = 60.0) -> set[str]:
+    """Names of the task runs the server knows, once ``expected`` are among
+    them (task runs reach the server through events, which may lag)."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            names = {tr.name for tr in client.read_task_runs()}
+            if expected <= names or time.monotonic() > deadline:
+                return names
+            time.sleep(0.5)
+
+
 def test_build_incremental_and_quarantine(prefect_api, dask_address, tmp_path):
     from flows.build_dataset import build_dataset
 
@@ -89,6 +103,10 @@ def test_build_incremental_and_quarantine(prefect_api, dask_address, tmp_path):
     assert len(ps.scene.points) == TINY["points_per_scene"] and ps.segments.shape[1] == 4
     before = shard_file_digests(store)
     assert before
+    # the loop (pipelines.build_run.run_build) ran its steps as the flow's Prefect tasks
+    names = _task_run_names({"discover-synthA", "build-batch-0000", "commit-batch-0000"})
+    assert {"discover-synthA", "build-batch-0000", "commit-batch-0000"} <= names, names
+    assert {"plan-build", "collect-garbage"} <= {n.rsplit("-", 1)[0] for n in names}, names
 
     # a second source of three rooms: one with a truncated mesh, one with a NaN pose
     src_b = synthetic(tmp_path / "b", "synthB", 3, seed=2)

@@ -9,10 +9,10 @@ import json
 import pytest
 
 import flows  # noqa: F401
-from flows.harness import LocalPrefect
 from flows.settings import PROJECT_ROOT, WORK_POOL
 from pipelines.quarantine import load_quarantine
 from pipelines.store import ShardStore
+from testkit.local_prefect import LocalPrefect
 
 pytestmark = pytest.mark.slow
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from preprocess.geometry import matrix_to_quaternion, quaternion_to_matrix
 from preprocess.habitat import floorplan as fp
 from preprocess.habitat import poses as P
 from preprocess.habitat.capture import CaptureSettings, MeshBackend, find_hm3d_scene
 from preprocess.habitat.habitat_backend import depth_from_habitat, quat_wxyz_from_coeffs, region_box_glb
 from preprocess.habitat.house import load_house, read_semantic_txt, texture_lookup
 from preprocess.habitat.viewpoints import intrinsics_from_hfov, view_yaws
-from tests.hm3d_fixtures import ROOMS, distance_to_surface, floor_b_color, part_colors, ray_cast, room_of, write_house
+from testkit.hm3d_house import ROOMS, distance_to_surface, floor_b_color, part_colors, ray_cast, room_of, write_house
 
 W = H = 40
 SPACING = 0.05  # the cloud spacing in the backend tests (0.02 is the default; same code)
@@ -62,7 +63,7 @@ def test_point_in_front_of_habitat_camera_lands_on_same_pixel():
         yaw = rng.uniform(-np.pi, np.pi)
         q = P.yaw_quaternion(yaw)
         cam = rng.normal(size=3)
-        R = P.quaternion_to_matrix(q)
+        R = quaternion_to_matrix(q)
         # a point 2.5 m in front (-Z) of the habitat camera, off-axis
         point_hab = cam + R @ np.array([0.4, -0.3, -2.5])
         u_h, v_h, d_h = _habitat_project(point_hab, cam, R, f, cx, cy)
@@ -80,12 +81,12 @@ def test_pose_round_trip_and_quaternions():
         q = rng.normal(size=4)
         q /= np.linalg.norm(q)
         q *= np.sign(q[0])
-        np.testing.assert_allclose(P.matrix_to_quaternion(P.quaternion_to_matrix(q)), q, atol=1e-10)
+        np.testing.assert_allclose(matrix_to_quaternion(quaternion_to_matrix(q)), q, atol=1e-10)
         pos = rng.normal(size=3)
         pose = P.habitat_camera_to_opencv_pose(pos, q)
         pos2, R2 = P.opencv_pose_to_habitat_camera(pose)
         np.testing.assert_allclose(pos2, pos, atol=1e-12)
-        np.testing.assert_allclose(R2, P.quaternion_to_matrix(q), atol=1e-12)
+        np.testing.assert_allclose(R2, quaternion_to_matrix(q), atol=1e-12)
     # habitat's (x, y, z, w) coefficient order
     np.testing.assert_allclose(quat_wxyz_from_coeffs([0.1, 0.2, 0.3, 0.9]), [0.9, 0.1, 0.2, 0.3])
 
@@ -416,7 +417,7 @@ def _source(root, tmp_path, **kw):
 
 
 def test_source_discover_load_and_process(hm3d_split, tmp_path):
-    from pipelines.segments import process_scene
+    from pipelines.image_groups import process_scene
     from preprocess.sources.base import SourceError
 
     src = _source(hm3d_split, tmp_path)

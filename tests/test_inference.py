@@ -1,6 +1,5 @@
 """concerto.load / Encoder.embed: checkpoints (training run, official layout), determinism, equivariance."""
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +17,7 @@ from concerto.inference import (
 )
 from concerto.model import PointTransformerV3, PTv3Config
 from concerto.train.checkpoint import export_backbone
-
-sys.path.insert(0, str(Path(__file__).parent))
-from pretrain_store import write_store  # noqa: E402
+from testkit.pretrain_store import write_store
 
 
 def cloud(n=800, seed=0, extent=(2.0, 1.6, 1.0)):

@@ -15,7 +15,7 @@ from concerto.eval.linear_probe import (
     train_linear_head,
 )
 from concerto.eval.metrics import confusion_matrix, metrics_from_confusion, segmentation_metrics
-from concerto.eval.rooms_store import build_room_store
+from testkit.room_store import build_room_store
 
 # ----------------------------------------------------------------------------- metrics
 

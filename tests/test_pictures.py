@@ -132,7 +132,7 @@ def test_pictures_of_real_features_show_several_colour_clusters(tmp_path):
 
 
 def test_pictures_cli(tmp_path, capsys):
-    from concerto.eval.rooms_store import build_room_store
+    from testkit.room_store import build_room_store
 
     url = build_room_store(tmp_path / "rooms", num_scenes=1, points_per_scene=3000, frames_per_scene=4,
                            image_size=(48, 36))

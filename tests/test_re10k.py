@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from preprocess.lift import geometry as geo
-from preprocess.lift.synthetic import BoxRoomClip, render_box, write_synthetic_clip
+from preprocess import geometry
+from preprocess.lift import alignment as align
+from testkit.box_room_clip import BoxRoomClip, render_box, write_box_room_clip
 from preprocess.sources.base import SourceError, make_source
 from preprocess.sources.re10k import (
     Re10kSource,
@@ -17,6 +18,7 @@ from preprocess.sources.re10k import (
     select_view_groups,
     write_camera_file,
 )
+from testkit.box_room_clip import BoxRoomClip, render_box, write_box_room_clip
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -29,11 +31,11 @@ def test_pose_encoding_identity_and_fov():
     # fov_h = 2 atan(0.75) on a 300 x 400 image -> fx = 200 / tan(45 deg) = 200,
     # fy = 150 / 0.75 = 200, principal point (200, 150).
     enc = np.array([[1, 2, 3, 0, 0, 0, 1, 2 * math.atan(0.75), math.pi / 2]])
-    E, K = geo.pose_encoding_to_cameras(enc, (300, 400))
+    E, K = align.pose_encoding_to_cameras(enc, (300, 400))
     np.testing.assert_allclose(E[0], [[1, 0, 0, 1], [0, 1, 0, 2], [0, 0, 1, 3]], atol=1e-12)
     np.testing.assert_allclose(K[0], [[200, 0, 200], [0, 200, 150], [0, 0, 1]], atol=1e-9)
     # our pose convention is camera-to-world: the camera centre is -R^T t
-    pose = geo.extrinsic_to_pose(E)[0]
+    pose = geometry.extrinsic_to_pose(E)[0]
     np.testing.assert_allclose(pose[:3, 3], [-1, -2, -3])
 
 
@@ -41,10 +43,10 @@ def test_pose_encoding_rotation_about_z():
     # 90 deg about z: q = (0, 0, sin45, cos45); R maps x -> y
     s = math.sqrt(0.5)
     enc = np.array([[0, 0, 0, 0, 0, s, s, 1.0, 1.0]])
-    E, _ = geo.pose_encoding_to_cameras(enc, (10, 10))
+    E, _ = align.pose_encoding_to_cameras(enc, (10, 10))
     np.testing.assert_allclose(E[0, :, :3], [[0, -1, 0], [1, 0, 0], [0, 0, 1]], atol=1e-12)
     # round trip through the encoder
-    back = geo.cameras_to_pose_encoding(E, np.array([[[7.0, 0, 5], [0, 9.0, 5], [0, 0, 1]]]), (10, 10))
+    back = align.cameras_to_pose_encoding(E, np.array([[[7.0, 0, 5], [0, 9.0, 5], [0, 0, 1]]]), (10, 10))
     np.testing.assert_allclose(back[0, 3:7], [0, 0, s, s], atol=1e-12)
     assert back[0, 8] == pytest.approx(2 * math.atan(5 / 7.0))
 
@@ -58,20 +60,20 @@ def test_unprojection_hand_computed():
     pose = np.eye(4)
     pose[:3, :3] = [[1, 0, 0], [0, 0, 1], [0, -1, 0]]
     pose[:3, 3] = [10, 0, 0]
-    pts = geo.unproject_depth(depth, K, pose)
+    pts = geometry.unproject_depth(depth, K, pose)
     np.testing.assert_allclose(pts[1, 2], [10, 2, 0])
     np.testing.assert_allclose(pts[0, 4], [10 + 0.08, 4, 0.08])
     assert np.isnan(pts[0, 0]).all()
     # and back: projection returns the pixel and the depth
-    uv, z = geo.project_points(pts[[1, 0], [2, 4]], K, pose)
+    uv, z = geometry.project(pts[[1, 0], [2, 4]], K, pose)
     np.testing.assert_allclose(uv, [[2, 1], [4, 0]], atol=1e-9)
     np.testing.assert_allclose(z, [2, 4])
 
 
 def test_confidence_mask():
     conf = np.array([1.0, 2.0, 3.0, 4.0, np.nan])
-    assert geo.confidence_mask(conf, threshold=2.5).tolist() == [False, False, True, True, False]
-    assert geo.confidence_mask(conf, percentile=50).tolist() == [False, False, True, True, False]
+    assert align.confidence_mask(conf, threshold=2.5).tolist() == [False, False, True, True, False]
+    assert align.confidence_mask(conf, percentile=50).tolist() == [False, False, True, True, False]
 
 
 # --- floor alignment ---------------------------------------------------------------
@@ -82,11 +84,11 @@ def test_floor_alignment_recovers_a_tilted_floor():
     wall = np.c_[rng.uniform(0, 4, 1500), np.full(1500, 4.0), rng.uniform(0, 2.5, 1500)]
     clutter = rng.uniform([0.5, 0.5, 0.3], [3.5, 3.5, 2.5], (1500, 3))
     pts = np.vstack([floor, wall, clutter])
-    tilt = geo.axis_angle_rotation([1, 1, 0], math.radians(15))
+    tilt = geometry.axis_angle_to_matrix([1, 1, 0], math.radians(15))
     moved = pts @ tilt.T + [0.3, -0.2, 0.7]
-    T, fit = geo.floor_alignment(moved, threshold=0.01, seed=1)
+    T, fit = align.floor_alignment(moved, threshold=0.01, seed=1)
     assert fit.angle_deg == pytest.approx(15, abs=0.5)
-    aligned = geo.transform_points(T, moved)
+    aligned = geometry.transform_points(T, moved)
     np.testing.assert_allclose(aligned[:3000, 2], 0, atol=2e-3)  # floor at z = 0
     assert np.all(aligned[3000:4500, 2] > -1e-3) and aligned[3000:4500, 2].max() == pytest.approx(2.5, abs=0.05)
     # rigid: distances preserved
@@ -96,8 +98,8 @@ def test_floor_alignment_recovers_a_tilted_floor():
 def test_floor_search_rejects_steep_planes_and_fails_clearly():
     rng = np.random.default_rng(0)
     wall = np.c_[np.zeros(500), rng.uniform(0, 4, 500), rng.uniform(0, 1, 500)]  # vertical only
-    with pytest.raises(geo.FloorNotFound, match="within 40 degrees"):
-        geo.fit_floor(wall, lowest_fraction=1.0, max_trials=2)
+    with pytest.raises(align.FloorNotFound, match="within 40 degrees"):
+        align.fit_floor(wall, lowest_fraction=1.0, max_trials=2)
 
 
 def test_normal_backends_agree_and_face_the_viewpoint():
@@ -107,26 +109,26 @@ def test_normal_backends_agree_and_face_the_viewpoint():
     xy = rng.uniform(0, 3, (4000, 2))
     pts = np.c_[xy, 0.1 * np.sin(xy[:, 0])]
     view = np.tile([1.5, 1.5, 5.0], (len(pts), 1))
-    a = geo.estimate_normals(pts, 16, view, backend="numpy")
-    b = geo.estimate_normals(pts, 16, view, backend="open3d")
+    a = align.estimate_normals(pts, 16, view, backend="numpy")
+    b = align.estimate_normals(pts, 16, view, backend="open3d")
     truth = np.c_[-0.1 * np.cos(xy[:, 0]), np.zeros(len(pts)), np.ones(len(pts))]
     truth /= np.linalg.norm(truth, axis=1, keepdims=True)
     assert np.median(np.einsum("ij,ij->i", a, b)) > 0.9999
     assert np.percentile(np.einsum("ij,ij->i", a, truth), 5) > 0.99  # oriented up, towards the camera
     with pytest.raises(ValueError, match="backend"):
-        geo.estimate_normals(pts, backend="cuda")
+        align.estimate_normals(pts, backend="cuda")
 
 
 def test_transform_poses_keeps_projection_consistent():
     rng = np.random.default_rng(1)
     pose = np.eye(4)
-    pose[:3, :3] = geo.axis_angle_rotation([0.2, 1, 0.1], 0.7)
+    pose[:3, :3] = geometry.axis_angle_to_matrix([0.2, 1, 0.1], 0.7)
     pose[:3, 3] = [1, 2, 3]
     K = np.array([[50.0, 0, 20], [0, 50.0, 15], [0, 0, 1]])
     X = rng.uniform(-1, 1, (20, 3)) + pose[:3, 3] + pose[:3, 2] * 5
-    T = geo.similarity(geo.axis_angle_rotation([1, 0, 0], 0.3), [4, 5, 6], scale=2.5)
-    uv0, z0 = geo.project_points(X, K, pose)
-    uv1, z1 = geo.project_points(geo.transform_points(T, X), K, geo.transform_poses(T, pose[None])[0])
+    T = geometry.similarity(geometry.axis_angle_to_matrix([1, 0, 0], 0.3), [4, 5, 6], scale=2.5)
+    uv0, z0 = geometry.project(X, K, pose)
+    uv1, z1 = geometry.project(geometry.transform_points(T, X), K, geometry.transform_poses(T, pose[None])[0])
     np.testing.assert_allclose(uv1, uv0, atol=1e-9)
     np.testing.assert_allclose(z1, 2.5 * z0)  # depth scales with the world
 
@@ -189,7 +191,7 @@ def test_synthetic_render_is_consistent():
     ground truth is right)."""
     pose = SPEC.pose(10)
     rgb, depth = render_box(SPEC.room, SPEC.K(), pose, (SPEC.height, SPEC.width))
-    pts = geo.unproject_depth(depth, SPEC.K(), pose).reshape(-1, 3)
+    pts = geometry.unproject_depth(depth, SPEC.K(), pose).reshape(-1, 3)
     on_wall = np.min(np.abs(np.concatenate([pts, pts - ROOM], axis=1)), axis=1)
     assert on_wall.max() < 1e-6 and rgb.std() > 10
 
@@ -198,7 +200,7 @@ def test_synthetic_render_is_consistent():
 def synthetic_clip(tmp_path_factory):
     """A RE10K-layout dataset with one synthetic clip (frames + depth), and a
     broken camera file next to it that must not sink discovery."""
-    root = write_synthetic_clip(tmp_path_factory.mktemp("re10k"), "clip0", SPEC)
+    root = write_box_room_clip(tmp_path_factory.mktemp("re10k"), "clip0", SPEC)
     (root / "train" / "broken.txt").write_text("https://youtu.be/b\n1 2 3\n")
     return root
 
@@ -206,7 +208,7 @@ def synthetic_clip(tmp_path_factory):
 def test_synthetic_clip_given_depth_through_the_pipeline(synthetic_clip, tmp_path):
     from PIL import Image
 
-    from pipelines.segments import process_scene
+    from pipelines.image_groups import process_scene
     from preprocess.lift.preview import write_preview
 
     src = make_source("re10k", synthetic_clip, lifter="given-depth", conf_percentile=None, voxel_size=0.05,
@@ -258,7 +260,7 @@ def test_synthetic_clip_with_tiny_vggt(synthetic_clip):
     pipeline finds correspondences in every view."""
     import torch
 
-    from pipelines.segments import process_scene
+    from pipelines.image_groups import process_scene
     from preprocess.lift.lifter import VGGTLifter
     from preprocess.lift.vggt_model import VGGT, VGGTConfig
 

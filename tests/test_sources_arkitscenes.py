@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-import source_fixtures as fx
 from preprocess.sources import SourceError, make_source
 from preprocess.sources.arkitscenes import ARKitScenesSource
+from testkit import dataset_files as fx
 
 VID = "41069025"
 

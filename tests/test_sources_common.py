@@ -1,32 +1,19 @@
-"""Shared adapter helpers: rotations, depth reprojection, normals, registry."""
+"""Shared adapter helpers: depth reprojection, normals, registry."""
 import numpy as np
-from scipy.spatial.transform import Rotation
 
-import source_fixtures as fx
 from preprocess.sources import available_sources
 from preprocess.sources._common import (
-    axis_angle_to_matrix,
     depth_from_raw,
     estimate_normals,
     fill_holes_min,
-    quaternion_to_matrix,
     reproject_depth,
     vertex_normals,
 )
+from testkit import dataset_files as fx
 
 
 def test_all_dataset_kinds_are_registered():
     assert {"scannet", "scannetpp", "s3dis", "arkitscenes", "structured3d", "pointcept"} <= set(available_sources())
-
-
-def test_rotations_match_scipy():
-    rng = np.random.default_rng(1)
-    for _ in range(5):
-        rv = rng.normal(size=3)
-        np.testing.assert_allclose(axis_angle_to_matrix(rv), Rotation.from_rotvec(rv).as_matrix(), atol=1e-12)
-        q = rng.normal(size=4)
-        x, y, z, w = q / np.linalg.norm(q)
-        np.testing.assert_allclose(quaternion_to_matrix(w, x, y, z), Rotation.from_quat([x, y, z, w]).as_matrix(), atol=1e-12)
 
 
 def test_depth_units_and_invalid_codes():

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-import source_fixtures as fx
-from pipelines.records import Correspondence, ProcessedScene
+from preprocess.records import Correspondence, ProcessedScene
 from preprocess.scene import Frame, PointCloud, Scene
 from preprocess.sources import SourceError, make_source
 from preprocess.sources.pointcept import PointceptSource, export_pointcept
+from testkit import dataset_files as fx
 
 
 def _write_pointcept_scannet(root, scene_id="scene0000_00", split="train"):

@@ -4,13 +4,13 @@ the known point's z-depth, and the plane fills the view."""
 import numpy as np
 import pytest
 
-import source_fixtures as fx
 import test_sources_arkitscenes as arkit
 import test_sources_s3dis as s3dis
 import test_sources_scannet as scannet
 import test_sources_scannetpp as scannetpp
 from preprocess.render.complete_depth import complete_depth
 from preprocess.sources import make_source
+from testkit import dataset_files as fx
 
 
 @pytest.mark.parametrize("kind", ["scannet", "scannetpp", "s3dis", "arkitscenes"])

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import trimesh
 
-import source_fixtures as fx
 from preprocess.sources import SourceError, make_source
 from preprocess.sources.s3dis import S3DISSource
+from testkit import dataset_files as fx
 
 UUID = "0a70cd8d4f2b48239aaa5db59719158a"
 

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-import source_fixtures as fx
 from preprocess.sources import SourceError, make_source
 from preprocess.sources.scannet import SCANNET20_NYU40_IDS, ScanNetSource
+from testkit import dataset_files as fx
 
 COLOR_HW = (fx.H, fx.W)
 DEPTH_HW = (12, 16)

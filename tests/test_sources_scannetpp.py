@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-import source_fixtures as fx
 from preprocess.sources import SourceError, make_source
 from preprocess.sources.scannetpp import ScanNetPPSource
+from testkit import dataset_files as fx
 
 SCENE = "0a5c013435"
 

@@ -3,9 +3,9 @@ depth.png in mm, semantic.png, camera_pose.txt in mm with half-angle fovs)."""
 import numpy as np
 import pytest
 
-import source_fixtures as fx
 from preprocess.sources import SourceError, make_source
 from preprocess.sources.structured3d import Structured3DSource
+from testkit import dataset_files as fx
 
 XFOV, YFOV = 0.8, 0.65  # half-angles, radians
 EYE_MM = np.array([1200.0, -3400.0, 1500.0])

@@ -20,8 +20,8 @@ from pipelines.store import (
 )
 from pipelines.store.inspect import camera_depth, main as inspect_main
 from pipelines.store.location import SHARD_DIR
-from pipelines.store.synthetic import synthetic_scene
 from preprocess.scene import SceneValidationError
+from testkit.random_store_scenes import random_processed_scene
 
 
 def assert_scene_equal(a, b):
@@ -53,9 +53,9 @@ def assert_scene_equal(a, b):
 
 def mixed_scenes(rng, source="alpha", prefix="s"):
     return [
-        synthetic_scene(rng, source, f"{prefix}0", n_points=2500, image_sizes=[(24, 32), (30, 20), (24, 32), (16, 16), (30, 20)], n_segments=3),
-        synthetic_scene(rng, source, f"{prefix}1", n_points=700, image_sizes=[], labels=False),
-        synthetic_scene(rng, source, f"{prefix}2", n_points=1300, image_sizes=[(24, 32)] * 4, n_segments=1),
+        random_processed_scene(rng, source, f"{prefix}0", n_points=2500, image_sizes=[(24, 32), (30, 20), (24, 32), (16, 16), (30, 20)], n_segments=3),
+        random_processed_scene(rng, source, f"{prefix}1", n_points=700, image_sizes=[], labels=False),
+        random_processed_scene(rng, source, f"{prefix}2", n_points=1300, image_sizes=[(24, 32)] * 4, n_segments=1),
     ]
 
 
@@ -112,7 +112,7 @@ def test_round_trip_bit_exact(tmp_path, chunks):
 
 def test_image_less_scene_sample(tmp_path):
     rng = np.random.default_rng(1)
-    ps = synthetic_scene(rng, "beta", "bare", n_points=300, image_sizes=[])
+    ps = random_processed_scene(rng, "beta", "bare", n_points=300, image_sizes=[])
     url = str(tmp_path / "s")
     write_store(url, [ps])
     s = ShardStore.open(url)[0]
@@ -170,27 +170,27 @@ def test_missing_and_empty_store_errors(tmp_path):
 def test_commit_conflict_does_not_overwrite(tmp_path):
     rng = np.random.default_rng(4)
     url = str(tmp_path / "s")
-    info, _ = write_store(url, [synthetic_scene(rng, "a", "x")])
+    info, _ = write_store(url, [random_processed_scene(rng, "a", "x")])
     w = ShardWriter(url)
-    first = w.write([synthetic_scene(rng, "a", "y")])
-    second = w.write([synthetic_scene(rng, "a", "z")])
+    first = w.write([random_processed_scene(rng, "a", "y")])
+    second = w.write([random_processed_scene(rng, "a", "z")])
     assert commit(url, 1, [first]) == 2
     with pytest.raises(ManifestConflictError, match="v2 already exists"):
         commit(url, 1, [second])
     assert ShardStore.open(url).scene_keys() == ["a/x", "a/y"]
     with pytest.raises(ValueError, match="served by two shards"):
-        commit(url, 2, [w.write([synthetic_scene(rng, "a", "x")])])
+        commit(url, 2, [w.write([random_processed_scene(rng, "a", "x")])])
     with pytest.raises(ManifestConflictError):
         commit(url, None, [second])
 
 
 def test_invalid_scene_is_named_and_nothing_written(tmp_path):
     rng = np.random.default_rng(5)
-    bad = synthetic_scene(rng, "a", "broken", n_points=100)
+    bad = random_processed_scene(rng, "a", "broken", n_points=100)
     bad.correspondences[1].point_index[0] = 100  # out of range
     url = str(tmp_path / "s")
     with pytest.raises(SceneValidationError, match=r"scene 'a/broken'.*correspondences\[1:frame0001\]\.point_index"):
-        ShardWriter(url).write([synthetic_scene(rng, "a", "fine"), bad])
+        ShardWriter(url).write([random_processed_scene(rng, "a", "fine"), bad])
     assert not (tmp_path / "s" / SHARD_DIR).exists()
 
 
@@ -253,7 +253,7 @@ def test_inspect_cli(tmp_path, capsys):
     url = str(tmp_path / "s")
     write_store(url, scenes)
     # one sparse image: a scene whose frame 1 has 3 correspondences
-    sparse = synthetic_scene(rng, "gamma", "few", n_points=400, corr_per_image=200)
+    sparse = random_processed_scene(rng, "gamma", "few", n_points=400, corr_per_image=200)
     sparse.correspondences[1].point_index = sparse.correspondences[1].point_index[:3].copy()
     sparse.correspondences[1].pixel = sparse.correspondences[1].pixel[:3].copy()
     commit(url, 1, [ShardWriter(url).write([sparse])])

@@ -17,8 +17,8 @@ from pipelines.store import (
     load_manifest,
     plan_update,
 )
-from pipelines.store.synthetic import synthetic_scene
 from preprocess.sources.base import SceneRef
+from testkit.random_store_scenes import random_processed_scene
 
 from test_store import assert_scene_equal
 
@@ -32,7 +32,7 @@ def ref(ps) -> SceneRef:
 
 
 def dataset(rng, source, n, **kw):
-    return [synthetic_scene(rng, source, f"{source}{i:02d}", n_points=int(rng.integers(200, 600)), **kw) for i in range(n)]
+    return [random_processed_scene(rng, source, f"{source}{i:02d}", n_points=int(rng.integers(200, 600)), **kw) for i in range(n)]
 
 
 def build(url, scenes, base=None, sources=None, **kw):
@@ -69,11 +69,11 @@ def test_plan_categories(tmp_path):
 def test_default_policy_compacts_mostly_dead_shard(tmp_path):
     rng = np.random.default_rng(9)
     url = str(tmp_path / "store")
-    big = synthetic_scene(rng, "a", "big", n_points=900)
-    small = synthetic_scene(rng, "a", "small", n_points=100)
+    big = random_processed_scene(rng, "a", "big", n_points=900)
+    small = random_processed_scene(rng, "a", "small", n_points=100)
     build(url, [big, small])
     (old,) = load_manifest(url).shards
-    big2 = synthetic_scene(rng, "a", "big", n_points=800, content_hash="v2")
+    big2 = random_processed_scene(rng, "a", "big", n_points=800, content_hash="v2")
     _, res = build(url, [big2, small], base=1)  # live fraction 100/1000 < 0.5
     assert res.compacted == [old.id] and len(res.written) == 2
     m = load_manifest(url)
@@ -81,7 +81,7 @@ def test_default_policy_compacts_mostly_dead_shard(tmp_path):
     store = ShardStore.open(url)
     assert_scene_equal(store.read_scene("a/big"), big2)
     assert_scene_equal(store.read_scene("a/small"), small)
-    small2 = synthetic_scene(rng, "a", "small", n_points=100, content_hash="v2")
+    small2 = random_processed_scene(rng, "a", "small", n_points=100, content_hash="v2")
     _, res = build(url, [big2, small2], base=2)  # small's shard empties: dropped, nothing rewritten
     assert res.compacted == [] and len(res.written) == 1
     assert len(load_manifest(url).shards) == 2
@@ -116,7 +116,7 @@ def test_add_source_leaves_old_shards_byte_identical(tmp_path):
 
 def _changed(ps, rng):
     """A new version of scene ``ps`` (same key, new content and hash)."""
-    new = synthetic_scene(rng, ps.scene.source, ps.scene.scene_id, n_points=333, content_hash="changed-" + ps.scene.content_hash)
+    new = random_processed_scene(rng, ps.scene.source, ps.scene.scene_id, n_points=333, content_hash="changed-" + ps.scene.content_hash)
     return new
 
 
@@ -240,7 +240,7 @@ def test_bad_scene_is_skipped_and_changed_failure_keeps_old(tmp_path):
     url = str(tmp_path / "store")
     a = dataset(rng, "a", 3)
     build(url, a)
-    new_ok, new_bad = synthetic_scene(rng, "a", "new_ok"), synthetic_scene(rng, "a", "new_bad")
+    new_ok, new_bad = random_processed_scene(rng, "a", "new_ok"), random_processed_scene(rng, "a", "new_bad")
     new_bad.scene.points.coord[5, 1] = np.nan
     changed = _changed(a[0], rng)
     scenes = [changed, a[1], a[2], new_ok, new_bad]

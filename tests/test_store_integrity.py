@@ -13,13 +13,13 @@ from pipelines.store.errors import StoreFormatError
 from pipelines.store.inspect import main as inspect_main
 from pipelines.store.location import SHARD_DIR
 from pipelines.store.migrate import migrate
-from pipelines.store.synthetic import synthetic_scene
+from testkit.random_store_scenes import random_processed_scene
 from test_store import assert_scene_equal
 
 
 def _store(tmp_path, writer=ShardWriter):
     rng = np.random.default_rng(3)
-    scenes = [synthetic_scene(rng, "alpha", f"s{i}", n_points=1500, image_sizes=[(24, 32)] * 4, n_segments=2) for i in range(2)]
+    scenes = [random_processed_scene(rng, "alpha", f"s{i}", n_points=1500, image_sizes=[(24, 32)] * 4, n_segments=2) for i in range(2)]
     url = str(tmp_path / "store")
     info = writer(url, point_chunk=512, corr_chunk=256).write(scenes)
     commit(url, None, [info])
@@ -87,7 +87,7 @@ def test_migrate_rewrites_an_old_store(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match=r"store format 1 .*concerto-store .* --migrate"):
         old = ShardStore.open(url)
     old_samples = [old[i] for i in range(len(old))]
-    new_scene = synthetic_scene(np.random.default_rng(9), "beta", "n0", n_points=300, image_sizes=[(24, 32)] * 4)
+    new_scene = random_processed_scene(np.random.default_rng(9), "beta", "n0", n_points=300, image_sizes=[(24, 32)] * 4)
     extra = ShardWriter(url).write([new_scene])
     with pytest.raises(StoreFormatError, match="--migrate"):
         commit(url, 1, [extra])
@@ -116,9 +116,9 @@ def test_readers_open_the_latest_complete_version(tmp_path):
     rng = np.random.default_rng(5)
     url = str(tmp_path / "store")
     w = ShardWriter(url)
-    a = w.write([synthetic_scene(rng, "a", "s0", n_points=200, image_sizes=[(24, 32)] * 4)])
+    a = w.write([random_processed_scene(rng, "a", "s0", n_points=200, image_sizes=[(24, 32)] * 4)])
     assert commit(url, None, [a], run_id="run-1") == 1
-    b = w.write([synthetic_scene(rng, "b", "s0", n_points=200, image_sizes=[(24, 32)] * 4)])
+    b = w.write([random_processed_scene(rng, "b", "s0", n_points=200, image_sizes=[(24, 32)] * 4)])
     assert commit(url, 1, [b], run_id="run-2", state="partial") == 2
     opened = ShardStore.open(url)
     assert opened.version == 1 and set(opened.manifest.source_counts()) == {"a"}

@@ -14,7 +14,7 @@ import torch
 from concerto.config import ConfigError, PretrainConfig, load_config
 from concerto.train import main, train
 from pipelines.store import commit
-from pretrain_store import write_store
+from testkit.pretrain_store import write_store
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from preprocess.colormap import interpolate_anchors
+from preprocess.geometry import look_at
 
 BACKGROUND = (255, 255, 255)
 
@@ -93,18 +94,6 @@ def cosine_similarity(feat: np.ndarray, query: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- rendering
 
 
-def _look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """World-to-camera rotation [3, 3] (rows: camera x right, y down, z forward), world z up."""
-    z = target - eye
-    z = z / np.linalg.norm(z)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    if np.linalg.norm(x) < 1e-9:  # looking straight down
-        x = np.array([1.0, 0.0, 0.0])
-    x = x / np.linalg.norm(x)
-    y = np.cross(z, x)
-    return np.stack([x, y, z])
-
-
 def project(coord: np.ndarray, view: str, width: int, height: int, margin: float = 0.05,
             azimuth_deg: float = -60.0, elevation_deg: float = 35.0, fov_deg: float = 50.0):
     """Pixel coordinates (u, v) float [N] and depth [N] (smaller = nearer) of ``coord`` [N, 3] metres.
@@ -130,7 +119,7 @@ def project(coord: np.ndarray, view: str, width: int, height: int, margin: float
         # the bounding sphere is a loose fit for a box seen from above: 0.8 of it frames rooms well
         dist = 0.8 * radius * (1 + 2 * margin) / np.tan(np.deg2rad(fov_deg) / 2 * min(1.0, height / width))
         eye = centre + dist * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
-        R = _look_at(eye, centre)
+        R = look_at(eye, centre)[:3, :3].T  # world-to-camera rotation
         cam = (c - eye) @ R.T
         z = cam[:, 2]
         ok = z > 1e-6

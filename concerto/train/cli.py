@@ -24,8 +24,20 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--output", default="runs/pretrain")
     parser.add_argument("--steps", type=int, default=None, help="total optimiser steps (run.steps)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
+    parser.add_argument("--data-version", default=None, metavar="N|latest",
+                        help="manifest version to read (default: the latest complete one; on --resume, the "
+                             "version the run started with; 'latest' moves a resumed run on to the newest)")
+    parser.add_argument("--skip-corrupt-samples", action="store_true",
+                        help="leave out (and count) samples whose shard data fails its checksum, instead of stopping")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
+
+
+def _version(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"--data-version: a manifest version number or 'latest', got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -34,6 +46,10 @@ def run(args: argparse.Namespace) -> dict:
         cfg = load_config(args.config, args.sets)
         if args.steps is not None:
             cfg.run.steps = args.steps
+        if args.data_version is not None:
+            cfg.data.version = args.data_version if args.data_version == "latest" else _version(args.data_version)
+        if args.skip_corrupt_samples:
+            cfg.data.skip_corrupt = True
         return train(cfg, args.data, args.output, resume=args.resume, progress=not args.no_progress)
     finally:
         if dist.is_initialized():

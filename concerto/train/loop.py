@@ -35,5 +35,9 @@ def train(cfg: PretrainConfig, data: Any, output: str | Path, resume: bool = Fal
         if s.step % run.save_every == 0 or s.step == end:
             save_run_checkpoint(s, barrier)
     log.close()
+    if s.loader.skipped:
+        print(f"rank {s.rank}: left out {s.loader.skipped} samples with damaged shard data (see the warnings above)",
+              flush=True)
     return dict(step=s.step, last=last, output=str(s.output), seconds=time.perf_counter() - t0,
-                rank=s.rank, world_size=s.world, param_checksum=parameter_digest(s.student))
+                rank=s.rank, world_size=s.world, param_checksum=parameter_digest(s.student),
+                skipped_samples=s.loader.skipped, data_version=s.loader.version)

@@ -42,10 +42,12 @@ def parameter_digest(module: torch.nn.Module) -> str:
 
 
 def write_resolved_config(output: Path, cfg, data: Any, data_version: Optional[int]) -> None:
-    """``<output>/config.json``: the config as run, the store and its manifest version."""
+    """``<output>/config.json``: the config as run; its ``data`` section keeps every
+    data setting plus the store URL and the manifest version read."""
     output.mkdir(parents=True, exist_ok=True)
     where = str(data) if isinstance(data, (str, Path)) else None
-    resolved = dict(cfg.to_dict(), data=where, data_version=data_version)
+    resolved = cfg.to_dict()
+    resolved["data"] = dict(resolved["data"], store=where, manifest_version=data_version)
     (output / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
 
 

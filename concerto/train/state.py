@@ -83,6 +83,43 @@ def wrap_ddp(student: torch.nn.Module, cfg: PretrainConfig, world: int, device: 
 def check_config(cfg: PretrainConfig) -> None:
     if cfg.distill.roll_mask_weight > 0 and cfg.views.global_num != 2:
         raise ConfigError(f"config key 'views.global_num': the roll-mask term needs 2 global views, got {cfg.views.global_num}")
+    v = cfg.data.version
+    if not (v is None or v == "latest" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)):
+        raise ConfigError(f"config key 'data.version': a manifest version >= 1, 'latest' or null, got {v!r}")
+
+
+def check_resume_config(cfg: PretrainConfig, saved: dict, path: Path) -> None:
+    """Schedules (lr, weight decay, momentum, temperatures, masking) span
+    ``run.steps``: changing it on resume would bend every schedule mid-run."""
+    started = saved.get("config", {}).get("run", {}).get("steps")
+    if started is not None and started != cfg.run.steps:
+        raise TrainError(f"resume from '{path}': the run started with run.steps={started}, now {cfg.run.steps}; "
+                         f"every schedule spans run.steps, so it cannot change on resume (start a new run "
+                         f"from the exported backbone to train longer)")
+
+
+def latest_complete_version(data: Any) -> Optional[int]:
+    """The store's latest complete manifest version (None for a store object)."""
+    if not isinstance(data, (str, Path)):
+        return getattr(data, "version", None)
+    from pipelines.store import load_manifest
+
+    return load_manifest(str(data), complete=True).version
+
+
+def choose_data_version(cfg: PretrainConfig, data: Any, saved: Optional[dict], rank: int) -> Optional[int]:
+    """The manifest version this run reads (see ``DataConfig.version``)."""
+    wanted = cfg.data.version
+    started = saved.get("data_version") if saved else None
+    if isinstance(wanted, int):
+        return wanted
+    if wanted == "latest" or started is None:
+        return latest_complete_version(data) if isinstance(data, (str, Path)) else None
+    newest = latest_complete_version(data)
+    if rank == 0 and newest is not None and newest != started:
+        print(f"data: resuming on manifest v{started}, the version this run started with; the store now has "
+              f"v{newest} (pass --data-version latest to move on to it)", flush=True)
+    return started
 
 
 def check_data(data: Any, version: Optional[int]) -> None:
@@ -188,7 +225,16 @@ def build_loader(cfg: PretrainConfig, data, spec, rank: int, world: int, version
 
     return ShardLoader(data, spec, cfg.data.batch_size, rank=rank, world_size=world,
                        num_workers=cfg.data.num_workers, seed=cfg.data.seed,
-                       accumulate=cfg.optim.accumulate, version=version)
+                       accumulate=cfg.optim.accumulate, version=version, skip_corrupt=cfg.data.skip_corrupt)
+
+
+def describe_data(loader) -> str:
+    """One line per run start: store URL, manifest version, samples per source."""
+    store = loader.dataset.store
+    url = getattr(store, "url", type(store).__name__)
+    manifest = getattr(store, "manifest", None)
+    per_source = ", ".join(f"{src} {c['segments']}" for src, c in manifest.source_counts().items()) if manifest else "?"
+    return f"data: {url} manifest v{loader.version}, {len(store)} samples ({per_source})"
 
 
 # ----------------------------------------------------------------------------- resume
@@ -207,14 +253,22 @@ def read_resume(output: Path, rank: int, world: int) -> tuple[Optional[dict], Op
 
 
 def restore(s: TrainState, saved: dict, path: Path) -> None:
-    """Load a saved state into freshly built models, optimiser and loader."""
+    """Load a saved state into freshly built models, optimiser and loader. On
+    another data version than the saved one the loader starts the next epoch
+    (the saved position means nothing in another sample list)."""
     s.student.load_state_dict(saved["student"])
     s.teacher.load_state_dict(saved["teacher"])
     s.optimizer.load_state_dict(saved["optimizer"])
-    try:
-        s.loader.load_state_dict(saved["loader"])
-    except ValueError as exc:
-        raise TrainError(f"resume from '{path}': {exc}") from exc
+    if saved.get("data_version") not in (None, s.loader.version):
+        s.loader.sampler.set_epoch(int(saved["loader"]["epoch"]) + 1)
+        if s.rank == 0:
+            print(f"data: moved from manifest v{saved['data_version']} to v{s.loader.version}; "
+                  f"continuing at epoch {s.loader.sampler.epoch}", flush=True)
+    else:
+        try:
+            s.loader.load_state_dict(saved["loader"])
+        except ValueError as exc:
+            raise TrainError(f"resume from '{path}': {exc}") from exc
     s.step = int(saved["step"])
 
 
@@ -235,14 +289,17 @@ def build_state(cfg: PretrainConfig, data: Any, output: Path, resume: bool) -> T
     if cfg.run.num_threads > 0:
         torch.set_num_threads(cfg.run.num_threads)
     saved, saved_rng, path = read_resume(output, rank, world) if resume else (None, None, None)
-    # resume on the manifest the run started with
-    version = saved["data_version"] if saved and saved.get("data_version") is not None else cfg.data.version
+    if saved is not None:
+        check_resume_config(cfg, saved, path)
+    version = choose_data_version(cfg, data, saved, rank)
     check_data(data, version)
     torch.manual_seed(cfg.run.seed)  # identical initialisation on every rank
     image_encoder = build_image_encoder(cfg).to(device) if cfg.cross_modal.weight > 0 else None
     student, teacher = build_student_teacher(cfg, image_encoder, device)
     spec = sample_spec_for(cfg, image_encoder)
     loader = build_loader(cfg, data, spec, rank, world, version)
+    if rank == 0:
+        print(describe_data(loader), flush=True)
     s = TrainState(cfg, rank, world, device, output, image_encoder, student, teacher, student,
                    build_optimizer(cfg, student), loader, spec.grid.grid_hw)
     if saved is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol, Sequence
 
-from pipelines.records import ProcessedScene
+from preprocess.records import ProcessedScene
 from pipelines.store.manifest import Manifest, commit, load_manifest
 from pipelines.store.reader import ShardStore
 from pipelines.store.writer import ShardInfo, ShardWriter, pack_scenes, validate_processed

@@ -16,7 +16,7 @@ import numcodecs.blosc
 import numpy as np
 from zarr.core.sync import sync as zarr_sync
 
-from pipelines.records import Correspondence, ProcessedScene
+from preprocess.records import Correspondence, ProcessedScene
 from pipelines.store.errors import ShardCorruptError
 from pipelines.store.fastread import ChunkReadError, row_readers
 from pipelines.store.layout import POINT_ARRAYS, READABLE_SHARD_FORMATS, rgb_array_name

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipelines.records import Correspondence, ProcessedScene
+from preprocess.records import Correspondence, ProcessedScene
 from pipelines.store.layout import CORR_CHUNK, MAX_VIEWS, POINT_CHUNK, SHARD_FORMAT, rgb_array_name
 from pipelines.store.location import SHARD_DIR, StoreLocation
 from preprocess.scene import SceneValidationError

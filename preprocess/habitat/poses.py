@@ -14,11 +14,13 @@ A yaw is a rotation about the vertical axis (habitat +Y, which is GLB +Z), count
 clockwise seen from above, in radians. At yaw 0 the camera looks along habitat
 -Z = GLB +Y; at yaw theta it looks along GLB (-sin theta, cos theta, 0).
 Quaternions are (w, x, y, z), Hamilton convention, as ``quaternion.quaternion``
-and magnum use.
+and magnum use (``preprocess.geometry``'s default order).
 """
 from __future__ import annotations
 
 import numpy as np
+
+from preprocess.geometry import quaternion_to_matrix
 
 # p_hab = GLB_TO_HABITAT @ p_glb ; a proper rotation (det +1), so it maps
 # rotations by conjugation and keeps yaw angles unchanged.
@@ -41,38 +43,6 @@ def habitat_to_glb(points: np.ndarray) -> np.ndarray:
 def yaw_quaternion(yaw: float) -> np.ndarray:
     """(w, x, y, z) of a rotation by ``yaw`` radians about habitat +Y."""
     return np.array([np.cos(yaw / 2.0), 0.0, np.sin(yaw / 2.0), 0.0])
-
-
-def quaternion_to_matrix(q) -> np.ndarray:
-    """(w, x, y, z) -> [3,3] rotation (normalised first)."""
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
-def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
-    """[3,3] rotation -> (w, x, y, z) with w >= 0."""
-    R = np.asarray(R, dtype=np.float64)
-    tr = np.trace(R)
-    if tr > 0:
-        s = 2.0 * np.sqrt(tr + 1.0)
-        q = [0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s]
-    else:
-        i = int(np.argmax(np.diag(R)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * np.sqrt(max(1.0 + R[i, i] - R[j, j] - R[k, k], 1e-300))
-        q = np.zeros(4)
-        q[0] = (R[k, j] - R[j, k]) / s
-        q[1 + i] = 0.25 * s
-        q[1 + j] = (R[j, i] + R[i, j]) / s
-        q[1 + k] = (R[k, i] + R[i, k]) / s
-    q = np.asarray(q, dtype=np.float64)
-    return q if q[0] >= 0 else -q
 
 
 def habitat_camera_to_opencv_pose(position_hab, rotation_hab) -> np.ndarray:

@@ -22,7 +22,8 @@ from typing import Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from preprocess.lift import geometry as geo
+from preprocess import geometry
+from preprocess.lift import alignment as align
 from preprocess.scene import Frame, PointCloud, Scene
 
 
@@ -128,11 +129,11 @@ class VGGTLifter:
         fov = enc[:, 7:]
         if not np.isfinite(enc).all() or (fov <= 1e-3).any() or (fov >= np.pi - 1e-3).any():
             raise ValueError(f"VGGT predicted unusable cameras (fov_h, fov_w per view: {np.round(fov, 4).tolist()})")
-        extr, Kp = geo.pose_encoding_to_cameras(enc, (h, w))
+        extr, Kp = align.pose_encoding_to_cameras(enc, (h, w))
         d = out.depth[0].float().cpu().numpy()
         c = out.depth_conf[0].float().cpu().numpy()
         d = np.where(np.isfinite(d) & (d > 0), d, np.nan).astype(np.float32)
-        poses = geo.extrinsic_to_pose(extr)
+        poses = geometry.extrinsic_to_pose(extr)
         return LiftedViews(rgb=rgb, depth=d, conf=c.astype(np.float32), K=Kp.astype(np.float32),
                            pose=poses.astype(np.float32), meta={"lifter": self.name})
 
@@ -183,22 +184,19 @@ class LiftOptions:
     max_points: Optional[int] = 200_000
     normal_k: int = 16
     normal_backend: str = "auto"
-    visibility_eps: float = 0.01
+    visibility_eps: float = geometry.DEPTH_EPS
     seed: int = 0
 
 
 def _visible_count(points: np.ndarray, frame: Frame, eps: float) -> int:
-    """Points of ``points`` that ``frame`` sees by the depth check; the
-    pipeline's own check when available, so both agree by construction."""
-    try:
-        from pipelines.correspondence import frame_correspondence
-    except ImportError:  # pipeline not installed: same check, local copy
-        vis, _ = geo.depth_visibility(points, frame.K, frame.pose, frame.depth, eps)
-        return int(vis.sum())
-    return len(frame_correspondence(points.astype(np.float32), frame, eps))
+    """Points of ``points`` that ``frame`` sees by the depth check (the one the
+    pipeline's correspondences use). float32 first: the scene record stores
+    float32 coordinates, so the count matches the built scene's."""
+    vis, _ = geometry.depth_visibility(points.astype(np.float32), frame.K, frame.pose, frame.depth, eps)
+    return int(vis.sum())
 
 
-def view_overlap(points_per_view: Sequence[np.ndarray], frames: Sequence[Frame], eps: float = 0.01) -> np.ndarray:
+def view_overlap(points_per_view: Sequence[np.ndarray], frames: Sequence[Frame], eps: float = geometry.DEPTH_EPS) -> np.ndarray:
     """[S, S] fraction of view i's lifted points that view j sees by the depth
     check (diagonal ~1 by construction)."""
     S = len(frames)
@@ -221,56 +219,56 @@ def scene_from_views(views: LiftedViews, scene_id: str, source: str, options: Op
     key = f"{source}/{scene_id}"
     S, H, W = views.depth.shape
     depth = views.depth.astype(np.float64)
-    keep = geo.confidence_mask(views.conf, o.conf_threshold, o.conf_percentile) & np.isfinite(depth) & (depth > 0)
+    keep = align.confidence_mask(views.conf, o.conf_threshold, o.conf_percentile) & np.isfinite(depth) & (depth > 0)
     if not keep.any():
         raise LiftError(key, "confidence", "no depth pixel passes the confidence threshold")
     depth = np.where(keep, depth, np.nan)
 
     # 1. world -> first camera, z up
-    T = geo.first_camera_zup(views.pose[0])
-    poses = geo.transform_poses(T, views.pose.astype(np.float64))
-    per_view = [geo.unproject_depth(depth[i], views.K[i], poses[i]) for i in range(S)]
+    T = align.first_camera_zup(views.pose[0])
+    poses = geometry.transform_poses(T, views.pose.astype(np.float64))
+    per_view = [geometry.unproject_depth(depth[i], views.K[i], poses[i]) for i in range(S)]
     masks = [keep[i] for i in range(S)]
     pts = np.concatenate([p[m] for p, m in zip(per_view, masks)])
 
     # 2. scale: scene height -> target_height; lowest point at z = 0
-    s = geo.height_scale(pts[:, 2], o.target_height, o.height_percentile)
-    Ts = geo.similarity(scale=s, t=(0.0, 0.0, -s * pts[:, 2].min()))
+    s = align.height_scale(pts[:, 2], o.target_height, o.height_percentile)
+    Ts = geometry.similarity(scale=s, t=(0.0, 0.0, -s * pts[:, 2].min()))
     T = Ts @ T
-    pts = geo.transform_points(Ts, pts)
-    poses = geo.transform_poses(Ts, poses)
+    pts = geometry.transform_points(Ts, pts)
+    poses = geometry.transform_poses(Ts, poses)
     depth = depth * s
 
     # 3. floor
     floor_info = None
     if o.align_floor:
         try:
-            Tf, fit = geo.floor_alignment(pts, lowest_fraction=o.floor_lowest_fraction, threshold=o.floor_threshold,
+            Tf, fit = align.floor_alignment(pts, lowest_fraction=o.floor_lowest_fraction, threshold=o.floor_threshold,
                                           iterations=o.floor_iterations, max_angle_deg=o.floor_max_angle_deg,
                                           seed=o.seed)
-        except geo.FloorNotFound as e:
+        except align.FloorNotFound as e:
             if o.require_floor:
                 raise LiftError(key, "floor alignment", str(e)) from e
         else:
             T = Tf @ T
-            pts = geo.transform_points(Tf, pts)
-            poses = geo.transform_poses(Tf, poses)
+            pts = geometry.transform_points(Tf, pts)
+            poses = geometry.transform_poses(Tf, poses)
             floor_info = dict(angle_deg=fit.angle_deg, inliers=int(len(fit.inliers)))
 
     # 4. subsample, colour, normals
     src_view = np.concatenate([np.full(int(m.sum()), i) for i, m in enumerate(masks)])
     src_pix = np.concatenate([np.argwhere(m) for m in masks])  # (row, col)
     conf = np.concatenate([views.conf[i][m] for i, m in enumerate(masks)])
-    idx = geo.voxel_subsample(pts, o.voxel_size, priority=conf) if o.voxel_size else np.arange(len(pts))
+    idx = align.voxel_subsample(pts, o.voxel_size, priority=conf) if o.voxel_size else np.arange(len(pts))
     if o.max_points is not None and len(idx) > o.max_points:
         rng = np.random.default_rng(o.seed)
         idx = np.sort(rng.choice(idx, o.max_points, replace=False))
     coord = pts[idx]
     color = views.rgb[src_view[idx], src_pix[idx, 0], src_pix[idx, 1]]
-    normal = geo.estimate_normals(coord, o.normal_k, viewpoints=poses[src_view[idx], :3, 3], backend=o.normal_backend)
+    normal = align.estimate_normals(coord, o.normal_k, viewpoints=poses[src_view[idx], :3, 3], backend=o.normal_backend)
 
     # 5. frames (rotations re-orthonormalised after float math)
-    R = geo.orthonormalize(poses[:, :3, :3])
+    R = geometry.orthonormalize(poses[:, :3, :3])
     poses[:, :3, :3] = R
     names = views.names or [f"view{i}" for i in range(S)]
     frames = [Frame(name=names[i], rgb=np.ascontiguousarray(views.rgb[i]), K=views.K[i].astype(np.float32),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from preprocess.geometry import look_at
 from preprocess.procedural.labeled_ply import LabeledMesh
 
 CLASS_NAMES = ("floor", "wall", "ceiling", "table", "chair", "cabinet", "bed", "column", "sofa", "shelf")
@@ -240,19 +241,6 @@ def _add_object(b: _MeshBuilder, kind: str, xy, yaw: float, size_xy, L, rng, cel
         raise ValueError(f"unknown object kind '{kind}'")
 
 
-def _look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Camera-to-world pose, OpenCV axes, z towards target, image 'down' ~ world -z."""
-    z = target - eye
-    z /= np.linalg.norm(z)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    pose = np.eye(4)
-    pose[:3, :3] = np.stack([x, y, z], axis=1)
-    pose[:3, 3] = eye
-    return pose
-
-
 def generate_room(seed: int, index: int = 0, config: RoomConfig = RoomConfig()) -> Room:
     """Room ``index`` of the sequence seeded by ``seed`` (a pure function)."""
     rng = np.random.default_rng([int(seed), int(index)])
@@ -272,7 +260,7 @@ def generate_room(seed: int, index: int = 0, config: RoomConfig = RoomConfig()) 
         pitch = np.deg2rad(rng.uniform(12.0, 28.0))  # look down at the furniture
         direction = np.array([np.cos(yaw) * np.cos(pitch), np.sin(yaw) * np.cos(pitch), -np.sin(pitch)])
         eyes.append(eye[:2])
-        poses.append(_look_at(eye, eye + direction))
+        poses.append(look_at(eye, eye + direction))
     eyes = np.asarray(eyes)
 
     # Furniture: wall objects stand against a wall, free ones anywhere; keep

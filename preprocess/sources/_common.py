@@ -15,6 +15,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from preprocess.geometry import rigid_inverse
 from preprocess.scene import PointCloud
 from preprocess.sources.base import SceneRef, SourceError, hash_files
 
@@ -204,7 +205,7 @@ def estimate_normals(coord: np.ndarray, k: int = 16) -> np.ndarray:
     """Normals of a bare point cloud: smallest-eigenvalue direction of the k
     nearest neighbours' covariance. float32 [N,3] unit; the sign is arbitrary
     (flipped to point up-ish, +z) because a point cloud has no inside."""
-    from preprocess.lift.geometry import pca_normals
+    from preprocess.lift.alignment import pca_normals
 
     coord = coord.astype(np.float64)
     n = len(coord)
@@ -288,49 +289,6 @@ def pose_is_valid(pose: np.ndarray) -> bool:
     return bool(
         pose.shape == (4, 4) and np.isfinite(pose).all() and np.allclose(pose[3], [0, 0, 0, 1], atol=1e-6)
         and rotation_is_valid(pose[:3, :3])
-    )
-
-
-def rigid_inverse(T: np.ndarray) -> np.ndarray:
-    T = np.asarray(T, dtype=np.float64)
-    out = np.eye(4)
-    out[:3, :3] = T[:3, :3].T
-    out[:3, 3] = -T[:3, :3].T @ T[:3, 3]
-    return out
-
-
-def orthonormalize(R: np.ndarray) -> np.ndarray:
-    """Nearest rotation (SVD); float32 text files lose a few digits."""
-    U, _, Vt = np.linalg.svd(np.asarray(R, dtype=np.float64))
-    R = U @ Vt
-    if np.linalg.det(R) < 0:
-        U[:, -1] *= -1
-        R = U @ Vt
-    return R
-
-
-def axis_angle_to_matrix(aa: np.ndarray) -> np.ndarray:
-    """Rodrigues: rotation vector (axis * angle, radians) -> [3,3]."""
-    aa = np.asarray(aa, dtype=np.float64)
-    theta = np.linalg.norm(aa)
-    if theta < 1e-12:
-        return np.eye(3)
-    k = aa / theta
-    Kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + np.sin(theta) * Kx + (1 - np.cos(theta)) * (Kx @ Kx)
-
-
-def quaternion_to_matrix(qw: float, qx: float, qy: float, qz: float) -> np.ndarray:
-    """Hamilton quaternion (w first, as COLMAP writes it) -> [3,3]."""
-    q = np.array([qw, qx, qy, qz], dtype=np.float64)
-    q = q / np.linalg.norm(q)
-    w, x, y, z = q
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
     )
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from preprocess.scene import Frame, Scene
+from preprocess.geometry import rotvec_to_matrix
 from preprocess.sources._common import (
     AdapterBase,
-    axis_angle_to_matrix,
     depth_from_raw,
     intrinsics,
     point_cloud_from_ply,
@@ -52,7 +52,7 @@ def read_traj(path: Path, scene: str) -> tuple[np.ndarray, np.ndarray]:
         if len(vals) != 7 or not np.isfinite(vals).all():
             raise SourceError(scene, f"{path}:{lineno}", f"expected 7 numbers 't ax ay az tx ty tz', got {line.strip()!r}")
         times.append(vals[0])
-        poses.append(pose_from_world_to_camera(axis_angle_to_matrix(np.array(vals[1:4])), np.array(vals[4:7])))
+        poses.append(pose_from_world_to_camera(rotvec_to_matrix(vals[1:4]), np.array(vals[4:7])))
     if not poses:
         raise SourceError(scene, str(path), "trajectory is empty")
     return np.array(times), np.stack(poses)

@@ -25,7 +25,7 @@ handled. Pointcept's S3DIS output stores world-to-camera matrices in ``pose/``:
 read it with ``pose_convention="world_to_camera"``.
 
 The stored correspondences are kept in ``scene.meta["correspondences"]``
-({frame name: pipelines.records.Correspondence}) so a build can reuse them when
+({frame name: preprocess.records.Correspondence}) so a build can reuse them when
 the scene has neither depth nor a mesh.
 """
 from __future__ import annotations
@@ -38,17 +38,16 @@ from typing import Optional, Union
 
 import numpy as np
 
-from pipelines.records import Correspondence, ProcessedScene
+from preprocess.records import Correspondence, ProcessedScene
 from preprocess.scene import Frame, PointCloud, Scene
+from preprocess.geometry import orthonormalize, rigid_inverse
 from preprocess.sources._common import (
     AdapterBase,
     depth_from_raw,
     estimate_normals,
-    orthonormalize,
     pose_is_valid,
     read_rgb,
     read_uint16_png,
-    rigid_inverse,
     write_rgb,
     write_uint16_png,
 )

@@ -78,7 +78,7 @@ class Re10kClip:
 
     def poses(self) -> np.ndarray:
         """Camera-to-world [N,4,4] (rigid inverse of the world-to-camera rows)."""
-        from preprocess.lift.geometry import extrinsic_to_pose
+        from preprocess.geometry import extrinsic_to_pose
 
         return extrinsic_to_pose(self.w2c)
 

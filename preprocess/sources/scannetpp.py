@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 
 from preprocess.scene import Frame, Scene
+from preprocess.geometry import quaternion_to_matrix
 from preprocess.sources._common import (
     AdapterBase,
     intrinsics,
     point_cloud_from_ply,
     pose_from_world_to_camera,
-    quaternion_to_matrix,
     read_rgb,
     require_dir,
     require_file,
@@ -64,7 +64,7 @@ def read_colmap_images(path: Path, scene: str) -> dict[str, tuple[np.ndarray, in
             raise SourceError(scene, f"{path}", f"malformed image line {lines[i]!r} (expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME')")
         if not name or not np.isfinite([qw, qx, qy, qz, tx, ty, tz]).all() or np.linalg.norm([qw, qx, qy, qz]) < 1e-9:
             raise SourceError(scene, f"{path}", f"malformed image line {lines[i]!r}")
-        out[name] = (pose_from_world_to_camera(quaternion_to_matrix(qw, qx, qy, qz), np.array([tx, ty, tz])), cam_id)
+        out[name] = (pose_from_world_to_camera(quaternion_to_matrix([qw, qx, qy, qz]), np.array([tx, ty, tz])), cam_id)
     return out
 
 

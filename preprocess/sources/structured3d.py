@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocess.geometry import unproject_depth
 from preprocess.scene import Frame, PointCloud, Scene
 from preprocess.sources._common import AdapterBase, decode_rgb, depth_from_raw, intrinsics, require_file
 from preprocess.sources.base import SceneRef, SourceError, hash_files, register_source
@@ -62,16 +63,6 @@ def nyu40_to_structured3d25(sem: np.ndarray) -> np.ndarray:
     lut = np.full(256, -1, np.int32)
     lut[list(STRUCTURED3D_25_NYU40_IDS)] = np.arange(len(STRUCTURED3D_25_NYU40_IDS), dtype=np.int32)
     return lut[np.clip(sem.astype(np.int64), 0, 255)]
-
-
-def unproject(depth: np.ndarray, K: np.ndarray, pose: np.ndarray) -> np.ndarray:
-    """float64 [H,W,3] world points of every pixel (NaN where depth is NaN)."""
-    H, W = depth.shape
-    v, u = np.mgrid[0:H, 0:W].astype(np.float64)
-    x = (u - K[0, 2]) / K[0, 0] * depth
-    y = (v - K[1, 2]) / K[1, 1] * depth
-    cam = np.stack([x, y, depth.astype(np.float64)], axis=-1)
-    return cam @ pose[:3, :3].T.astype(np.float64) + pose[:3, 3].astype(np.float64)
 
 
 def image_normals(points: np.ndarray, camera_centre: np.ndarray) -> np.ndarray:
@@ -235,7 +226,7 @@ class Structured3DSource(AdapterBase):
             K, pose = camera_from_structured3d(values, rgb.shape[1], rgb.shape[0])
             frames.append(Frame(name=pos, rgb=rgb, K=K, pose=pose, depth=depth))
 
-            pts = unproject(depth, K, pose)
+            pts = unproject_depth(depth, K, pose)
             nrm = image_normals(pts, pose[:3, 3].astype(np.float64))
             ray = pose[:3, 3].astype(np.float64) - pts
             ray /= np.linalg.norm(ray, axis=-1, keepdims=True)

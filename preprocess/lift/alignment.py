@@ -1,10 +1,11 @@
-"""Pure geometry for lifting views to a scene (numpy, float64 inside).
+"""Lift-specific geometry: what turns VGGT predictions into a scene record.
 
-Conventions (those of ``preprocess.scene``): OpenCV camera axes (x right, y
-down, z forward); ``pose`` = camera-to-world [4,4]; ``extrinsic`` =
-camera-from-world [3,4] (what VGGT predicts); pixel centres at integer
-coordinates; depth = z-depth, NaN invalid. Quaternions are (x, y, z, w),
-scalar last, as in VGGT's pose encoding.
+VGGT's pose encoding <-> cameras, the confidence mask, the world alignment of a
+walk-through (first camera z-up, height scale, RANSAC floor fit and floor
+alignment), and cloud post-processing (normals, voxel subsample). numpy,
+float64 inside. Generic camera geometry (projection, poses, rotations, the
+depth-checked visibility test) is ``preprocess.geometry``; its conventions
+apply here. VGGT quaternions are (x, y, z, w), scalar last.
 """
 from __future__ import annotations
 
@@ -13,63 +14,10 @@ from typing import Optional
 
 import numpy as np
 
-
-def _rotate(points: np.ndarray, M: np.ndarray) -> np.ndarray:
-    """[..., 3] -> [..., 3] rows times M^T. einsum, not ``@``: numpy's matmul
-    with an inner size of 3 is about 10x slower on large point arrays."""
-    return np.einsum("...j,ij->...i", points, M)
+from preprocess.geometry import matrix_to_quaternion, quaternion_to_matrix, rotate, rotation_between, similarity
 
 
-# --- rotations ---------------------------------------------------------------
-
-def quat_to_rotation(q: np.ndarray) -> np.ndarray:
-    """[..., 4] quaternion (x, y, z, w), any norm -> [..., 3, 3] rotation."""
-    q = np.asarray(q, dtype=np.float64)
-    x, y, z, w = np.moveaxis(q, -1, 0)
-    s = 2.0 / np.sum(q * q, axis=-1)
-    R = np.stack([
-        1 - s * (y * y + z * z), s * (x * y - z * w), s * (x * z + y * w),
-        s * (x * y + z * w), 1 - s * (x * x + z * z), s * (y * z - x * w),
-        s * (x * z - y * w), s * (y * z + x * w), 1 - s * (x * x + y * y),
-    ], axis=-1)
-    return R.reshape(q.shape[:-1] + (3, 3))
-
-
-def rotation_to_quat(R: np.ndarray) -> np.ndarray:
-    """[..., 3, 3] rotation -> [..., 4] unit quaternion (x, y, z, w) with w >= 0."""
-    from scipy.spatial.transform import Rotation
-
-    R = np.asarray(R, dtype=np.float64)
-    q = Rotation.from_matrix(R.reshape(-1, 3, 3)).as_quat()  # scipy: scalar last
-    q = np.where(q[:, 3:4] < 0, -q, q)
-    return q.reshape(R.shape[:-2] + (4,))
-
-
-def axis_angle_rotation(axis, angle: float) -> np.ndarray:
-    """[3,3] rotation by ``angle`` radians about ``axis`` (Rodrigues)."""
-    a = np.asarray(axis, dtype=np.float64)
-    a = a / np.linalg.norm(a)
-    K = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
-    return np.eye(3) + np.sin(angle) * K + (1 - np.cos(angle)) * (K @ K)
-
-
-def rotation_between(a, b) -> np.ndarray:
-    """[3,3] smallest rotation taking unit direction ``a`` onto ``b``."""
-    a = np.asarray(a, np.float64) / np.linalg.norm(a)
-    b = np.asarray(b, np.float64) / np.linalg.norm(b)
-    axis = np.cross(a, b)
-    s = np.linalg.norm(axis)
-    c = float(np.clip(a @ b, -1.0, 1.0))
-    if s < 1e-12:
-        if c > 0:
-            return np.eye(3)
-        # opposite: rotate pi about any axis perpendicular to a
-        perp = np.cross(a, [1.0, 0, 0] if abs(a[0]) < 0.9 else [0, 1.0, 0])
-        return axis_angle_rotation(perp, np.pi)
-    return axis_angle_rotation(axis / s, np.arctan2(s, c))
-
-
-# --- camera models -----------------------------------------------------------
+# --- VGGT cameras ------------------------------------------------------------
 
 def pose_encoding_to_cameras(pose_enc: np.ndarray, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """VGGT pose encoding [S, 9] (t 3, quat xyzw 4, fov_h, fov_w) of images of
@@ -81,7 +29,7 @@ def pose_encoding_to_cameras(pose_enc: np.ndarray, image_hw: tuple[int, int]) ->
     if pose_enc.ndim != 2 or pose_enc.shape[1] != 9:
         raise ValueError(f"pose encoding must be [S, 9], got {list(pose_enc.shape)}")
     H, W = image_hw
-    R = quat_to_rotation(pose_enc[:, 3:7])
+    R = quaternion_to_matrix(pose_enc[:, 3:7], scalar_first=False)
     extr = np.concatenate([R, pose_enc[:, :3, None]], axis=2)
     fov_h, fov_w = pose_enc[:, 7], pose_enc[:, 8]
     K = np.zeros((len(pose_enc), 3, 3))
@@ -98,88 +46,10 @@ def cameras_to_pose_encoding(extrinsics: np.ndarray, intrinsics: np.ndarray, ima
     extrinsics = np.asarray(extrinsics, np.float64)
     intrinsics = np.asarray(intrinsics, np.float64)
     H, W = image_hw
-    q = rotation_to_quat(extrinsics[:, :3, :3])
+    q = matrix_to_quaternion(extrinsics[:, :3, :3], scalar_first=False)
     fov_h = 2 * np.arctan((H / 2.0) / intrinsics[:, 1, 1])
     fov_w = 2 * np.arctan((W / 2.0) / intrinsics[:, 0, 0])
     return np.concatenate([extrinsics[:, :3, 3], q, fov_h[:, None], fov_w[:, None]], axis=1)
-
-
-def extrinsic_to_pose(extrinsic: np.ndarray) -> np.ndarray:
-    """camera-from-world [..., 3|4, 4] -> camera-to-world [..., 4, 4] (rigid inverse)."""
-    E = np.asarray(extrinsic, np.float64)
-    R, t = E[..., :3, :3], E[..., :3, 3]
-    Rt = np.swapaxes(R, -1, -2)
-    out = np.zeros(E.shape[:-2] + (4, 4))
-    out[..., :3, :3] = Rt
-    out[..., :3, 3] = -np.einsum("...ij,...j->...i", Rt, t)
-    out[..., 3, 3] = 1.0
-    return out
-
-
-def pose_to_extrinsic(pose: np.ndarray) -> np.ndarray:
-    """camera-to-world [..., 4, 4] -> camera-from-world [..., 3, 4]."""
-    return extrinsic_to_pose(pose)[..., :3, :]
-
-
-def orthonormalize(R: np.ndarray) -> np.ndarray:
-    """Nearest rotation (SVD) to [..., 3, 3]; removes float32 round-off drift."""
-    U, _, Vt = np.linalg.svd(R)
-    D = np.ones(R.shape[:-1])
-    D[..., -1] = np.sign(np.linalg.det(U @ Vt))
-    return (U * D[..., None, :]) @ Vt
-
-
-# --- depth <-> points --------------------------------------------------------
-
-def unproject_depth(depth: np.ndarray, K: np.ndarray, pose: np.ndarray) -> np.ndarray:
-    """z-depth [H, W] -> world points [H, W, 3] (NaN where depth is NaN).
-
-    Pixel (row r, col c) is the ray K^-1 [c, r, 1]; camera point = depth * ray;
-    world = R @ p + t with pose = [R | t] camera-to-world."""
-    depth = np.asarray(depth, np.float64)
-    H, W = depth.shape
-    K = np.asarray(K, np.float64)
-    u, v = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
-    x = (u - K[0, 2] - K[0, 1] * (v - K[1, 2]) / K[1, 1]) / K[0, 0]
-    y = (v - K[1, 2]) / K[1, 1]
-    cam = np.stack([x * depth, y * depth, depth], axis=-1)
-    pose = np.asarray(pose, np.float64)
-    return _rotate(cam, pose[:3, :3]) + pose[:3, 3]
-
-
-def project_points(points: np.ndarray, K: np.ndarray, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """World points [N, 3] -> (pixel (u, v) [N, 2], z-depth [N]) for a
-    camera-to-world ``pose``."""
-    E = pose_to_extrinsic(pose)
-    cam = _rotate(np.asarray(points, np.float64), E[:3, :3]) + E[:3, 3]
-    z = cam[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uvw = _rotate(cam, np.asarray(K, np.float64))
-        uv = uvw[:, :2] / uvw[:, 2:3]
-    return uv, z
-
-
-def depth_visibility(points: np.ndarray, K: np.ndarray, pose: np.ndarray, depth: np.ndarray,
-                     eps: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
-    """Which world points a depth map sees (the Concerto check): project, round
-    to the nearest pixel, keep if inside the image, the stored depth is valid,
-    the point is in front and |D(pixel) - z| < eps. Returns (mask [N] bool,
-    pixel [N, 2] int (u, v), -1 where not visible)."""
-    H, W = depth.shape
-    uv, z = project_points(points, K, pose)
-    pix = np.full((len(points), 2), -1, np.int64)
-    ok = np.isfinite(uv).all(axis=1) & (z > 0)
-    col = np.floor(uv[:, 0] + 0.5)
-    row = np.floor(uv[:, 1] + 0.5)
-    ok &= (col >= 0) & (col < W) & (row >= 0) & (row < H)
-    idx = np.nonzero(ok)[0]
-    d = depth[row[idx].astype(np.int64), col[idx].astype(np.int64)]
-    good = np.isfinite(d) & (np.abs(d - z[idx]) < eps)
-    vis = np.zeros(len(points), bool)
-    vis[idx[good]] = True
-    pix[vis, 0] = col[vis].astype(np.int64)
-    pix[vis, 1] = row[vis].astype(np.int64)
-    return vis, pix
 
 
 def confidence_mask(conf: np.ndarray, threshold: Optional[float] = None,
@@ -201,14 +71,6 @@ def confidence_mask(conf: np.ndarray, threshold: Optional[float] = None,
 # OpenCV camera (y down, z forward) -> z-up world: x stays, forward becomes +y,
 # down becomes -z. A rotation of -90 degrees about x.
 OPENCV_TO_ZUP = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]])
-
-
-def similarity(R: np.ndarray = np.eye(3), t=(0.0, 0.0, 0.0), scale: float = 1.0) -> np.ndarray:
-    """[4,4] x -> scale * (R x) + t."""
-    T = np.eye(4)
-    T[:3, :3] = scale * np.asarray(R, np.float64)
-    T[:3, 3] = t
-    return T
 
 
 def first_camera_zup(pose0: np.ndarray) -> np.ndarray:
@@ -273,7 +135,7 @@ def fit_plane_ransac(points: np.ndarray, threshold: float, iterations: int, rng:
         counts[s:s + 256] = (np.abs(d) < threshold).sum(axis=1)
     k = int(np.argmax(counts))
     normal, offset = normals[k], float(offsets[k])
-    inl = np.nonzero(np.abs(_rotate(points, normal[None])[:, 0] + offset) < threshold)[0]
+    inl = np.nonzero(np.abs(rotate(points, normal[None])[:, 0] + offset) < threshold)[0]
     if len(inl) >= 3:  # least-squares refinement
         centroid = points[inl].mean(axis=0)
         _, _, Vt = np.linalg.svd(points[inl] - centroid, full_matrices=False)
@@ -281,7 +143,7 @@ def fit_plane_ransac(points: np.ndarray, threshold: float, iterations: int, rng:
         if refined @ normal < 0:
             refined = -refined
         normal, offset = refined, float(-refined @ centroid)
-        inl = np.nonzero(np.abs(_rotate(points, normal[None])[:, 0] + offset) < threshold)[0]
+        inl = np.nonzero(np.abs(rotate(points, normal[None])[:, 0] + offset) < threshold)[0]
     return normal, offset, inl
 
 
@@ -317,25 +179,8 @@ def floor_alignment(points: np.ndarray, fit: Optional[FloorFit] = None, **fit_kw
     points = np.asarray(points, np.float64)
     fit = fit or fit_floor(points, **fit_kwargs)
     R = rotation_between(fit.normal, [0.0, 0.0, 1.0])
-    z = _rotate(points[fit.inliers], R)[:, 2]
+    z = rotate(points[fit.inliers], R)[:, 2]
     return similarity(R, (0.0, 0.0, -float(z.mean()))), fit
-
-
-def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply [4,4] similarity/rigid T to [N, 3] points."""
-    return _rotate(np.asarray(points, np.float64), T[:3, :3]) + T[:3, 3]
-
-
-def transform_poses(T: np.ndarray, poses: np.ndarray) -> np.ndarray:
-    """Camera-to-world poses [S,4,4] after the world moves by similarity T
-    (x -> s R x + t): rotation R @ R_c, centre T(c). Depth then scales by s."""
-    T = np.asarray(T, np.float64)
-    s = np.cbrt(np.linalg.det(T[:3, :3]))
-    R = T[:3, :3] / s
-    out = np.array(poses, dtype=np.float64, copy=True)
-    out[:, :3, :3] = R @ out[:, :3, :3]
-    out[:, :3, 3] = transform_points(T, out[:, :3, 3])
-    return out
 
 
 # --- normals, subsampling ----------------------------------------------------

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.records import Correspondence, ProcessedScene
+from preprocess.geometry import look_at
+from preprocess.records import Correspondence, ProcessedScene
 from preprocess.scene import Frame, PointCloud, Scene
 
 
@@ -14,20 +15,6 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     if np.linalg.det(q) < 0:
         q[:, 0] *= -1
     return q
-
-
-def look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """float32 [4,4] camera-to-world pose (OpenCV axes: x right, y down, z
-    forward) of a camera at ``eye`` looking at ``target``, world z up."""
-    z = target - eye
-    z = z / np.linalg.norm(z)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    x = x / np.linalg.norm(x)
-    y = np.cross(z, x)
-    pose = np.eye(4, dtype=np.float32)
-    pose[:3, :3] = np.stack([x, y, z], 1)
-    pose[:3, 3] = eye
-    return pose
 
 
 def project(coord: np.ndarray, K: np.ndarray, pose: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +42,7 @@ def smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def synthetic_scene(
+def random_processed_scene(
     rng: np.random.Generator,
     source: str,
     scene_id: str,
@@ -84,7 +71,7 @@ def synthetic_scene(
         K = np.array([[w, 0, w / 2], [0, w, h / 2], [0, 0, 1]], np.float32)
         if geometric:
             angle = 2 * np.pi * i / max(len(image_sizes), 1) + rng.uniform(0, 0.3)
-            pose = look_at(np.array([8 * np.cos(angle), 8 * np.sin(angle), 1.5]), rng.uniform(-0.5, 0.5, 3))
+            pose = look_at(np.array([8 * np.cos(angle), 8 * np.sin(angle), 1.5]), rng.uniform(-0.5, 0.5, 3)).astype(np.float32)
             rgb = smooth_image(rng, h, w)
             idx, px = project(pts.coord, K, pose, h, w)
             corrs.append(Correspondence(point_index=idx, pixel=px))

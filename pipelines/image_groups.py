@@ -1,8 +1,13 @@
-"""Cut a scene into training units of one point cloud + 4 images.
+"""Cut a scene into image groups: the four frames that, with the scene's point
+cloud, form one training sample.
+
+An image group is int32 [4] frame indices. ``ProcessedScene.segments`` and the
+store's ``segments/`` arrays hold them as rows [G, 4] (the store format keeps
+that name; not to be confused with ``PointCloud.segment``, the semantic labels).
 
 ``process_scene`` is the one call the pipeline makes per scene once depth
-exists: validate, depth-checked correspondences, frame selection, segments,
-keep only the frames some segment uses, optionally downsize images, drop depth.
+exists: validate, depth-checked correspondences, frame selection, image groups,
+keep only the frames some group uses, optionally downsize images, drop depth.
 
 Frame selection: every ``frame_gap``-th frame (0, gap, 2 gap, ...) is a
 candidate; candidates with fewer than ``min_correspondences`` pairs are skipped.
@@ -12,10 +17,10 @@ Remainder policy (n kept frames, n % 4 != 0): every kept frame is used once
 more rather than dropped, because frames are scarce after the gap (a ScanNet
 scene at gap 75 keeps ~20) and a frame that sees the cloud is a free
 cross-modal target:
-- n >= 4: one extra segment made of the last 4 kept frames (it overlaps the
-  previous segment; no frame repeats inside a segment);
-- 0 < n < 4: one segment repeating the kept frames cyclically ([a, b, c, a]);
-- n == 0 (no frames, or none sees the cloud): one segment of 0 images, shape
+- n >= 4: one extra group made of the last 4 kept frames (it overlaps the
+  previous group; no frame repeats inside a group);
+- 0 < n < 4: one group repeating the kept frames cyclically ([a, b, c, a]);
+- n == 0 (no frames, or none sees the cloud): one group of 0 images, shape
   [1, 0], so the point cloud still trains the self-distillation losses.
 """
 from __future__ import annotations
@@ -26,10 +31,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from pipelines.correspondence import scene_correspondences
-from pipelines.records import Correspondence, ProcessedScene
+from preprocess.geometry import DEPTH_EPS
+from preprocess.records import Correspondence, ProcessedScene
 from preprocess.scene import Frame, Scene
 
-IMAGES_PER_SEGMENT = 4
+IMAGES_PER_GROUP = 4
 # A frame must see at least this many cloud points to be worth an image slot.
 DEFAULT_MIN_CORRESPONDENCES = 100
 # Reference frame gaps (Concerto's released preprocessing).
@@ -46,24 +52,24 @@ def select_frames(correspondences: Sequence[Correspondence], frame_gap: int = 1,
     return candidates[counts >= min_correspondences]
 
 
-def make_segments(frame_indices: Sequence[int], images_per_segment: int = IMAGES_PER_SEGMENT) -> np.ndarray:
-    """Segments int32 [S, images_per_segment] over the given frame indices (in
+def group_frames(frame_indices: Sequence[int], images_per_group: int = IMAGES_PER_GROUP) -> np.ndarray:
+    """Image groups int32 [G, images_per_group] over the given frame indices (in
     the given order); remainder handling as in the module docstring. No frames
     -> int32 [1, 0]."""
     idx = np.asarray(frame_indices, dtype=np.int64).reshape(-1)
-    k = int(images_per_segment)
+    k = int(images_per_group)
     if k < 1:
-        raise ValueError(f"images_per_segment must be >= 1, got {k}")
+        raise ValueError(f"images_per_group must be >= 1, got {k}")
     n = idx.size
     if n == 0:
         return np.zeros((1, 0), np.int32)
     if n < k:
         return idx[np.arange(k) % n][None].astype(np.int32)
     full = n // k
-    segs = idx[: full * k].reshape(full, k)
+    groups = idx[: full * k].reshape(full, k)
     if n % k:
-        segs = np.concatenate([segs, idx[n - k :][None]], axis=0)
-    return segs.astype(np.int32)
+        groups = np.concatenate([groups, idx[n - k :][None]], axis=0)
+    return groups.astype(np.int32)
 
 
 def _resize_frame(frame: Frame, corr: Correspondence, max_side: int) -> tuple[Frame, Correspondence]:
@@ -97,30 +103,32 @@ def _resize_frame(frame: Frame, corr: Correspondence, max_side: int) -> tuple[Fr
 
 def process_scene(
     scene: Scene,
-    eps: float = 0.01,
+    eps: float = DEPTH_EPS,
     frame_gap: int = 1,
     min_correspondences: int = DEFAULT_MIN_CORRESPONDENCES,
     max_image_side: Optional[int] = None,
-    images_per_segment: int = IMAGES_PER_SEGMENT,
+    images_per_group: int = IMAGES_PER_GROUP,
     chunk_points: Optional[int] = None,
 ) -> ProcessedScene:
-    """Scene with depth -> ProcessedScene (frames used by segments only, depth
-    dropped, correspondences and segments re-indexed to the kept frames).
+    """Scene with depth -> ProcessedScene (only the frames some image group uses,
+    depth dropped, correspondences and groups re-indexed to the kept frames;
+    the groups go to ``ProcessedScene.segments``).
 
     Raises SceneValidationError (naming scene and field) for bad input.
     stats: points, frames_in, frames_candidates (after the gap), frames_selected
-    (after min_correspondences), frames_out, segments, correspondences
+    (after min_correspondences), frames_out, segments (number of image groups),
+    correspondences
     (per output frame), correspondences_total, coverage (fraction of points seen
     by >= 1 output frame), frame_names_out.
     """
     scene.validate(require_depth=True)
     corrs = scene_correspondences(scene, eps=eps, chunk_points=chunk_points, validate=False)
     selected = select_frames(corrs, frame_gap, min_correspondences)
-    segments = make_segments(selected, images_per_segment)
-    used = np.unique(segments)  # sorted frame indices into scene.frames
+    groups = group_frames(selected, images_per_group)
+    used = np.unique(groups)  # sorted frame indices into scene.frames
     remap = np.full(len(scene.frames), -1, np.int64)
     remap[used] = np.arange(used.size)
-    segments = remap[segments].astype(np.int32).reshape(segments.shape)
+    groups = remap[groups].astype(np.int32).reshape(groups.shape)
 
     frames_out, corr_out = [], []
     for i in used.tolist():
@@ -142,7 +150,7 @@ def process_scene(
         frames_candidates=int(len(range(0, len(scene.frames), frame_gap))),
         frames_selected=int(selected.size),
         frames_out=len(frames_out),
-        segments=int(segments.shape[0]),
+        segments=int(groups.shape[0]),
         correspondences=counts,
         correspondences_total=int(sum(counts)),
         coverage=float(seen.mean()) if n_points else 0.0,
@@ -151,4 +159,4 @@ def process_scene(
         frame_gap=int(frame_gap),
         min_correspondences=int(min_correspondences),
     )
-    return ProcessedScene(scene=scene.replace(frames=frames_out), correspondences=corr_out, segments=segments, stats=stats)
+    return ProcessedScene(scene=scene.replace(frames=frames_out), correspondences=corr_out, segments=groups, stats=stats)

@@ -1,6 +1,6 @@
-"""A synthetic RealEstate10K clip with exact depth: a textured box room seen by a
+"""A box-room RealEstate10K clip with exact depth: a textured box room seen by a
 slowly turning, pitched-down camera, written in the RE10K dataset layout
-(camera file + frames + optional depth). Used by tests, benchmarks and demos.
+(camera file + frames + optional depth). Used by tests and benchmarks.
 
 The camera file's world is a rotated, shifted, ``file_scale``-scaled copy of
 the room's z-up metric world (RE10K's own scale and axes are arbitrary), and the
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocess.lift import geometry as geo
+from preprocess import geometry
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class BoxRoomClip:
 
     def file_world(self) -> np.ndarray:
         """[4,4] similarity from the room frame to the camera file's frame."""
-        return geo.similarity(geo.axis_angle_rotation([0.3, -0.5, 1.0], 1.1), [5.0, -2.0, 1.0], self.file_scale)
+        return geometry.similarity(geometry.axis_angle_to_matrix([0.3, -0.5, 1.0], 1.1), [5.0, -2.0, 1.0], self.file_scale)
 
 
 def look_pose(centre, yaw_deg: float, pitch_deg: float) -> np.ndarray:
@@ -76,7 +76,7 @@ def render_box(room, K: np.ndarray, pose: np.ndarray, hw: tuple[int, int]) -> tu
     return np.clip(rgb, 0, 255).astype(np.uint8), t.astype(np.float32)  # ray z = 1, so t is z-depth
 
 
-def write_synthetic_clip(root: str | Path, clip_id: str = "clip0", spec: BoxRoomClip = BoxRoomClip(),
+def write_box_room_clip(root: str | Path, clip_id: str = "clip0", spec: BoxRoomClip = BoxRoomClip(),
                          split: str = "train", with_depth: bool = True) -> Path:
     """Write ``<root>/<split>/<clip_id>.txt``, ``<root>/frames/<clip_id>/<ts>.png``
     and (``with_depth``) ``<root>/depth/<clip_id>/<ts>.npy``. Returns root."""
@@ -101,7 +101,7 @@ def write_synthetic_clip(root: str | Path, clip_id: str = "clip0", spec: BoxRoom
         Image.fromarray(rgb).save(frames_dir / f"{t}.png")
         if with_depth:
             np.save(depth_dir / f"{t}.npy", depth * np.float32(spec.file_scale))
-        w2c.append(geo.pose_to_extrinsic(geo.transform_poses(G, pose[None])[0]))
+        w2c.append(geometry.pose_to_extrinsic(geometry.transform_poses(G, pose[None])[0]))
     # normalised intrinsics: image corner (0,0)..(1,1); our pixel centres are integers
     k_norm = [K[0, 0] / spec.width, K[1, 1] / spec.height, (K[0, 2] + 0.5) / spec.width, (K[1, 2] + 0.5) / spec.height]
     write_camera_file(root / split / f"{clip_id}.txt", f"https://www.youtube.com/watch?v={clip_id}", ts,

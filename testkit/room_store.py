@@ -1,9 +1,9 @@
-"""A small labelled shard store of procedural rooms (for probing demos and tests).
+"""A small labelled shard store of procedural rooms (for the probe benchmark and tests).
 
 Runs the real pipeline on the ``synthetic`` source: procedural rooms (classes
 ``preprocess.procedural.rooms.CLASS_NAMES``, per-point semantic labels) ->
-depth rendered from the mesh -> correspondences and segments
-(``pipelines.segments.process_scene``) -> one Zarr shard (``ShardWriter``) ->
+depth rendered from the mesh -> correspondences and image groups
+(``pipelines.image_groups.process_scene``) -> one Zarr shard (``ShardWriter``) ->
 a committed manifest.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ def build_room_store(root: Union[str, Path], num_scenes: int = 8, seed: int = 0,
     image_size is (width, height) in pixels. A room that fails to load or
     process is skipped with a warning naming it; at least one must succeed.
     """
-    from pipelines.segments import process_scene
+    from pipelines.image_groups import process_scene
     from pipelines.store import ShardWriter, commit
     from preprocess.render.complete_depth import complete_depth
     from preprocess.sources.synthetic import SyntheticSource

@@ -1,6 +1,6 @@
 """Start and stop a local Prefect server and a process worker as child processes.
 
-Used by the deployment test and handy for a local demo. Every process is
+Used by the deployment test. Every process is
 started in its own session so it (and its children) can be stopped by its
 own process-group id, and stopped in the order Prefect needs: a worker ignores
 SIGTERM, so it gets SIGINT, and it is stopped before the server.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,12 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from flows.settings import PROJECT_ROOT, api_url, prefect_env
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+from testkit.ports import free_port
 
 
 def prefect_cli() -> list[str]:

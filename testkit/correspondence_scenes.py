@@ -1,4 +1,4 @@
-"""Small synthetic scenes for the correspondence / segment tests.
+"""Small synthetic scenes for the correspondence and image-group tests.
 
 Cameras follow the scene convention (camera-to-world, OpenCV axes). Depth of mesh
 scenes is ray-cast here with trimesh (embree when installed), independently of
@@ -8,22 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from preprocess import geometry
 from preprocess.scene import Frame, PointCloud, Scene
 
 
 def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
-    """Camera-to-world float32 [4,4], OpenCV axes (x right, y down, z forward)."""
-    eye, target, up = (np.asarray(a, np.float64) for a in (eye, target, up))
-    z = target - eye
-    z /= np.linalg.norm(z)
-    x = np.cross(z, up)
-    if np.linalg.norm(x) < 1e-8:  # looking along up: pick any right vector
-        x = np.cross(z, [1.0, 0.0, 0.0])
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    pose = np.eye(4)
-    pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = x, y, z, eye
-    return pose.astype(np.float32)
+    """``preprocess.geometry.look_at`` as float32, the dtype frames store."""
+    return geometry.look_at(eye, target, up).astype(np.float32)
 
 
 def intrinsics(fx, fy, cx, cy, skew=0.0) -> np.ndarray:

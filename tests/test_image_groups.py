@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 
-from corr_synth import intrinsics, look_at, make_cloud, make_frame, random_scene
-from pipelines.correspondence import project_points, scene_correspondences
-from pipelines.records import Correspondence
-from pipelines.segments import make_segments, process_scene, select_frames
+from pipelines.correspondence import scene_correspondences
+from preprocess.geometry import project
+from preprocess.records import Correspondence
+from pipelines.image_groups import group_frames, process_scene, select_frames
 from preprocess.scene import Scene, SceneValidationError
+from testkit.correspondence_scenes import intrinsics, look_at, make_cloud, make_frame, random_scene
 
 
 def _corrs(counts):
@@ -22,16 +23,16 @@ def test_select_frames_gap_and_minimum():
         select_frames(_corrs(counts), frame_gap=0, min_correspondences=1)
 
 
-def test_make_segments_remainders():
-    assert make_segments([]).shape == (1, 0) and make_segments([]).dtype == np.int32
-    assert make_segments([7]).tolist() == [[7, 7, 7, 7]]
-    assert make_segments([3, 9]).tolist() == [[3, 9, 3, 9]]
-    assert make_segments([1, 2, 3]).tolist() == [[1, 2, 3, 1]]
-    assert make_segments([0, 5, 10, 15]).tolist() == [[0, 5, 10, 15]]
-    assert make_segments(range(6)).tolist() == [[0, 1, 2, 3], [2, 3, 4, 5]]
-    assert make_segments(range(8)).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert make_segments(range(9)).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [5, 6, 7, 8]]
-    segs = make_segments(range(11))
+def test_group_frames_remainders():
+    assert group_frames([]).shape == (1, 0) and group_frames([]).dtype == np.int32
+    assert group_frames([7]).tolist() == [[7, 7, 7, 7]]
+    assert group_frames([3, 9]).tolist() == [[3, 9, 3, 9]]
+    assert group_frames([1, 2, 3]).tolist() == [[1, 2, 3, 1]]
+    assert group_frames([0, 5, 10, 15]).tolist() == [[0, 5, 10, 15]]
+    assert group_frames(range(6)).tolist() == [[0, 1, 2, 3], [2, 3, 4, 5]]
+    assert group_frames(range(8)).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert group_frames(range(9)).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [5, 6, 7, 8]]
+    segs = group_frames(range(11))
     assert segs.dtype == np.int32 and set(segs.ravel().tolist()) == set(range(11))
     assert all(len(set(s)) == 4 for s in segs.tolist())
 
@@ -98,7 +99,7 @@ def test_process_scene_downsizes_images_consistently():
         # stored pixel = the downsized pixel containing the original pixel's centre
         np.testing.assert_array_equal(corr.pixel.astype(np.int64), (2 * orig.pixel.astype(np.int64) + 1) // 4)
         # and projecting with the scaled K lands on (or next to) that pixel
-        uv, _ = project_points(scene.points.coord[corr.point_index], frame.K, src.world_to_camera())
+        uv, _ = project(scene.points.coord[corr.point_index], frame.K, src.pose)
         diff = np.abs(np.floor(uv + 0.5) - corr.pixel)
         assert diff.max() <= 1
         agree += int((diff == 0).all(axis=1).sum())

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from contextlib import ExitStack
 from pathlib import Path
+
+from testkit.ports import free_ports
 
 # weed serves master, volume, filer and S3, each with an HTTP and a gRPC port
 _PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
@@ -30,15 +30,6 @@ def weed_binary() -> str | None:
 
     here = Path(sys.executable).with_name("weed")
     return str(here) if here.exists() else shutil.which("weed")
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports on 127.0.0.1 that were free a moment ago."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
 
 
 class SeaweedS3:

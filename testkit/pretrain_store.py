@@ -1,4 +1,5 @@
-"""Small real shard stores for the pretraining tests (written with ShardWriter)."""
+"""Small real shard stores for the pretraining tests and the loader benchmark
+(written with ShardWriter)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,14 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.store import ShardWriter, commit
-from pipelines.store.synthetic import synthetic_scene
+from testkit.random_store_scenes import random_processed_scene
 
 
 def room_scene(rng: np.random.Generator, scene_id: str, n_points: int, with_images: bool, n_segments: int = 2):
     """A synthetic ProcessedScene whose cloud is a 2 m x 2 m x 1 m box of points
     (denser than the 0.02 m grid), with images seeing part of it."""
     sizes = [(28, 42)] * 4 if with_images else []
-    ps = synthetic_scene(rng, "synthetic", scene_id, n_points=n_points, image_sizes=sizes,
+    ps = random_processed_scene(rng, "synthetic", scene_id, n_points=n_points, image_sizes=sizes,
                          n_segments=n_segments, corr_per_image=300)
     ps.scene.points.coord[:] = rng.uniform([0, 0, 0], [2, 2, 1], (n_points, 3)).astype(np.float32)
     return ps

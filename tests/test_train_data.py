@@ -1,0 +1,67 @@
+"""What a training run says about and does with its data: the start-up line,
+config.json's data section, data versions on resume, run.steps on resume."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from concerto.train import main
+from pipelines.store import ShardWriter, commit, latest_version
+from testkit.pretrain_store import room_scene, write_store
+
+
+@pytest.fixture()
+def store_url(tmp_path):
+    return write_store(tmp_path / "s", shard_sizes=(2,), n_points=600, without_images=1)
+
+
+def run(store, out, *extra):
+    return main(["--data", store, "--config", "tiny", "--output", str(out), "--no-progress",
+                 "--set", "run.save_every=1", "--set", "data.num_workers=0", *extra])
+
+
+def add_scene(store: str, scene_id: str, state: str = "complete") -> int:
+    info = ShardWriter(store).write([room_scene(np.random.default_rng(7), scene_id, 600, True)])
+    return commit(store, latest_version(store), [info], state=state)
+
+
+@pytest.mark.slow
+def test_start_line_config_and_versions_on_resume(store_url, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(store_url, out, "--steps", "2") == 0
+    printed = capsys.readouterr().out
+    assert f"data: {store_url} manifest v1, 3 samples (synthetic 3)" in printed
+    data = json.loads((out / "config.json").read_text())["data"]
+    assert data["store"] == store_url and data["manifest_version"] == 1
+    assert {"batch_size", "num_workers", "seed", "version", "skip_corrupt"} <= set(data)
+
+    assert add_scene(store_url, "late") == 2
+    assert add_scene(store_url, "unfinished", state="partial") == 3  # a build still running: not read
+    shutil.rmtree(out / "checkpoints" / "step_00000002")
+    assert run(store_url, out, "--steps", "2", "--resume") == 0
+    printed = capsys.readouterr().out
+    assert "resuming on manifest v1" in printed and "now has v2 (pass --data-version latest" in printed
+    assert "manifest v1, 3 samples" in printed
+
+    shutil.rmtree(out / "checkpoints" / "step_00000002")
+    assert run(store_url, out, "--steps", "2", "--resume", "--data-version", "latest") == 0
+    printed = capsys.readouterr().out
+    assert "moved from manifest v1 to v2" in printed and "manifest v2, 5 samples (synthetic 5)" in printed
+    assert json.loads((out / "config.json").read_text())["data"]["manifest_version"] == 2
+
+
+def test_changing_steps_on_resume_is_refused(store_url, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(store_url, out, "--steps", "1") == 0
+    capsys.readouterr()
+    assert run(store_url, out, "--steps", "3", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "started with run.steps=1, now 3" in err and "cannot change on resume" in err
+
+
+def test_bad_data_version_is_one_clear_error(store_url, tmp_path, capsys):
+    assert run(store_url, tmp_path / "r", "--data-version", "newest") == 2
+    assert "--data-version" in capsys.readouterr().err
+    assert run(store_url, tmp_path / "r", "--data-version", "7") == 2
+    assert "manifest version 7 not found" in capsys.readouterr().err
