@@ -41,11 +41,13 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
+from prefect.types import SecretDict
 from prefect_dask import DaskTaskRunner
 from pydantic import BaseModel, Field
 
 from pipelines.build import BatchItem, BatchResult, SceneSettings, SourceSpec
 from pipelines.build_run import (
+    Store,
     BACKOFF_S,
     RETRIES,
     BuildSteps,
@@ -142,27 +144,27 @@ def discover_scenes(spec: SourceSpec) -> list[SceneRef]:
 
 
 @task(name="build-batch", task_run_name="build-batch-{index:04d}", **_task_options)
-def build_batch(index: int, store: str, items: list[BatchItem], settings: SceneSettings, shard_size: int) -> BatchResult:
+def build_batch(index: int, store: Store, items: list[BatchItem], settings: SceneSettings, shard_size: int) -> BatchResult:
     return build_batch_step(index, store, items, settings, shard_size, get_run_logger())
 
 
 @task(name="collect-garbage", **_driver_options)
-def collect_garbage(store: str, grace_seconds: float) -> dict:
+def collect_garbage(store: Store, grace_seconds: float) -> dict:
     return gc_step(store, grace_seconds, get_run_logger())
 
 
 @task(name="plan-build", **_driver_options)
-def plan_task(store: str, refs: list[SceneRef], sources: list[str], failed_sources: list[str]) -> Plan:
+def plan_task(store: Store, refs: list[SceneRef], sources: list[str], failed_sources: list[str]) -> Plan:
     return plan_step(store, refs, sources, failed_sources, get_run_logger())
 
 
 @task(name="commit-batch", task_run_name="commit-batch-{index:04d}", **_driver_options)
-def commit_task(index: int, store: str, result: BatchResult, failures: list[SceneFailure]) -> int | None:
+def commit_task(index: int, store: Store, result: BatchResult, failures: list[SceneFailure]) -> int | None:
     return commit_step(index, store, result, failures)
 
 
 @task(name="commit-removals", **_driver_options)
-def removals_task(store: str, removed: list[str]) -> int | None:
+def removals_task(store: Store, removed: list[str]) -> int | None:
     return removals_step(store, removed, get_run_logger())
 
 
@@ -184,6 +186,7 @@ def build_dataset(
     render_backend: str = "auto",
     gc_grace_seconds: float = 3600.0,
     progress: bool = False,
+    storage_options: Optional[SecretDict] = None,
 ) -> dict:
     """Build or update the shard store ``store`` from ``sources``; returns the
     run summary (also written to ``<store>/reports/``). ``pipelines.build_run.
@@ -195,12 +198,17 @@ def build_dataset(
     test tolerance in metres. shard_size: scenes per shard. dask_address: a
     running Dask scheduler, None for a local cluster of 2 worker processes.
     gc_grace_seconds: unlisted shards older than this are deleted at start.
+    store may be an fsspec URL (``s3://bucket/prefix``); storage_options are
+    its fsspec options (credentials, endpoint), a secret parameter: Prefect
+    stores and shows it masked, and it is never logged. Without it the
+    workers read credentials from their environment / fsspec config.
     """
     specs = [SourceSpec.from_dict(p.model_dump() if isinstance(p, BaseModel) else dict(p)) for p in sources]
     settings = SceneSettings(eps=eps, min_correspondences=min_correspondences,
                              max_image_side=max_image_side, render_backend=render_backend)
     with same_api_for_workers() as api, make_task_runner(dask_address, {"PREFECT_API_URL": api} if api else None) as runner:
-        summary = run_build(store, specs, executor=TaskRunnerExecutor(runner), settings=settings, frame_gap=frame_gap,
+        options = storage_options.get_secret_value() if isinstance(storage_options, SecretDict) else storage_options
+        summary = run_build(store, specs, storage_options=options, executor=TaskRunnerExecutor(runner), settings=settings, frame_gap=frame_gap,
                             scenes_per_task=scenes_per_task, shard_size=shard_size,
                             gc_grace_seconds=gc_grace_seconds, progress=progress, steps=PREFECT_STEPS,
                             logger=get_run_logger())

@@ -50,10 +50,13 @@ from pipelines.build import (
     plan_build,
 )
 from pipelines.quarantine import SceneFailure, refresh_after_discovery, update_quarantine, write_build_report
-from pipelines.store import Plan, gc
+from pipelines.store import Plan, StoreLocation, gc
 from preprocess.sources.base import SceneRef
 
 log = logging.getLogger("pipelines.build")
+# a store: a path or fsspec URL, or a StoreLocation (URL + storage options, e.g.
+# S3 credentials: carried to the workers, never logged)
+Store = "str | StoreLocation"
 
 RETRIES = 3
 BACKOFF_S = 2.0  # first retry after 2 s, then 4 s, 8 s
@@ -97,7 +100,7 @@ def discover_step(spec: SourceSpec, logger: logging.Logger | None = None) -> lis
     return refs
 
 
-def build_batch_step(index: int, store: str, items: list[BatchItem], settings: SceneSettings, shard_size: int,
+def build_batch_step(index: int, store: Store, items: list[BatchItem], settings: SceneSettings, shard_size: int,
                      logger: logging.Logger | None = None) -> BatchResult:
     """Build one batch into shards in the store (unlisted until committed)."""
     logger = logger or log
@@ -110,7 +113,7 @@ def build_batch_step(index: int, store: str, items: list[BatchItem], settings: S
     return result
 
 
-def gc_step(store: str, grace_seconds: float, logger: logging.Logger | None = None) -> dict:
+def gc_step(store: Store, grace_seconds: float, logger: logging.Logger | None = None) -> dict:
     """Remove shards no manifest lists (left by killed or failed batches) once
     they are older than ``grace_seconds`` (younger ones may belong to a
     concurrent writer about to commit)."""
@@ -120,14 +123,14 @@ def gc_step(store: str, grace_seconds: float, logger: logging.Logger | None = No
     return {"removed_shards": len(rep.removed_shards), "removed_temp_files": len(rep.removed_temp_files)}
 
 
-def plan_step(store: str, refs: list[SceneRef], sources: list[str], failed_sources: list[str],
+def plan_step(store: Store, refs: list[SceneRef], sources: list[str], failed_sources: list[str],
               logger: logging.Logger | None = None) -> Plan:
     plan = plan_build(store, refs, sources, failed_sources)
     (logger or log).info(plan.summary())
     return plan
 
 
-def commit_step(index: int, store: str, result: BatchResult, failures: list[SceneFailure]) -> int | None:
+def commit_step(index: int, store: Store, result: BatchResult, failures: list[SceneFailure]) -> int | None:
     """List a finished batch's shards in a new manifest version and update the
     quarantine report (scenes committed leave it, failed ones enter it)."""
     version = commit_batch(store, result.shards, note=f"build-dataset batch {index}") if result.shards else None
@@ -135,7 +138,7 @@ def commit_step(index: int, store: str, result: BatchResult, failures: list[Scen
     return version
 
 
-def removals_step(store: str, removed: list[str], logger: logging.Logger | None = None) -> int | None:
+def removals_step(store: Store, removed: list[str], logger: logging.Logger | None = None) -> int | None:
     version = commit_removals(store, removed)
     if version is not None:
         (logger or log).info("v%d: %d scenes that left the build are no longer listed", version, len(removed))
@@ -268,7 +271,7 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, desc="build-dataset", unit="scene", file=sys.stderr)
 
 
-def discover_sources(store: str, specs: Sequence[SourceSpec], executor: Executor, discover: Callable,
+def discover_sources(store: Store, specs: Sequence[SourceSpec], executor: Executor, discover: Callable,
                      logger: logging.Logger) -> tuple[dict[SourceSpec, list[SceneRef]], list[SceneFailure]]:
     """{spec: refs} of the sources whose discovery worked, and a "source/*"
     failure for each one that did not (the build goes on without it). Updates
@@ -302,7 +305,7 @@ class _Progress:
     commit_s: float = 0.0
 
 
-def build_and_commit(store: str, batches: list[list[BatchItem]], executor: Executor, as_completed: Callable,
+def build_and_commit(store: Store, batches: list[list[BatchItem]], executor: Executor, as_completed: Callable,
                      steps: BuildSteps, settings: SceneSettings, shard_size: int, logger: logging.Logger,
                      bar=None) -> _Progress:
     """Submit every batch to ``executor`` and commit each one, serially, as it
@@ -342,9 +345,10 @@ def build_and_commit(store: str, batches: list[list[BatchItem]], executor: Execu
 
 
 def run_build(
-    store: str,
+    store: Store,
     sources: Sequence[SourceSpec | dict],
     *,
+    storage_options: dict | None = None,
     executor: Executor | None = None,
     as_completed: Callable[[list], Iterable] | None = None,
     settings: SceneSettings = SceneSettings(),
@@ -363,11 +367,17 @@ def run_build(
     frame_gap: every n-th frame is a candidate image (None: per source kind).
     The ``sources`` define the dataset: scenes of a source left out (or no
     longer found) leave the new manifest version; a source whose discovery
-    fails keeps its scenes listed. Failed scenes go to the quarantine report."""
+    fails keeps its scenes listed. Failed scenes go to the quarantine report.
+
+    store: a path, an fsspec URL (``s3://bucket/prefix``: workers write shard
+    chunks straight to the object store) or a StoreLocation. storage_options:
+    fsspec options for the URL (credentials, ``client_kwargs.endpoint_url``);
+    they travel with the store to the workers and are never logged. Without
+    them fsspec/boto read the usual environment variables and config files."""
     logger = logger or log
     t_start = time.perf_counter()
     elapsed: dict[str, float] = {}
-    store = absolute_location(store)
+    store = StoreLocation.of(absolute_location(store) if isinstance(store, str) else store, storage_options)
     specs, gap_of = source_specs(sources, frame_gap)
     names = [s.source_name for s in specs]
     for pname, value in (("scenes_per_task", scenes_per_task), ("shard_size", shard_size)):
@@ -418,7 +428,7 @@ def run_build(
 
     failures = discover_failures + done.failures
     summary = BuildSummary(
-        store=store, sources=names, manifest_version=version, base_version=plan.base_version,
+        store=store.url, sources=names, manifest_version=version, base_version=plan.base_version,
         scenes={"discovered": len(all_refs), "skipped": len(plan.unchanged), "new": len(plan.new),
                 "changed": len(plan.changed), "processed": len(done.committed), "quarantined": len(failures),
                 "removed": len(plan.removed)},

@@ -12,7 +12,7 @@ from pipelines.store import ManifestConflictError, ShardStore, ShardWriter, comm
 from pipelines.store.errors import ConcurrentWriterError
 from pipelines.store.inspect import main as inspect_main
 from pipelines.store.location import CONDITIONAL_ENV, MANIFEST_DIR, SHARD_DIR, WRITER_LOCK, StoreLocation
-from testkit.random_store_scenes import synthetic_scene
+from testkit.random_store_scenes import random_processed_scene as synthetic_scene
 from tests.test_store import assert_scene_equal, mixed_scenes
 
 
