@@ -98,6 +98,30 @@ class SegmentDataset:
                 raise
             log.warning("skipping sample %d: %s", ticket.index, exc)
             return {"skipped": f"sample {ticket.index}: {exc}", "segment_index": ticket.index}
+        return self._build(raw, ticket)
+
+    def __getitems__(self, tickets: list[SampleTicket]) -> list[dict]:
+        """A batch (DataLoader calls this instead of ``__getitem__`` per ticket):
+        the store reads every sample's chunks together (``get_many``: concurrent
+        requests on object stores) and starts prefetching the worker's next
+        batch (``ticket.lookahead``), then each sample is built as ``self[t]``."""
+        from pipelines.store.errors import ShardCorruptError
+
+        store = self.store
+        get_many = getattr(store, "get_many", None)
+        if get_many is None or not tickets:
+            return [self[t] for t in tickets]
+        try:
+            raws = get_many([t.index for t in tickets])
+        except ShardCorruptError:  # find the damaged sample: one by one it fails (or is skipped) alone
+            return [self[t] for t in tickets]
+        # start reading this worker's next batch while this one is being built
+        # (remote stores only; the reads run on zarr's event loop)
+        if tickets[-1].lookahead and hasattr(store, "prefetch"):
+            store.prefetch(list(tickets[-1].lookahead))
+        return [self._build(raw, t) for raw, t in zip(raws, tickets)]
+
+    def _build(self, raw: dict, ticket: SampleTicket) -> dict:
         rng = np.random.default_rng(ticket.rng_seed())
         sample = build_sample(raw, self.spec, ticket.step, rng)
         sample["segment_index"] = ticket.index

@@ -38,6 +38,9 @@ class SampleTicket:
     rank: int
     step: int  # optimiser step this sample feeds (for step-dependent schedules)
     seed: int
+    # store indices of the batch the same loader worker reads next (a hint for
+    # prefetching from remote stores; no influence on the sample itself)
+    lookahead: tuple = ()
 
     def rng_seed(self) -> list[int]:
         return [self.seed, self.epoch, self.rank, self.position]
@@ -61,12 +64,17 @@ def rank_order(order: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     return order[rank * per_rank:(rank + 1) * per_rank]
 
 
-def interleave_worker_batches(length: int, batch_size: int, num_workers: int) -> list[np.ndarray]:
-    """Positions 0..length-1 cut into num_workers runs, batched, interleaved by worker."""
+def worker_runs(length: int, batch_size: int, num_workers: int) -> list[list[np.ndarray]]:
+    """Positions 0..length-1 cut into num_workers contiguous runs, each batched."""
     workers = max(num_workers, 1)
     bounds = np.linspace(0, length, workers + 1).round().astype(int)
-    runs = [[np.arange(s, min(s + batch_size, b)) for s in range(a, b, batch_size)]
+    return [[np.arange(s, min(s + batch_size, b)) for s in range(a, b, batch_size)]
             for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def interleave_worker_batches(length: int, batch_size: int, num_workers: int) -> list[np.ndarray]:
+    """Positions 0..length-1 cut into num_workers runs, batched, interleaved by worker."""
+    runs = worker_runs(length, batch_size, num_workers)
     out = []
     for k in range(max((len(r) for r in runs), default=0)):
         out.extend(r[k] for r in runs if k < len(r))
@@ -130,10 +138,14 @@ class ShardBatchSampler:
         """This epoch's batches for this rank, all of them (ignores ``consumed``)."""
         order = rank_order(epoch_order(self.shards, self.seed, self.epoch), self.rank, self.world_size)
         base = self.epoch * len(self)
+        # the batch after each batch in its worker's run (what that worker reads next)
+        following = {int(run[k][0]): tuple(int(order[p]) for p in run[k + 1])
+                     for run in worker_runs(len(order), self.batch_size, self.num_workers) for k in range(len(run) - 1)}
         out = []
         for b, positions in enumerate(interleave_worker_batches(len(order), self.batch_size, self.num_workers)):
             step = (base + b) // self.accumulate
-            out.append([SampleTicket(int(order[p]), self.epoch, int(p), self.rank, step, self.seed)
+            ahead = following.get(int(positions[0]), ()) if len(positions) else ()
+            out.append([SampleTicket(int(order[p]), self.epoch, int(p), self.rank, step, self.seed, ahead)
                         for p in positions])
         return out
 

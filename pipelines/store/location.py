@@ -35,6 +35,9 @@ SHARD_DIR = "shards"
 _CONDITIONAL_PROTOCOLS = ("s3", "s3a")
 # "0"/"1" forces the answer of the probe (servers that accept the header but ignore it, tests)
 CONDITIONAL_ENV = "CONCERTO_STORE_CONDITIONAL_WRITES"
+# memory for chunks read from an object store, per process and store (MB)
+CACHE_ENV = "CONCERTO_STORE_CACHE_MB"
+DEFAULT_CACHE_MB = 256
 _conditional_cache: dict = {}
 WRITER_LOCK = ".writer-lock"
 # a writer lock older than this is taken over (its owner died mid-commit)
@@ -67,6 +70,7 @@ class StoreLocation:
     storage_options: dict = field(default_factory=dict, repr=False, compare=False)
     _fs: Any = field(default=None, repr=False, compare=False)
     _root: str | None = field(default=None, repr=False, compare=False)
+    _read_store: Any = field(default=None, repr=False, compare=False)
 
     @staticmethod
     def of(url_or_location, storage_options: dict | None = None) -> "StoreLocation":
@@ -100,6 +104,7 @@ class StoreLocation:
         self.storage_options = state.get("storage_options", {})
         self._fs = None
         self._root = None
+        self._read_store = None
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
@@ -334,6 +339,28 @@ class StoreLocation:
             fs = AsyncFileSystemWrapper(fs, asynchronous=True)
         return zarr.storage.FsspecStore(fs=fs, path=p, read_only=read_only)
 
+
+    def read_store(self):
+        """A read-only zarr store at the store root, shared by every shard read
+        through this location in this process (open a shard as
+        ``zarr.open_group(loc.read_store(), path="shards/<id>")``).
+
+        Object stores: chunk GETs go through zarr's LRU ``CacheStore`` (bounded:
+        ``CONCERTO_STORE_CACHE_MB``, default 256 MB per process), so the next
+        segments of a scene and the scenes sharing a chunk cost no second
+        request. Shards are immutable: a cached chunk never goes stale.
+        Local disks: a plain LocalStore (the OS page cache does this)."""
+        if self._read_store is None or self._read_store[0] != os.getpid():
+            # per process: a forked child must not reuse the parent's event-loop-bound handles
+            base = self.zarr_store(read_only=True)
+            if not self.is_local:
+                from zarr.experimental.cache_store import CacheStore
+                from zarr.storage import MemoryStore
+
+                mb = float(os.environ.get(CACHE_ENV, DEFAULT_CACHE_MB))
+                base = CacheStore(base, cache_store=MemoryStore(), max_size=int(mb * 2**20), cache_set_data=False)
+            self._read_store = (os.getpid(), base)
+        return self._read_store[1]
 
 def _timestamp(info: dict) -> float | None:
     """An object's modification time from an fsspec listing entry."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numcodecs.blosc
 import numpy as np
+from zarr.core.sync import _get_loop as zarr_loop
 from zarr.core.sync import sync as zarr_sync
 
 from preprocess.records import Correspondence, ProcessedScene
@@ -147,7 +148,7 @@ class ShardReader:
         # faster here (benchmarks/bench_store.py). Process-wide numcodecs setting.
         numcodecs.blosc.use_threads = False
         try:
-            root = zarr.open_group(self.location.zarr_store(SHARD_DIR, self.id, read_only=True), mode="r")
+            root = zarr.open_group(self.location.read_store(), path=f"{SHARD_DIR}/{self.id}", mode="r")
             attrs = dict(root.attrs)
         except Exception as e:  # noqa: BLE001 - any zarr failure means a broken shard
             raise self._corrupt("group metadata", f"cannot open ({type(e).__name__}: {e})") from e
@@ -156,18 +157,35 @@ class ShardReader:
         arrays: dict = {"attrs": attrs}
         names = [f"points/{n}" for n in POINT_ARRAYS] + ["corr/point", "corr/pixel"]
         names += [f"images/{rgb_array_name(h, w)}" for h, w in attrs["image_sizes"]]
-        for name in names + list(_TABLES):
-            try:
-                arrays[name] = root[name]
-            except Exception as e:  # noqa: BLE001
-                raise self._corrupt(f"array '{name}'", f"missing or unreadable metadata ({type(e).__name__}: {e})") from e
-        # small tables are read once and kept in memory
-        for name in _TABLES:
-            arrays[name] = self._read_array(arrays, name, slice(None))
+        # every array's metadata in one round trip (a request each on object stores)
+        for name, got in zip(names + list(_TABLES), self._open_arrays(root, names + list(_TABLES))):
+            if isinstance(got, Exception):
+                raise self._corrupt(f"array '{name}'", f"missing or unreadable metadata ({type(got).__name__}: {got})") from got
+            arrays[name] = got
+        # small tables are read once (together) and kept in memory
+        for name, table in zip(_TABLES, self._read_many(arrays, [(name, slice(None)) for name in _TABLES])):
+            arrays[name] = table
         if self.direct and self.location.is_local:
             self._rows = row_readers(self.location.path(SHARD_DIR, self.id), {n: arrays[n] for n in names})
         self._arrays = arrays
         return arrays
+
+    @staticmethod
+    def _open_arrays(root, names: list[str]) -> list:
+        """zarr arrays ``names`` of the group ``root``, opened concurrently on
+        zarr's event loop; an exception in place of an array that fails."""
+        import zarr
+
+        async def one(name):
+            try:
+                return zarr.Array(await root._async_group.getitem(name))
+            except Exception as e:  # noqa: BLE001
+                return e
+
+        async def all_of():
+            return await asyncio.gather(*(one(n) for n in names))
+
+        return zarr_sync(all_of())
 
     def _read_error(self, arrays, name: str, sel, e: Exception) -> ShardCorruptError:
         """A ShardCorruptError naming the shard, the array and the bad chunk.
@@ -236,10 +254,11 @@ class ShardReader:
     def scene_attrs(self) -> list[dict]:
         return self._open()["attrs"]["scenes"]
 
-    def _scene_data(self, a: dict, scene: int, images: list[int]):
-        """(points {name: array}, [rgb], [(corr point, corr pixel)]) of a scene and
-        some of its images, read in one batch. Row ranges that (nearly) touch are
-        read as one range: each zarr request costs about a millisecond of CPU."""
+    def _scene_requests(self, a: dict, scene: int, images: list[int]) -> tuple[list, tuple]:
+        """The reads (array name, selection) that a scene's points and some of its
+        images need, and what ``_assemble`` needs to cut them apart. Row ranges
+        that (nearly) touch are read as one range: each zarr request costs about
+        a millisecond of CPU (and a round trip on object stores)."""
         lo, hi = int(a["scenes/point_offset"][scene]), int(a["scenes/point_offset"][scene + 1])
         req = [(f"points/{n}", slice(lo, hi)) for n in POINT_ARRAYS]
         # images: consecutive slots of one size group -> one slice
@@ -254,7 +273,12 @@ class ShardReader:
         corr_reads = coalesce(corr_ranges, max_gap=0.25)
         req += [(name, slice(*r)) for name, r in img_reads]
         req += [(arr, slice(*r)) for r in corr_reads for arr in ("corr/point", "corr/pixel")]
-        got = self._read_many(a, req)
+        return req, (images, img_reads, corr_ranges, corr_reads)
+
+    def _assemble(self, a: dict, plan: tuple, got: list):
+        """(points {name: array}, [rgb], [(corr point, corr pixel)]) from the
+        blocks read for ``_scene_requests``."""
+        images, img_reads, corr_ranges, corr_reads = plan
         n_pts, n_img = len(POINT_ARRAYS), len(img_reads)
         pts = dict(zip(POINT_ARRAYS, got[:n_pts]))
         img_blocks = {(name, r): block for (name, r), block in zip(img_reads, got[n_pts:n_pts + n_img])}
@@ -272,14 +296,17 @@ class ShardReader:
             corr.append((corr_blocks[2 * k][c_lo - r0:c_hi - r0], corr_blocks[2 * k + 1][c_lo - r0:c_hi - r0]))
         return pts, rgb, corr
 
-    def sample(self, scene: int, segment: int) -> dict:
-        """Segment ``segment`` of the shard's scene ``scene`` as a training sample
-        (see ShardStore.__getitem__ for the keys)."""
-        a = self._open()
-        meta = a["attrs"]["scenes"][scene]
+    def _scene_data(self, a: dict, scene: int, images: list[int]):
+        req, plan = self._scene_requests(a, scene, images)
+        return self._assemble(a, plan, self._read_many(a, req))
+
+    def _views(self, a: dict, scene: int, segment: int) -> list[int]:
         g = int(a["scenes/segment_offset"][scene]) + segment
-        views = [int(v) for v in a["segments/images"][g] if v >= 0]
-        pts, rgb, corr = self._scene_data(a, scene, views)
+        return [int(v) for v in a["segments/images"][g] if v >= 0]
+
+    def _sample_dict(self, a: dict, scene: int, segment: int, views: list[int], data) -> dict:
+        pts, rgb, corr = data
+        meta = a["attrs"]["scenes"][scene]
         return {
             "key": meta["key"],
             "source": meta["source"],
@@ -296,6 +323,46 @@ class ShardReader:
             "corr_point": [c[0] for c in corr],
             "corr_pixel": [c[1] for c in corr],
         }
+
+    def sample(self, scene: int, segment: int) -> dict:
+        """Segment ``segment`` of the shard's scene ``scene`` as a training sample
+        (see ShardStore.__getitem__ for the keys)."""
+        return self.samples([(scene, segment)])[0]
+
+    def _plan_samples(self, a: dict, which: list[tuple[int, int]]) -> tuple[list, list]:
+        """(per sample: (scene, segment, views, plan, indices into unique reads), unique reads)."""
+        plans, unique, at = [], [], {}
+        for scene, segment in which:
+            views = self._views(a, scene, segment)
+            req, plan = self._scene_requests(a, scene, views)
+            idx = []
+            for name, sel in req:
+                k = (name, sel.start, sel.stop)
+                if k not in at:
+                    at[k] = len(unique)
+                    unique.append((name, sel))
+                idx.append(at[k])
+            plans.append((scene, segment, views, plan, idx))
+        return plans, unique
+
+    def _assemble_samples(self, a: dict, plans: list, got: list) -> list[dict]:
+        return [self._sample_dict(a, scene, segment, views, self._assemble(a, plan, [got[k] for k in idx]))
+                for scene, segment, views, plan, idx in plans]
+
+    def samples(self, which: list[tuple[int, int]]) -> list[dict]:
+        """Several (scene, segment) samples, every read of all of them in one
+        concurrent batch (identical reads, e.g. two segments of one scene, once)."""
+        a = self._open()
+        plans, unique = self._plan_samples(a, which)
+        return self._assemble_samples(a, plans, self._read_many(a, unique))
+
+    async def samples_async(self, which: list[tuple[int, int]]) -> list[dict]:
+        """``samples`` as a coroutine on zarr's event loop, for prefetching from
+        object stores (the shard must be open; reads go through zarr only)."""
+        a = self._arrays
+        plans, unique = self._plan_samples(a, which)
+        got = await asyncio.gather(*(a[name]._async_array.getitem(sel) for name, sel in unique))
+        return self._assemble_samples(a, plans, list(got))
 
     def scene(self, scene: int) -> ProcessedScene:
         """The shard's scene ``scene`` back as the ProcessedScene that was written
@@ -349,6 +416,7 @@ class ShardStore:
         self.check_files = check_files
         self.direct = direct
         self._readers: dict[str, ShardReader] = {}
+        self._prefetched = None  # (indices, concurrent future) from prefetch()
         self._build_index()
 
     @classmethod
@@ -416,6 +484,54 @@ class ShardStore:
     def __getitem__(self, i: int) -> dict:
         shard, scene, seg = self.locate(int(i))
         return self.reader(shard).sample(scene, seg)
+
+    def prefetch(self, indices) -> None:
+        """Start reading samples ``indices`` in the background, on zarr's event
+        loop (no thread of our own); the next ``get_many`` of exactly these
+        indices takes the result, any other call drops it (at most one batch is
+        held: bounded memory). Object stores only, and only from shards already
+        open: on local disks a read costs about a millisecond."""
+        self._prefetched = None
+        if self.location.is_local:
+            return
+        located = [self.locate(int(i)) for i in indices]
+        by_shard: dict[str, list[int]] = {}
+        for k, (shard, _scene, _seg) in enumerate(located):
+            by_shard.setdefault(shard, []).append(k)
+        readers = {shard: self.reader(shard) for shard in by_shard}
+        if any(r._arrays is None for r in readers.values()):
+            return
+
+        async def read_all():
+            parts = await asyncio.gather(*(readers[sh].samples_async([located[k][1:] for k in ks])
+                                           for sh, ks in by_shard.items()))
+            out: list = [None] * len(located)
+            for ks, samples in zip(by_shard.values(), parts):
+                for k, sample in zip(ks, samples):
+                    out[k] = sample
+            return out
+
+        self._prefetched = (tuple(int(i) for i in indices), asyncio.run_coroutine_threadsafe(read_all(), zarr_loop()))
+
+    def get_many(self, indices) -> list[dict]:
+        """``[store[i] for i in indices]``, with the reads of all samples of one
+        shard issued together: on object stores their chunk requests run
+        concurrently instead of one sample after the other."""
+        pending, self._prefetched = getattr(self, "_prefetched", None), None
+        if pending is not None and pending[0] == tuple(int(i) for i in indices):
+            try:
+                return pending[1].result()
+            except Exception:  # noqa: BLE001 - read again below: that path names the shard, array and chunk
+                pass
+        located = [self.locate(int(i)) for i in indices]
+        by_shard: dict[str, list[int]] = {}
+        for k, (shard, _scene, _seg) in enumerate(located):
+            by_shard.setdefault(shard, []).append(k)
+        out: list = [None] * len(located)
+        for shard, ks in by_shard.items():
+            for k, sample in zip(ks, self.reader(shard).samples([located[k][1:] for k in ks])):
+                out[k] = sample
+        return out
 
     def scene_keys(self) -> list[str]:
         return list(self._scene_at)
