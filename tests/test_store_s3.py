@@ -159,3 +159,42 @@ def test_loader_from_s3_gives_the_local_batches_with_bounded_cache(s3_server, s3
         assert all(np.array_equal(x, y) for x, y in zip(got["corr_point"], want["corr_point"]))
     cache = store.location.read_store()
     assert 0 < cache._state.current_size <= 0.5 * 2**20 and cache._state.hits > 0
+
+
+@pytest.mark.slow
+def test_migrate_and_linear_probe_on_s3(s3_server, s3_url, tmp_path, monkeypatch):
+    """concerto-store --migrate rewrites a format-1 store in the bucket; the
+    linear probe reads labelled scenes from s3:// like from a folder."""
+    import json
+
+    from concerto.eval.linear_probe import run_probe
+    from pipelines.store import manifest as manifest_mod, writer as writer_mod
+    from testkit.room_store import build_room_store
+
+    class FormatOneWriter(ShardWriter):
+        def _compressors(self, image):
+            return [c for c in super()._compressors(image) if type(c).__name__ != "Crc32cCodec"]
+
+    monkeypatch.setattr(writer_mod, "SHARD_FORMAT", "concerto-shard/1")
+    monkeypatch.setattr(manifest_mod, "SHARD_FORMAT", "concerto-shard/1")
+    scenes = mixed_scenes(np.random.default_rng(4))
+    commit(s3_url, None, [FormatOneWriter(s3_url).write(scenes)])
+    monkeypatch.undo()
+    assert load_manifest(s3_url).store_format == 1
+    assert inspect_main([s3_url, "--migrate"]) == 0
+    m = load_manifest(s3_url)
+    assert m.version == 2 and m.store_format == 2
+    migrated = ShardStore.open(s3_url)
+    for ps in scenes:
+        assert_scene_equal(migrated.read_scene(ps.key), ps)
+    assert migrated.verify() == []
+
+    rooms = build_room_store(tmp_path / "rooms", num_scenes=4, points_per_scene=2000, frames_per_scene=4,
+                             image_size=(48, 36))
+    bucket = s3_url.removeprefix("s3://").split("/")[0]
+    s3_server.filesystem().put(rooms.rstrip("/") + "/", f"{bucket}/rooms", recursive=True)
+    kw = dict(config="tiny", epochs=3, progress=False)
+    on_s3 = run_probe(f"s3://{bucket}/rooms", "random", **kw)
+    on_disk = run_probe(rooms, "random", **kw)
+    assert on_s3["split"] == on_disk["split"] and on_s3["val"] == on_disk["val"]
+    assert json.dumps(on_s3["val"])  # a complete, JSON-able result
