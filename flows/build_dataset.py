@@ -41,9 +41,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
-from prefect.types import SecretDict
 from prefect_dask import DaskTaskRunner
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from pipelines.build import BatchItem, BatchResult, SceneSettings, SourceSpec
 from pipelines.build_run import (
@@ -172,6 +171,21 @@ PREFECT_STEPS = BuildSteps(discover=discover_scenes, build_batch=build_batch, gc
                            commit=commit_task, remove=removals_task)
 
 
+def parse_storage_options(text: SecretStr | str | None) -> dict | None:
+    """The fsspec options from the secret JSON parameter; the error never echoes it."""
+    if text is None:
+        return None
+    raw = text.get_secret_value() if isinstance(text, SecretStr) else text
+    try:
+        options = json.loads(raw)
+    except ValueError:
+        options = None
+    if not isinstance(options, dict):
+        raise ValueError("build-dataset: storage_options must be a JSON object of fsspec options "
+                         "(e.g. {\"key\": ..., \"secret\": ..., \"client_kwargs\": {\"endpoint_url\": ...}})")
+    return options
+
+
 @flow(name="build-dataset", persist_result=False, validate_parameters=True)
 def build_dataset(
     sources: list[SourceParam],
@@ -186,7 +200,7 @@ def build_dataset(
     render_backend: str = "auto",
     gc_grace_seconds: float = 3600.0,
     progress: bool = False,
-    storage_options: Optional[SecretDict] = None,
+    storage_options: Optional[SecretStr] = None,
 ) -> dict:
     """Build or update the shard store ``store`` from ``sources``; returns the
     run summary (also written to ``<store>/reports/``). ``pipelines.build_run.
@@ -199,15 +213,19 @@ def build_dataset(
     running Dask scheduler, None for a local cluster of 2 worker processes.
     gc_grace_seconds: unlisted shards older than this are deleted at start.
     store may be an fsspec URL (``s3://bucket/prefix``); storage_options are
-    its fsspec options (credentials, endpoint), a secret parameter: Prefect
-    stores and shows it masked, and it is never logged. Without it the
-    workers read credentials from their environment / fsspec config.
+    its fsspec options as JSON text (``{"key": ..., "secret": ...,
+    "client_kwargs": {"endpoint_url": ...}}``), a secret parameter: passed
+    as a ``pydantic.SecretStr`` the flow run records it masked, and it is
+    never logged. Without it the workers read
+    credentials from their environment (AWS_* variables) or fsspec config,
+    which is also what deployments should use: a deployment run's parameters
+    are stored as the caller sent them.
     """
     specs = [SourceSpec.from_dict(p.model_dump() if isinstance(p, BaseModel) else dict(p)) for p in sources]
+    options = parse_storage_options(storage_options)
     settings = SceneSettings(eps=eps, min_correspondences=min_correspondences,
                              max_image_side=max_image_side, render_backend=render_backend)
     with same_api_for_workers() as api, make_task_runner(dask_address, {"PREFECT_API_URL": api} if api else None) as runner:
-        options = storage_options.get_secret_value() if isinstance(storage_options, SecretDict) else storage_options
         summary = run_build(store, specs, storage_options=options, executor=TaskRunnerExecutor(runner), settings=settings, frame_gap=frame_gap,
                             scenes_per_task=scenes_per_task, shard_size=shard_size,
                             gc_grace_seconds=gc_grace_seconds, progress=progress, steps=PREFECT_STEPS,
@@ -225,6 +243,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_build_args(p)
     p.add_argument("--dask-address", default=None)
+    p.add_argument("--storage-options-file", default=None, metavar="JSON",
+                   help="fsspec options of the store URL (credentials, endpoint) from this JSON file; "
+                        "passed as a secret parameter (default: environment variables / fsspec config)")
     return p.parse_args(argv)
 
 
@@ -250,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         render_backend=settings.render_backend,
         gc_grace_seconds=args.gc_grace_seconds,
         progress=not args.no_progress,
+        storage_options=SecretStr(open(args.storage_options_file).read()) if args.storage_options_file else None,
     )
     print(json.dumps(summary, indent=1))
     return 0
