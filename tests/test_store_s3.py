@@ -22,6 +22,8 @@ def test_seaweedfs_honours_conditional_writes(s3_url):
     assert loc.listdir(MANIFEST_DIR) == []
     assert loc.create_exclusive(b"first", MANIFEST_DIR, "x.json")
     assert not loc.create_exclusive(b"second", MANIFEST_DIR, "x.json")
+    # the same bytes again: a PUT retried after its first attempt landed counts as ours
+    assert loc.create_exclusive(b"first", MANIFEST_DIR, "x.json")
     assert loc.read_bytes(MANIFEST_DIR, "x.json") == b"first"
 
 
@@ -83,6 +85,7 @@ def test_round_trip_verify_inspect_gc_on_s3(s3_url, tmp_path, capsys):
     # a young unlisted shard is left alone: a writer may be about to commit it
     young = ShardWriter(s3_url).write([synthetic_scene(rng, "alpha", "young", n_points=300, image_sizes=[])])
     assert gc(s3_url, min_age_s=600).removed_shards == []
+    assert inspect_main([s3_url, "--gc", "--min-age", "600"]) == 0
     assert loc.file_sizes(SHARD_DIR, young.id)
 
     assert inspect_main([s3_url, "--verify"]) == 0

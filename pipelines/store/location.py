@@ -211,7 +211,8 @@ class StoreLocation:
 
     def create_exclusive(self, data: bytes, *parts: str) -> bool:
         """Write ``data`` to ``parts`` only if nothing is there yet; a reader never
-        sees a half-written file. Returns False when the name already exists.
+        sees a half-written file. Returns False when the name already exists
+        (on S3: with other bytes; the same bytes are a retried write of ours).
 
         Local disks: write a temp file, then ``os.link`` it to the final name
         (atomic, fails if the name exists). S3 with conditional writes: one PUT
@@ -242,9 +243,14 @@ class StoreLocation:
             try:
                 fs.pipe_file(final, data, mode="create")
             except Exception as e:  # noqa: BLE001
-                if _lost_condition(e):
+                if not _lost_condition(e):
+                    raise
+                # A retried PUT whose first attempt landed also gets 412: the
+                # key holding exactly our bytes means this writer won.
+                try:
+                    return fs.cat_file(self._fresh(final)) == data
+                except FileNotFoundError:
                     return False
-                raise
             self._fresh(posixpath.dirname(final))
             return True
         lock = posixpath.join(posixpath.dirname(final), WRITER_LOCK)
