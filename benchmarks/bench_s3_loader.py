@@ -7,7 +7,7 @@ samples/s of ``ShardLoader`` (views, masks, images, collate; ``--workers``
 DataLoader workers) reading each copy, one epoch per round (each worker's
 first batch left out). Goal: S3 >= 0.8x local disk.
 
-    .venv/bin/python benchmarks/bench_s3_loader.py [--workers 2] [--scenes 8] [--points 20000]
+    .venv/bin/python benchmarks/bench_s3_loader.py [--workers 2] [--scenes 16] [--points 20000]
 """
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ def loader_rate(url: str, spec, batch_size: int, workers: int, seed: int) -> flo
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--scenes", type=int, default=8, help="scenes per shard (2 shards, 2 segments per scene)")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--scenes", type=int, default=16, help="scenes per shard (2 shards, 2 segments per scene)")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--points", type=int, default=20000, help="points per stored scene")
     ap.add_argument("--config", default="tiny")
     args = ap.parse_args()

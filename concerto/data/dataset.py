@@ -104,7 +104,7 @@ class SegmentDataset:
         """A batch (DataLoader calls this instead of ``__getitem__`` per ticket):
         the store reads every sample's chunks together (``get_many``: concurrent
         requests on object stores) and starts prefetching the worker's next
-        batch (``ticket.lookahead``), then each sample is built as ``self[t]``."""
+        batches (``ticket.lookahead``), then each sample is built as ``self[t]``."""
         from pipelines.store.errors import ShardCorruptError
 
         store = self.store
@@ -115,10 +115,11 @@ class SegmentDataset:
             raws = get_many([t.index for t in tickets])
         except ShardCorruptError:  # find the damaged sample: one by one it fails (or is skipped) alone
             return [self[t] for t in tickets]
-        # start reading this worker's next batch while this one is being built
+        # start reading this worker's next batches while this one is being built
         # (remote stores only; the reads run on zarr's event loop)
-        if tickets[-1].lookahead and hasattr(store, "prefetch"):
-            store.prefetch(list(tickets[-1].lookahead))
+        if hasattr(store, "prefetch"):
+            for ahead in tickets[-1].lookahead:
+                store.prefetch(list(ahead))
         return [self._build(raw, t) for raw, t in zip(raws, tickets)]
 
     def _build(self, raw: dict, ticket: SampleTicket) -> dict:

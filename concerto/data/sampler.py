@@ -38,12 +38,16 @@ class SampleTicket:
     rank: int
     step: int  # optimiser step this sample feeds (for step-dependent schedules)
     seed: int
-    # store indices of the batch the same loader worker reads next (a hint for
-    # prefetching from remote stores; no influence on the sample itself)
+    # store indices of the next batches the same loader worker reads (a tuple of
+    # tuples; a hint for prefetching from remote stores, no influence on the sample)
     lookahead: tuple = ()
 
     def rng_seed(self) -> list[int]:
         return [self.seed, self.epoch, self.rank, self.position]
+
+
+# batches a ticket announces ahead (prefetch depth of remote reads)
+LOOKAHEAD = 3
 
 
 def epoch_order(shards: Sequence[Sequence[int]], seed: int, epoch: int) -> np.ndarray:
@@ -138,9 +142,9 @@ class ShardBatchSampler:
         """This epoch's batches for this rank, all of them (ignores ``consumed``)."""
         order = rank_order(epoch_order(self.shards, self.seed, self.epoch), self.rank, self.world_size)
         base = self.epoch * len(self)
-        # the batch after each batch in its worker's run (what that worker reads next)
-        following = {int(run[k][0]): tuple(int(order[p]) for p in run[k + 1])
-                     for run in worker_runs(len(order), self.batch_size, self.num_workers) for k in range(len(run) - 1)}
+        # the batches after each batch in its worker's run (what that worker reads next)
+        following = {int(run[k][0]): tuple(tuple(int(order[p]) for p in nxt) for nxt in run[k + 1:k + 1 + LOOKAHEAD])
+                     for run in worker_runs(len(order), self.batch_size, self.num_workers) for k in range(len(run))}
         out = []
         for b, positions in enumerate(interleave_worker_batches(len(order), self.batch_size, self.num_workers)):
             step = (base + b) // self.accumulate

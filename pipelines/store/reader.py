@@ -395,6 +395,10 @@ class ShardReader:
         return ProcessedScene(scene=sc, correspondences=corrs, segments=segments, stats=meta["stats"])
 
 
+# batches ``ShardStore.prefetch`` keeps in flight or ready
+PREFETCH_DEPTH = 3
+
+
 class ShardStore:
     """A store opened at one manifest version.
 
@@ -416,7 +420,7 @@ class ShardStore:
         self.check_files = check_files
         self.direct = direct
         self._readers: dict[str, ShardReader] = {}
-        self._prefetched = None  # (indices, concurrent future) from prefetch()
+        self._prefetched: dict = {}  # {indices: concurrent future} from prefetch()
         self._build_index()
 
     @classmethod
@@ -487,14 +491,14 @@ class ShardStore:
 
     def prefetch(self, indices) -> None:
         """Start reading samples ``indices`` in the background, on zarr's event
-        loop (no thread of our own); the next ``get_many`` of exactly these
-        indices takes the result, any other call drops it (at most one batch is
-        held: bounded memory). Object stores only, and only from shards already
-        open: on local disks a read costs about a millisecond."""
-        self._prefetched = None
-        if self.location.is_local:
+        loop (no thread of our own); a later ``get_many`` of exactly these
+        indices takes the result. At most PREFETCH_DEPTH batches are held (the
+        oldest is dropped): bounded memory. Object stores only, and only from
+        shards already open: on local disks a read costs about a millisecond."""
+        key = tuple(int(i) for i in indices)
+        if self.location.is_local or key in self._prefetched:
             return
-        located = [self.locate(int(i)) for i in indices]
+        located = [self.locate(i) for i in key]
         by_shard: dict[str, list[int]] = {}
         for k, (shard, _scene, _seg) in enumerate(located):
             by_shard.setdefault(shard, []).append(k)
@@ -511,16 +515,18 @@ class ShardStore:
                     out[k] = sample
             return out
 
-        self._prefetched = (tuple(int(i) for i in indices), asyncio.run_coroutine_threadsafe(read_all(), zarr_loop()))
+        while len(self._prefetched) >= PREFETCH_DEPTH:
+            self._prefetched.pop(next(iter(self._prefetched))).cancel()
+        self._prefetched[key] = asyncio.run_coroutine_threadsafe(read_all(), zarr_loop())
 
     def get_many(self, indices) -> list[dict]:
         """``[store[i] for i in indices]``, with the reads of all samples of one
         shard issued together: on object stores their chunk requests run
         concurrently instead of one sample after the other."""
-        pending, self._prefetched = getattr(self, "_prefetched", None), None
-        if pending is not None and pending[0] == tuple(int(i) for i in indices):
+        pending = self._prefetched.pop(tuple(int(i) for i in indices), None)
+        if pending is not None:
             try:
-                return pending[1].result()
+                return pending.result()
             except Exception:  # noqa: BLE001 - read again below: that path names the shard, array and chunk
                 pass
         located = [self.locate(int(i)) for i in indices]
