@@ -133,7 +133,7 @@ def train_sample(coord: np.ndarray, color: np.ndarray, normal: np.ndarray, label
                   index.astype(np.int64))
 
 
-def test_fragments(coord: np.ndarray, color: np.ndarray, normal: np.ndarray, grid_size: float,
+def voting_fragments(coord: np.ndarray, color: np.ndarray, normal: np.ndarray, grid_size: float,
                    augs: str = "full", max_fragments: Optional[int] = None) -> list[Sample]:
     """Every fragment of every test augmentation (see module doc); ``label`` is left empty.
 

@@ -14,7 +14,7 @@ clipped at 3 (the reference fine-tuning configs).
 Checkpoints: ``<output>/checkpoints/step_*/`` (``concerto.checkpointing``:
 atomic, with every rank's RNG state); tensorboard scalars in ``<output>/tb``.
 
-Test: Pointcept's fragment voting (``seg_transforms.test_fragments``), the
+Test: Pointcept's fragment voting (``seg_transforms.voting_fragments``), the
 held-out scenes shared over ranks and the confusion matrices summed.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from concerto.eval.metrics import confusion_matrix, metrics_from_confusion
-from concerto.eval.seg_transforms import Sample, test_fragments, train_sample
+from concerto.eval.seg_transforms import Sample, voting_fragments, train_sample
 
 
 @dataclass
@@ -239,7 +239,7 @@ def predict_scene(model, scene, augs: str = "full", max_fragments: Optional[int]
     model.eval()
     grid_size = float(model.backbone.config.grid_size)
     votes = torch.zeros(len(scene.coord), model.head.out_features, dtype=torch.float64)
-    for frag in test_fragments(scene.coord, scene.color, scene.normal, grid_size, augs, max_fragments):
+    for frag in voting_fragments(scene.coord, scene.color, scene.normal, grid_size, augs, max_fragments):
         b = pack([frag], device)
         prob = model(b["coord"], b["feat"], b["grid_coord"], b["offset"]).softmax(-1).double().cpu()
         votes.index_add_(0, torch.from_numpy(frag.index), prob)
