@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from concerto.eval.report import markdown_table, read_results, summarise  # noqa: E402
-from concerto.eval.rooms_store import build_room_store  # noqa: E402
+from testkit.room_store import build_room_store  # noqa: E402
 
 MODES = ("linear", "decoder", "full", "lora")
 

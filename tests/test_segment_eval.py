@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from concerto.eval.data_efficient import Selection, make_selection, select_points, select_scenes
-from concerto.eval.rooms_store import build_room_store
+from testkit.room_store import build_room_store
 from concerto.eval.seg_transforms import voting_fragments, train_sample
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -91,7 +91,7 @@ def run_segment(data: str, checkpoint: str, mode: str, output: str, loop: LoopCo
     """The whole evaluation (see module doc). Every rank calls it under torchrun; returns the result dict
     (on every rank; only rank 0 writes files). With ``stop_after`` the run leaves after that many steps
     (checkpointed) without testing and returns ``{"stopped_at": step}``."""
-    from concerto.train import init_distributed
+    from concerto.train.state import init_distributed
 
     if mode not in MODES:
         raise ProbeError(f"--mode must be one of {MODES}, got {mode!r}")
