@@ -38,10 +38,13 @@ the generic one above:
   ``structured3d`` source gives it) and rebuilds the rigid OpenCV
   camera-to-world pose. K (principal point W/2, as Concerto backprojected its
   points) is kept. Concerto writes K and pose for every view that loads but
-  colour only for views that keep points, so indices can shift: when there are
-  more pose files than colour images, each image is matched to the first
-  following pose whose camera reprojects the image's stored correspondences onto
-  their pixels (an image without correspondences is then an error).
+  colour only for views that keep points, numbered 0..n-1 for n kept views, so
+  after a view that loaded but kept nothing the cameras sit at higher indices
+  and the last ones are not saved at all. Each image is matched to the first
+  following pose file whose camera reprojects the image's stored
+  correspondences onto their pixels; an image whose camera was not saved is
+  skipped (``meta["skipped_frames"]``); an image without correspondences is an
+  error.
 - "s3dis": ``<root>/Area_<N>/<room>/coord.npy`` and one folder per 2D-3D-S camera,
   ``images/Area_<N>/<room>/<camera>/{color,depth,pose,intrinsic,correspondence}``,
   ``pose/<i>.npy`` = world-to-camera (2D-3D-S ``camera_rt_matrix``) by frame-number
@@ -206,17 +209,17 @@ class PointceptSource(AdapterBase):
             return "generic"
         g, prefix = groups[0]
         files = self._color_files(g)
+        first = g / "pose" / "0.npy"
+        if (g / "color" / "prsp").is_dir() and first.is_file():
+            pose = _load_npy(first, key).astype(np.float64)
+            if pose.shape == (4, 4) and np.isfinite(pose).all() and np.linalg.det(pose[:3, :3]) < 0:
+                return "structured3d"  # the y/z swap Concerto multiplies in
         if not files or (g / "pose" / f"{files[0].stem}.npy").is_file():
             return "generic"  # poses named like the images
         if prefix and all(_S3DIS_RGB_NAME.match(f.name) for f in files):
             return "s3dis"
         if all(_DSLR_NAME.match(f.name) for f in files):
             return "scannetpp"
-        first = g / "pose" / "0.npy"
-        if (g / "color" / "prsp").is_dir() and first.is_file():
-            pose = _load_npy(first, key).astype(np.float64)
-            if pose.shape == (4, 4) and np.isfinite(pose).all() and np.linalg.det(pose[:3, :3]) < 0:
-                return "structured3d"
         return "generic"
 
     def _points(self, d: Path, key: str, mirrored: bool = False) -> PointCloud:
@@ -297,31 +300,32 @@ class PointceptSource(AdapterBase):
             K[1, 2] -= 0.5
         return pose_path, pose, K
 
-    def _structured3d_index(self, g: Path, color_files: list[Path], key: str, coord: np.ndarray) -> list[int]:
-        """Pose/intrinsic index of each colour image of Concerto's Structured3D
-        output (see the module docstring: indices shift when a view loaded but
-        kept no point)."""
+    def _structured3d_index(self, g: Path, color_files: list[Path], key: str, coord: np.ndarray) -> list[Optional[int]]:
+        """Pose/intrinsic file index of each colour image of Concerto's Structured3D
+        output, None when its camera was not saved. The script saves K and pose
+        number i for the i-th view that loaded and colour number i for the i-th
+        view that kept points, as many of each as there are colour images: after a
+        view that loaded but kept nothing, every colour image's camera sits at a
+        higher index and the last ones are lost. Each image is matched to the first
+        following file whose camera reprojects its stored correspondences."""
         n_pose = len(list((g / "pose").glob("*.npy")))
-        if n_pose <= len(color_files):
-            return list(range(len(color_files)))
         out, j = [], 0
-        for i, cf in enumerate(color_files):
+        for cf in color_files:
             arr, path = self._correspondence_array(g, cf.relative_to(g / "color").parent, cf.stem, key)
             if arr is None or (len(arr) == 1 and (arr == -1).all()):
-                raise SourceError(key, str(cf), f"{n_pose} pose files for {len(color_files)} colour images: cannot tell "
-                                  "which pose is this image's without its correspondences")
+                raise SourceError(key, str(cf), f"{n_pose} pose files for {len(color_files)} colour images and no "
+                                  "correspondences to tell which pose is this image's (Concerto's index shift)")
             idx = arr[:50, 2].astype(np.int64)
             if (idx < 0).any() or (idx >= len(coord)).any():
                 raise SourceError(key, str(path), "correspondence has point indices out of range")
-            while j < n_pose:
-                _, pose, K = self._camera(g, cf.stem, j, "structured3d", key, None)
+            k = j
+            while k < n_pose:
+                _, pose, K = self._camera(g, cf.stem, k, "structured3d", key, None)
                 if np.isfinite(pose).all() and _reprojects(coord[idx], arr[:50, :2], K, pose):
                     break
-                j += 1
-            if j >= n_pose:
-                raise SourceError(key, str(cf), "no pose file reprojects this image's correspondences onto their pixels")
-            out.append(j)
-            j += 1
+                k += 1
+            out.append(k if k < n_pose else None)
+            j = k + 1 if k < n_pose else j
         return out
 
     def _frames(self, g: Path, prefix: str, layout: str, key: str, coord: np.ndarray):
@@ -337,6 +341,9 @@ class PointceptSource(AdapterBase):
             sub = cf.relative_to(g / "color").parent  # "" or e.g. "prsp"
             stem = cf.stem
             name = prefix + (sub / stem).as_posix()
+            if index[i] is None:
+                skipped.append(name)  # its camera was never saved (Concerto's index shift)
+                continue
             pose_path, pose, K = self._camera(g, stem, index[i], layout, key, shared_K)
             if not np.isfinite(pose).all():
                 skipped.append(name)
