@@ -160,3 +160,32 @@ def test_bad_sky_direction_is_named(tmp_path):
     (tmp_path / "metadata.csv").write_text(f"video_id,sky_direction\n{VID},Sideways\n")
     with pytest.raises(SourceError, match=r"metadata\.csv.*unknown sky_direction \['Sideways'\]"):
         ARKitScenesSource(tmp_path).load(ARKitScenesSource(tmp_path).discover()[0])
+
+
+def test_error_branches_name_the_file(tmp_path):
+    _video(tmp_path, VID, fx.make_pose())
+    fr = tmp_path / "3dod" / "Training" / VID / f"{VID}_frames"
+    src = ARKitScenesSource(tmp_path, use_sensor_depth=True)
+
+    def fails(pattern):
+        with pytest.raises(SourceError, match=pattern):
+            src.load(src.discover()[0])
+
+    pincam = fr / "lowres_wide_intrinsics" / f"{VID}_100.000.pincam"
+    good = pincam.read_text()
+    pincam.write_text(f"64 48 30 28 15.5 11.5\n")
+    fails(rf"{VID}_100\.000\.pincam.*intrinsics are for 64x48, image is 32x24")
+    pincam.write_text(good)
+    depth = fr / "lowres_depth" / f"{VID}_100.000.png"
+    fx.write_png16(depth, np.ones((5, 6), np.uint16))
+    fails(rf"lowres_depth/{VID}_100\.000\.png.*depth is \[5, 6\], colour is \[24, 32\]")
+    depth.unlink()
+    fails(rf"lowres_depth/{VID}_100\.000\.png")
+    fx.write_png16(depth, np.full((fx.H, fx.W), 2500, np.uint16))
+    fx.write_png_rgb(fr / "lowres_wide" / f"{VID}_notatime.png", fx.gradient_rgb())
+    fails(r"notatime\.png.*not '<video_id>_<timestamp>\.png'")
+    (fr / "lowres_wide" / f"{VID}_notatime.png").unlink()
+    (fr / "lowres_wide.traj").write_text("\n")
+    fails(r"lowres_wide\.traj.*trajectory is empty")
+    (tmp_path / "3dod" / "Training" / VID / f"{VID}_3dod_mesh.ply").unlink()
+    fails(rf"{VID}_3dod_mesh\.ply")

@@ -251,3 +251,40 @@ def test_concerto_s3dis_world_to_camera_per_camera_folders(tmp_path):
 def test_layout_option_is_checked(tmp_path):
     with pytest.raises(ValueError, match="layout"):
         PointceptSource(tmp_path, layout="colmap")
+
+
+def test_error_branches_name_the_file(tmp_path):
+    _write_pointcept_scannet(tmp_path)
+    pc = tmp_path / "train" / "scene0000_00"
+    img = tmp_path / "images" / "train" / "scene0000_00"
+    src = PointceptSource(tmp_path)
+
+    def fails(pattern):
+        with pytest.raises(SourceError, match=pattern):
+            src.load(src.discover()[0])
+
+    coord = np.load(pc / "coord.npy")
+    np.save(pc / "coord.npy", coord[:, :2])
+    fails(r"coord\.npy.*expected \[N,3\] coordinates, got shape \[5, 2\]")
+    bad = coord.copy()
+    bad[0, 0] = np.nan
+    np.save(pc / "coord.npy", bad)
+    fails(r"coord\.npy.*NaN/inf coordinates")
+    np.save(pc / "coord.npy", coord)
+    np.save(pc / "color.npy", np.zeros((4, 3), np.uint8))
+    fails(r"color\.npy.*expected 5 rows x 3, got shape \[4, 3\]")
+    np.save(pc / "color.npy", np.zeros((5, 3), np.uint8))
+    np.save(img / "pose" / "75.npy", np.eye(3))
+    fails(r"pose/75\.npy.*pose must be \[4,4\], got \[3, 3\]")
+    np.save(img / "pose" / "75.npy", fx.make_pose().astype(np.float32))
+    np.save(img / "intrinsic" / "intrinsic.npy", np.eye(2))
+    fails(r"intrinsic\.npy.*intrinsics must be \[3,3\] or \[4,4\]")
+    (img / "intrinsic" / "intrinsic.npy").unlink()
+    np.save(img / "intrinsic" / "a.npy", np.eye(3))
+    np.save(img / "intrinsic" / "b.npy", np.eye(3))
+    fails(r"intrinsic/0\.npy.*missing intrinsics for colour image 0")
+    np.save(img / "intrinsic" / "intrinsic.npy", fx.make_K())
+    np.save(img / "correspondence" / "0.npy", np.zeros((3, 2)))
+    fails(r"correspondence/0\.npy.*must be \[M,3\]")
+    np.save(img / "correspondence" / "0.npy", np.array([[fx.U0, fx.V0, 99]]))
+    fails(r"correspondence/0\.npy.*out of range")

@@ -173,3 +173,36 @@ def test_known_bad_byte_of_office_19_is_repaired_with_a_warning(tmp_path):
         scene = src.load(src.discover()[0])
     np.testing.assert_allclose(scene.points.coord[1], [103.0, 4.5, 2.75])
     assert scene.points.color[1].tolist() == [11, 21, 31]
+
+
+def test_error_branches_name_the_file(dataset):
+    root, _ = dataset
+    src = S3DISSource(root / "s3dis", images_root=root / "2d3ds", use_sensor_depth=True)
+
+    def fails(pattern):
+        with pytest.raises(SourceError, match=pattern):
+            src.load(src.discover()[0])
+
+    ann = root / "s3dis" / "Area_1" / "office_1" / "Annotations" / "wall_1.txt"
+    good = ann.read_text()
+    ann.write_text("1 2 3 4\n")
+    fails(r"wall_1\.txt.*expected 'x y z r g b' per line, got 4 columns")
+    ann.write_text("nan 2 3 4 5 6\n")
+    fails(r"wall_1\.txt.*NaN/inf values")
+    ann.write_text(good)
+    pose = next((root / "2d3ds" / "area_1" / "data" / "pose").glob("camera_ffff*"))
+    bad_rt = [[2, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]
+    pose.write_text(json.dumps({"camera_k_matrix": fx.make_K().tolist(), "camera_rt_matrix": bad_rt}))
+    fails(r"camera_ffff_office_1_frame_0_domain_pose\.json.*not orthonormal")
+    pose.write_text(json.dumps({"camera_k_matrix": [[1, 0], [0, 1]], "camera_rt_matrix": bad_rt}))
+    fails(r"pose\.json.*camera_k_matrix must be 3x3")
+    pose.unlink()
+    depth = next((root / "2d3ds" / "area_1" / "data" / "depth").glob(f"camera_{UUID}_office_1_frame_0*"))
+    fx.write_png16(depth, np.ones((3, 3), np.uint16))
+    fails(rf"camera_{UUID}_office_1_frame_0_domain_depth\.png.*depth is \[3, 3\], colour is \[24, 32\]")
+    for f in (root / "s3dis" / "Area_1" / "office_1" / "Annotations").glob("*.txt"):
+        f.unlink()
+    (root / "s3dis" / "Area_1" / "office_1" / "Annotations" / "x.txt").write_text("")
+    src2 = S3DISSource(root / "s3dis")
+    with pytest.raises(SourceError, match=r"Area_1_office_1.*Annotations.*hold no points"):
+        src2.load(src2.discover()[0])

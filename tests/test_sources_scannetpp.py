@@ -199,3 +199,37 @@ def test_anonymisation_masks_get_no_depth_so_no_correspondences(tmp_path):
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(masks / "DSC00002.png")
     with pytest.raises(SourceError, match=r"DSC00002\.png.*mask is 5x5"):
         src.load(src.discover()[0])
+
+
+def test_error_branches_name_the_file(tmp_path):
+    _scene(tmp_path, SCENE, fx.make_pose(), transforms=False, images=("DSC00001.JPG",))
+    dslr = tmp_path / "data" / SCENE / "dslr"
+    scans = tmp_path / "data" / SCENE / "scans"
+    src = ScanNetPPSource(tmp_path)
+
+    def fails(pattern):
+        with pytest.raises(SourceError, match=pattern):
+            src.load(src.discover()[0])
+
+    cams = dslr / "colmap" / "cameras.txt"
+    cams.write_text("1 RADIAL 32 24 30 15.5 11.5 0.1 0.2\n")
+    fails(r"cameras\.txt.*unsupported camera model RADIAL")
+    cams.write_text("1 PINHOLE 32 24 30 28\n")
+    fails(r"cameras\.txt.*PINHOLE takes 4 parameters, got 2")
+    cams.write_text("1 PINHOLE w 24 30 28 15 11\n")
+    fails(r"cameras\.txt.*malformed camera line")
+    cams.write_text("2 PINHOLE 32 24 30 28 15 11\n")
+    fails(r"cameras\.txt.*no camera 1 \(used by DSC00001\.JPG\)")
+    (dslr / "nerfstudio").mkdir()
+    tr = dslr / "nerfstudio" / "transforms_undistorted.json"
+    tr.write_text(json.dumps({"camera_model": "OPENCV_FISHEYE", "fl_x": 1, "fl_y": 1, "cx": 1, "cy": 1, "w": 32, "h": 24}))
+    fails(r"transforms_undistorted\.json.*camera_model is OPENCV_FISHEYE, expected PINHOLE")
+    tr.write_text(json.dumps({"fl_x": 1}))
+    fails(r"transforms_undistorted\.json.*malformed transforms json")
+    tr.unlink()
+    cams.write_text("1 PINHOLE 32 24 30 28 15 11\n")
+    (scans / "segments.json").write_text(json.dumps({"segIndices": [1, 2]}))
+    fails(r"segments\.json.*segIndices has 2 entries, mesh has 5 vertices")
+    (scans / "segments.json").write_text(json.dumps({"segIndices": [1] * 5}))
+    (scans / "segments_anno.json").write_text(json.dumps({"segGroups": [{"segments": [1]}]}))
+    fails(r"segments_anno\.json.*malformed annotation json")

@@ -180,3 +180,32 @@ def test_unlabelled_pixels_give_no_point_and_errata_scenes_are_skipped(tmp_path)
     kept = Structured3DSource(tmp_path, keep_unlabelled=True, skip_errata=False)
     assert [r.scene_id for r in kept.discover()] == ["scene_00000_room_485142", "scene_01155_room_1"]
     assert len(kept.load(kept.discover()[0]).points) == fx.H * fx.W - 1
+
+
+def test_error_branches_name_the_file(tmp_path):
+    d = _position(tmp_path, "scene_00000", "485142", "0", EYE_MM, TOWARDS, UP)
+    src = Structured3DSource(tmp_path)
+
+    def fails(pattern):
+        with pytest.raises(SourceError, match=pattern):
+            src.load(src.discover()[0])
+
+    cam = d / "camera_pose.txt"
+    good = cam.read_text()
+    cam.write_text("1 2 3 4 5\n")
+    fails(r"full/0/camera_pose\.txt.*expected 'vx vy vz tx ty tz ux uy uz xfov yfov 1', got 5 numbers")
+    cam.write_text(" ".join(f"{x}" for x in [*EYE_MM, *TOWARDS, *UP, 2.0, YFOV, 1]))
+    fails(r"camera_pose\.txt.*fov half-angles must be in \(0, pi/2\)")
+    cam.write_text(" ".join(f"{x}" for x in [*EYE_MM, *UP, *UP, XFOV, YFOV, 1]))
+    fails(r"camera_pose\.txt.*view and up directions are parallel")
+    cam.write_text(good)
+    fx.write_png16(d / "depth.png", np.ones((4, 4), np.uint16))
+    fails(r"full/0/depth\.png.*depth is \[4, 4\], colour is \[24, 32\]")
+    fx.write_png_rgb(d / "depth.png", fx.gradient_rgb())
+    fails(r"depth\.png.*depth image must have one channel")
+    fx.write_png16(d / "depth.png", np.full((fx.H, fx.W), 2500, np.uint16))
+    fx.write_png_rgb(d / "semantic.png", np.zeros((3, 3, 3), np.uint8))
+    fails(r"semantic\.png.*semantic is \[3, 3\], depth is \[24, 32\]")
+    (d / "semantic.png").unlink()
+    (d / "rgb_rawlight.png").unlink()
+    fails(r"full/0/rgb_rawlight\.png.*missing file")

@@ -277,7 +277,7 @@ class PointceptSource(AdapterBase):
         if K_path.is_file():
             K = _load_npy(K_path, key)
         elif shared_K is not None:
-            K = shared_K
+            K, K_path = shared_K
         else:
             raise SourceError(key, str(K_path), f"missing intrinsics for colour image {stem}")
         K = np.asarray(K, np.float64)
@@ -374,14 +374,15 @@ class PointceptSource(AdapterBase):
             return g / "depth" / sub / f"{stem[: -len('_rgb')]}_depth.png"
         return g / "depth" / sub / f"{stem}.png"
 
-    def _shared_intrinsic(self, d: Path, key: str) -> Optional[np.ndarray]:
+    def _shared_intrinsic(self, d: Path, key: str) -> Optional[tuple[np.ndarray, Path]]:
+        """(K, its file) when one intrinsics file serves every image."""
         kd = d / "intrinsic"
         if not kd.is_dir():
             return None
         if (kd / "intrinsic.npy").is_file():
-            return _load_npy(kd / "intrinsic.npy", key)
+            return _load_npy(kd / "intrinsic.npy", key), kd / "intrinsic.npy"
         files = list(kd.glob("*.npy"))
-        return _load_npy(files[0], key) if len(files) == 1 else None
+        return (_load_npy(files[0], key), files[0]) if len(files) == 1 else None
 
     def _correspondence_array(self, d: Path, sub: Path, stem: str, key: str):
         names = [stem] + ([stem.split("_", 1)[1]] if "_" in stem else [])  # ARKitScenes drops the video id
