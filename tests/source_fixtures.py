@@ -174,3 +174,19 @@ def write_sens(path: Path, frames: list[dict], K_color: np.ndarray, K_depth: np.
         out += c + d
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_bytes(bytes(out))
+
+
+def build_sample(spec, store: str, note: str = "") -> dict:
+    """Build every scene of a SourceSpec into ``store`` through the build path the
+    flow's tasks run (build_batch + commit_batch); no scene may fail. Returns the
+    store's first sample."""
+    from pipelines.build import BatchItem, SceneSettings, build_batch, commit_batch
+    from pipelines.store import ShardStore
+
+    refs = spec.make().discover()
+    result = build_batch(store, [BatchItem(spec, r, 1) for r in refs], SceneSettings(min_correspondences=20), shard_size=4)
+    assert result.failures == [], [f.message for f in result.failures]
+    commit_batch(store, result.shards, note=note)
+    sample = ShardStore.open(store)[0]
+    assert len(sample["rgb"]) == 4 and all(len(c) > 0 for c in sample["corr_point"])
+    return sample

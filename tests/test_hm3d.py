@@ -557,22 +557,16 @@ def test_released_recipe_rooms_are_geometry_groups_with_grid_mean_cameras(houses
 def test_both_recipes_run_through_the_build(tmp_path, recipe):
     from hm3d_fixtures import write_house
 
-    from pipelines.build import BatchItem, SceneSettings, SourceSpec, build_batch, commit_batch
-    from pipelines.store import ShardStore
+    from source_fixtures import build_sample
+
+    from pipelines.build import SourceSpec
 
     root = tmp_path / "hm3d"
     write_house(root / "val" / "00800-nodeshouse", "nodes")
     spec = SourceSpec("hm3d", str(root / "val"), None,
                       dict(backend="mesh", image_width=W, image_height=H, point_spacing=0.05, render_backend="embree",
                            cache_dir=str(tmp_path / "cache"), seed=3, max_rooms=1, recipe=recipe))
-    refs = spec.make().discover()
-    assert [r.scene_id for r in refs] == ["00800-nodeshouse_group0_sub0" if recipe == "released"
-                                          else "00800-nodeshouse_group0_sub0"]
-    store = str(tmp_path / "store")
-    result = build_batch(store, [BatchItem(spec, r, 1) for r in refs], SceneSettings(min_correspondences=20), shard_size=4)
-    assert result.failures == []
-    commit_batch(store, result.shards, note=recipe)
-    sample = ShardStore.open(store)[0]
-    assert len(sample["rgb"]) == 4 and all(len(c) > 0 for c in sample["corr_point"])
+    assert [r.scene_id for r in spec.make().discover()] == ["00800-nodeshouse_group0_sub0"]  # room 0: groups or nodes
+    build_sample(spec, str(tmp_path / "store"), note=recipe)
     with pytest.raises(ValueError, match="recipe"):
         spec.make().__class__(root / "val", recipe="other")

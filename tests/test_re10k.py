@@ -412,18 +412,13 @@ def _clip_images(root):
 
 @pytest.mark.parametrize("recipe", ["released", "paper"])
 def test_both_recipes_run_through_the_build(synthetic_clip, tmp_path, recipe):
-    from pipelines.build import BatchItem, SceneSettings, SourceSpec, build_batch, commit_batch
-    from pipelines.store import ShardStore
+    from source_fixtures import build_sample
+
+    from pipelines.build import SourceSpec
 
     spec = SourceSpec("re10k", str(synthetic_clip), None,
                       dict(lifter="given-depth", conf_percentile=None, voxel_size=0.05, seed=7, recipe=recipe))
-    refs = spec.make().discover()
-    store = str(tmp_path / "store")
-    result = build_batch(store, [BatchItem(spec, r, 1) for r in refs], SceneSettings(min_correspondences=20), shard_size=4)
-    assert result.failures == []
-    commit_batch(store, result.shards, note=recipe)
-    sample = ShardStore.open(store)[0]
-    assert len(sample["rgb"]) == 4 and all(len(c) > 0 for c in sample["corr_point"])
+    sample = build_sample(spec, str(tmp_path / "store"), note=recipe)
     if recipe == "released":  # each point in exactly one view
         idx = np.concatenate([np.asarray(c) for c in sample["corr_point"]])
         assert len(np.unique(idx)) == len(idx)
