@@ -37,3 +37,18 @@ def one_cycle_factor(step: int, total: int, pct_start: float = 0.05,
     rest = max(total - 1 - warm, 1.0)
     t = min((step - warm) / rest, 1.0)
     return minimum + (1.0 - minimum) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def one_cycle_beta1(step: int, total: int, pct_start: float = 0.05, base: float = 0.85,
+                    peak: float = 0.95) -> float:
+    """AdamW beta1 of the same one-cycle policy (torch's OneCycleLR with
+    cycle_momentum, anneal 'cos', as the released recipe runs it): ``peak`` -> ``base``
+    while the learning rate warms up, then back to ``peak`` as it anneals; inverse to
+    the learning rate, over the same phase boundaries as ``one_cycle_factor``."""
+    warm = max(float(pct_start * total) - 1, 1.0)
+    if step <= warm:
+        t = step / warm
+        return base + (peak - base) * 0.5 * (1 + math.cos(math.pi * t))
+    rest = max(total - 1 - warm, 1.0)
+    t = min((step - warm) / rest, 1.0)
+    return peak + (base - peak) * 0.5 * (1 + math.cos(math.pi * t))

@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from concerto.checkpointing import latest_checkpoint, load_checkpoint_dir, save_checkpoint, set_rng_state
 from concerto.config import ConfigError, PretrainConfig, load_config
-from concerto.schedules import cosine_warmup, one_cycle_factor
+from concerto.schedules import cosine_warmup, one_cycle_beta1, one_cycle_factor
 
 
 class TrainError(RuntimeError):
@@ -84,14 +84,22 @@ def apply_schedules(optimizer: torch.optim.Optimizer, cfg: PretrainConfig, step:
     o, total = cfg.optim, cfg.run.steps
     factor = one_cycle_factor(step, total, o.warmup_ratio, o.div_factor, o.final_div_factor)
     wd = cosine_warmup(step, total, o.weight_decay_start, o.weight_decay_start, o.weight_decay_end, 0.0)
+    beta1 = one_cycle_beta1(step, total, o.warmup_ratio, o.beta1_cycle[1], o.beta1_cycle[0]) \
+        if o.beta1_cycle else None
     for g in optimizer.param_groups:
         g["lr"] = g["max_lr"] * factor
         g["weight_decay"] = wd
+        if beta1 is not None:
+            g["betas"] = (beta1, g["betas"][1])
     d = cfg.distill
     return dict(lr=optimizer.param_groups[0]["lr"], weight_decay=wd,
                 teacher_temp=cosine_warmup(step, total, d.teacher_temp_start, d.teacher_temp_base,
                                            d.teacher_temp_base, d.teacher_temp_warmup_ratio),
-                momentum=cosine_warmup(step, total, d.momentum_base, d.momentum_base, d.momentum_final, 0.0))
+                momentum=cosine_warmup(step, total, d.momentum_base, d.momentum_base, d.momentum_final, 0.0),
+                mask_size=cosine_warmup(step, total, cfg.mask.size_start, cfg.mask.size_base, cfg.mask.size_base,
+                                        cfg.mask.warmup_ratio),
+                mask_ratio=cosine_warmup(step, total, cfg.mask.ratio_start, cfg.mask.ratio_base, cfg.mask.ratio_base,
+                                         cfg.mask.warmup_ratio))
 
 
 def average_over_ranks(sums: dict[str, float], world: int) -> dict[str, float]:
@@ -135,9 +143,16 @@ def build_sample_spec(cfg: PretrainConfig, grid, mean, std, with_images: bool):
 
     v = cfg.views
     params = ViewParams(**{k: getattr(v, k) for k in ViewParams.__dataclass_fields__ if hasattr(v, k)},
-                        mask_jitter=cfg.mask.jitter)
+                        mask_jitter=cfg.mask.jitter, mask_jitter_clip=cfg.mask.jitter_clip)
     m = cfg.mask
+    from concerto.ssl.image_augment import ImageAugment
+
+    cm = cfg.cross_modal
+    augment = ImageAugment(cm.image_shift_p, cm.image_shift_std, cm.image_blur_p, cm.image_blur_kernel,
+                           tuple(cm.image_blur_sigma))
+    resample = "bilinear" if cm.image_crop == "grid_multiple" else "bicubic"
     return SampleSpec(views=params, grid=grid, image_mean=tuple(mean), image_std=tuple(std),
+                      image_augment=augment, image_crop=cm.image_crop, image_resample=resample,
                       total_steps=cfg.run.steps, mask_size_start=m.size_start, mask_size_base=m.size_base,
                       mask_ratio_start=m.ratio_start, mask_ratio_base=m.ratio_base,
                       mask_warmup_ratio=m.warmup_ratio, with_images=with_images)
@@ -159,11 +174,14 @@ def train(cfg: PretrainConfig, data: Any, output: str | Path, resume: bool = Fal
     """
     from concerto.data import DataError, ShardLoader
     from concerto.ssl.ema import ema_update
-    from concerto.ssl.pretrainer import StudentNet, TeacherNet, pretraining_loss, upcast_channels
+    from concerto.ssl.pretrainer import StudentNet, TeacherNet, mask_batch, pretraining_loss, upcast_channels
 
     if cfg.distill.roll_mask_weight > 0 and cfg.views.global_num != 2:
         raise ConfigError(f"config key 'views.global_num': the roll-mask term needs 2 global views, got {cfg.views.global_num}")
     rank, world, device = init_distributed()
+    from concerto.batching import resolve_accumulation
+
+    accumulate, lr_scale = resolve_accumulation(cfg, world)
     if cfg.run.num_threads > 0:
         torch.set_num_threads(cfg.run.num_threads)
     output = Path(output)
@@ -193,7 +211,8 @@ def train(cfg: PretrainConfig, data: Any, output: str | Path, resume: bool = Fal
     d = cfg.distill
     student = StudentNet(backbone, upcast_channels(enc, d.upcast_level), upcast_channels(enc, cfg.cross_modal.upcast_level),
                          image_encoder.channels if image_encoder else 1, d.head_hidden, d.head_embed,
-                         d.num_prototypes, d.upcast_level, cfg.cross_modal.upcast_level, cfg.model.grid_size).to(device)
+                         d.num_prototypes, d.upcast_level, cfg.cross_modal.upcast_level, cfg.model.grid_size,
+                         patch_pool=cfg.cross_modal.patch_pool).to(device)
     teacher = TeacherNet(student).to(device)
     for m in teacher.modules():  # the teacher never drops paths
         if hasattr(m, "drop_prob"):
@@ -210,11 +229,11 @@ def train(cfg: PretrainConfig, data: Any, output: str | Path, resume: bool = Fal
         version = start_state["data_version"]  # resume on the manifest the run started with
     loader = ShardLoader(data, spec, cfg.data.batch_size, rank=rank, world_size=world,
                          num_workers=cfg.data.num_workers, seed=cfg.data.seed,
-                         accumulate=cfg.optim.accumulate, version=version)
+                         accumulate=accumulate, version=version)
 
-    optimizer = torch.optim.AdamW(layer_decay_groups(student, cfg.optim.lr, cfg.optim.layer_decay,
+    optimizer = torch.optim.AdamW(layer_decay_groups(student, cfg.optim.lr * lr_scale, cfg.optim.layer_decay,
                                                      backbone.config.enc_depths),
-                                  lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                  lr=cfg.optim.lr * lr_scale, betas=tuple(cfg.optim.betas),
                                   weight_decay=cfg.optim.weight_decay_start)
     step = 0
     if start_state is not None:
@@ -247,7 +266,6 @@ def train(cfg: PretrainConfig, data: Any, output: str | Path, resume: bool = Fal
 
     amp = torch.autocast(device.type, dtype=getattr(torch, cfg.optim.amp_dtype)) if cfg.optim.amp else nullcontext()
     grid_hw = grid.grid_hw
-    accumulate = max(cfg.optim.accumulate, 1)
     total = cfg.run.steps
     end = total if stop_after is None else min(total, step + stop_after)
     bar = None
@@ -288,6 +306,8 @@ def train(cfg: PretrainConfig, data: Any, output: str | Path, resume: bool = Fal
                 batch = to_device(next(batches), device)
             except (DataError, KeyError, ValueError) as exc:
                 raise TrainError(f"data: {exc}") from exc
+            if cfg.mask.per_batch:
+                batch = mask_batch(batch, sched["mask_size"], sched["mask_ratio"], cfg.mask.jitter, cfg.mask.jitter_clip)
             sync = model.no_sync() if (world > 1 and micro < accumulate - 1) else nullcontext()
             with sync:
                 with amp:
