@@ -143,7 +143,9 @@ def prepare_image(rgb: np.ndarray, grid: PatchGrid, resample: str = "bilinear",
         raise ValueError(f"prepare_image: expected uint8 [H,W,3], got {rgb.dtype} {list(rgb.shape)}")
     x0, y0, w, h = crop_box(rgb.shape[:2], grid, crop)
     out_h, out_w = grid.image_hw
-    img = Image.fromarray(rgb).resize((out_w, out_h), modes[resample], box=(x0, y0, x0 + w, y0 + h))
+    # crop first, then resize (as released): resizing with ``box`` would let the filter
+    # read pixels outside the crop at its edges
+    img = Image.fromarray(rgb).crop((x0, y0, x0 + w, y0 + h)).resize((out_w, out_h), modes[resample])
     return np.asarray(img)
 
 

@@ -44,6 +44,21 @@ def _scatter_mean(src: torch.Tensor, index: torch.Tensor, size: int) -> torch.Te
     return out / count.unsqueeze(1)
 
 
+def view_grid_coord(coord: torch.Tensor, offset: torch.Tensor, grid_size: float) -> Optional[torch.Tensor]:
+    """Voxel coordinates of already grid-sampled views as the released model computes
+    them (trunc((coord - batch minimum) / grid_size), one minimum over the whole
+    batch), or None when two points of a view share a voxel (augmentation can move
+    them together): the released model then feeds both to spconv; our sparse conv
+    needs unique voxels, so the backbone grid-samples such a batch itself."""
+    grid = torch.div(coord - coord.min(0).values, grid_size, rounding_mode="trunc").int()
+    batch = torch.repeat_interleave(torch.arange(len(offset), device=coord.device),
+                                    torch.diff(offset, prepend=offset.new_zeros(1)))
+    key = torch.cat([batch[:, None].int(), grid], 1)
+    if len(torch.unique(key, dim=0)) != len(key):
+        return None
+    return grid
+
+
 @dataclass
 class Encoded:
     """Features at one upcast level: feat [P,C], origin coordinate [P,3], view id [P],
@@ -63,6 +78,9 @@ def encode(backbone: nn.Module, coord, feat, offset, origin, grid_size: float, l
 
         point_cls, upcast_fn = point_cls or Point, upcast_fn or upcast
     fields = dict(coord=coord, feat=feat, offset=offset, grid_size=grid_size)
+    grid_coord = view_grid_coord(coord, offset, grid_size)
+    if grid_coord is not None:
+        fields["grid_coord"] = grid_coord
     if mask is not None:
         fields["mask"] = mask
     out = backbone(point_cls(**fields))
