@@ -77,7 +77,9 @@ def encode(backbone: nn.Module, coord, feat, offset, origin, grid_size: float, l
         from concerto.model import Point, upcast
 
         point_cls, upcast_fn = point_cls or Point, upcast_fn or upcast
-    fields = dict(coord=coord, feat=feat, offset=offset, grid_size=grid_size)
+    # origin_coord rides along: pooling averages it stage by stage (a mean of the
+    # children's means, as the released model), which is what points are matched on
+    fields = dict(coord=coord, feat=feat, offset=offset, grid_size=grid_size, origin_coord=origin.float())
     grid_coord = view_grid_coord(coord, offset, grid_size)
     if grid_coord is not None:
         fields["grid_coord"] = grid_coord
@@ -89,7 +91,8 @@ def encode(backbone: nn.Module, coord, feat, offset, origin, grid_size: float, l
         p = upcast_fn(out, lv)
         index = p.index_to_input()
         n = p["feat"].shape[0]
-        results.append(Encoded(p["feat"], _scatter_mean(origin.float(), index, n), p["batch"], index))
+        results.append(Encoded(p["feat"], p["origin_coord"] if "origin_coord" in p else
+                               _scatter_mean(origin.float(), index, n), p["batch"], index))
     return results
 
 
