@@ -6,6 +6,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from concerto.model.grid_sample import voxel_key
+
 
 def cube_mask(coord: np.ndarray, size: float, ratio: float, rng: np.random.Generator) -> np.ndarray:
     """bool [N]: the points of int(ratio * #cubes) random cubes of side ``size`` (m),
@@ -44,8 +46,8 @@ def batch_cube_mask(coord: torch.Tensor, offset: torch.Tensor, size: float, rati
     lo = torch.full((len(offset), 3), float("inf"), device=coord.device, dtype=coord.dtype)
     lo = lo.scatter_reduce(0, batch[:, None].expand(-1, 3), coord, reduce="amin")
     cell = torch.div(coord - lo[batch], size, rounding_mode="floor").int()
-    key = torch.cat([batch[:, None].int(), cell], 1)
-    _, cluster = torch.unique(key, dim=0, sorted=True, return_inverse=True)
+    # cubes numbered in (view, x, y, z) order, as the reference's unique over rows
+    _, cluster = torch.unique(voxel_key(cell, batch), sorted=True, return_inverse=True)
     num = int(cluster.max()) + 1 if len(cluster) else 0
     chosen = torch.randperm(num, device=coord.device, generator=generator)[: int(num * ratio)]
     return torch.isin(cluster, chosen)

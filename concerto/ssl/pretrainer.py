@@ -27,6 +27,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from concerto.model.grid_sample import voxel_key
 from concerto.ssl.cross_modal import PatchPredictor
 from concerto.ssl.head import ClusteringHead
 from concerto.ssl.losses import cross_modal_loss, distillation_loss, pool_patches, pool_patches_coarse
@@ -53,8 +54,7 @@ def view_grid_coord(coord: torch.Tensor, offset: torch.Tensor, grid_size: float)
     grid = torch.div(coord - coord.min(0).values, grid_size, rounding_mode="trunc").int()
     batch = torch.repeat_interleave(torch.arange(len(offset), device=coord.device),
                                     torch.diff(offset, prepend=offset.new_zeros(1)))
-    key = torch.cat([batch[:, None].int(), grid], 1)
-    if len(torch.unique(key, dim=0)) != len(key):
+    if len(torch.unique(voxel_key(grid, batch))) != len(grid):
         return None
     return grid
 
