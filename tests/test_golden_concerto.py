@@ -156,6 +156,22 @@ def test_training_forward_matches_released_concerto(golden, monkeypatch):
                                                                           float(z[f"loss/{theirs}"]))
 
 
+def test_batch_masks_and_jitter_match_released(golden):
+    """Cube masks over the whole batch and the masked points' jitter (0.01, clipped
+    above only), drawn from torch's RNG in the released order."""
+    from concerto.ssl.pretrainer import mask_batch
+
+    z = golden
+    s = json.loads(str(z["train_settings"]))
+    batch = _project_batch(z)
+    torch.manual_seed(int(z["jitter_seed"]))
+    batch = mask_batch(batch, s["mask_size"], s["mask_ratio"], 0.01, "upper")
+    np.testing.assert_array_equal(batch["global_mask"].numpy(), z["jitter_mask"])
+    np.testing.assert_allclose(batch["global_masked_coord"].numpy(), z["jitter_coord"], atol=1e-6)
+    delta = z["jitter_coord"] - z["batch/global_coord"]
+    assert delta.max() <= 0.02 + 1e-6 and delta.min() < -0.02  # the released clip is one-sided
+
+
 def test_load_official_checkpoint_gives_official_features(golden):
     """concerto.load of an official-layout file, fed the official inference transform's
     output (sonata transform.default(): centre shift, grid sampling, colour / 255),

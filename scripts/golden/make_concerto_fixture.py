@@ -314,6 +314,7 @@ def training_case(out: dict) -> None:
     torch.manual_seed(11)
     result = model(data)
     structure.Point.serialization = serialization
+    out["global_mask"] = masks[0].numpy()
     SerializedAttention.forward = attention
     print("smallest cloud per patch size:", smallest)
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -327,7 +328,6 @@ def training_case(out: dict) -> None:
     for k, v in batch.items():
         out[f"batch/{k}"] = v
     out["feat2d"] = feat2d.numpy()
-    out["global_mask"] = masks[0].numpy()
     out["orders"] = np.array(orders, np.int64)  # one row per serialization call, in call order
     out["pooled_all"] = pooled["feat"].numpy()  # [images * h * w, C] (zeros for empty patches)
     for k in ("mask_loss", "roll_mask_loss", "unmask_loss", "enc2d_loss", "loss"):
@@ -336,6 +336,23 @@ def training_case(out: dict) -> None:
     out["train_settings"] = json.dumps(dict(mask_size=0.1, mask_ratio=0.5, teacher_temp=0.05, mask_jitter=0.0,
                                             patch_hw=[ph, pw], backbone=TINY, head=[32, 16, 24],
                                             match_radius=0.32, student_temp=0.1))
+    # masks again with the released jitter (0.01, clipped above only): the masked view's
+    # coordinates as the student backbone receives them (its output is not compared:
+    # jittered points may share voxels)
+    model.mask_jitter = 0.01
+    seen = {}
+
+    def student_input(mod, args):
+        seen.setdefault("coord", args[0]["coord"].detach().clone())
+
+    handle = model.student.backbone.register_forward_pre_hook(student_input)
+    masks.clear()
+    torch.manual_seed(12)
+    model(data)
+    handle.remove()
+    out["jitter_seed"] = np.int64(12)
+    out["jitter_mask"] = masks[0].numpy()
+    out["jitter_coord"] = seen["coord"].numpy()
 
 
 # ----------------------------------------------------------------------------- (d) inference
