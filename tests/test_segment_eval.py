@@ -127,10 +127,11 @@ def _run(args, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["linear", "decoder", "full", "lora"])
 def test_every_mode_end_to_end(rooms, tmp_path, mode, capsys):
-    from concerto.model import load_checkpoint, PointTransformerV3, PTv3Config, save_checkpoint
+    from concerto.model import load_checkpoint, PointTransformerV3, PTv3Config
+    from concerto.train.checkpoint import export_backbone
 
     torch.manual_seed(1)
-    ckpt = save_checkpoint(PointTransformerV3(PTv3Config.tiny()), tmp_path / "enc.pth")
+    ckpt = export_backbone(PointTransformerV3(PTv3Config.tiny()), tmp_path / "enc.pth")
     results = tmp_path / "results.jsonl"
     out = tmp_path / mode
     extra = ["--points-per-scene", "200", "--scene-fraction", "0.7"] if mode == "full" else []

@@ -49,10 +49,13 @@ def test_jitter_moves_only_masked_points_within_two_sigma():
     coord, _, _ = cloud(300)
     mask = np.zeros(300, bool)
     mask[:100] = True
-    out = jitter_masked(coord, mask, 0.01, np.random.default_rng(0))
+    out = jitter_masked(coord, mask, 0.01, np.random.default_rng(0), clip="both")
     assert np.array_equal(out[100:], coord[100:])
     delta = np.abs(out[:100] - coord[:100])
     assert delta.max() <= 0.02 + 1e-6 and delta.max() > 0
+    # released: clipped above only
+    up = jitter_masked(coord, mask, 0.01, np.random.default_rng(0)) - coord
+    assert up[:100].max() <= 0.02 + 1e-6 and up[:100].min() < -0.02
 
 
 def test_make_views_structure_and_provenance():

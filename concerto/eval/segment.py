@@ -67,8 +67,8 @@ def load_encoder(checkpoint: str, preset: str, seed: int):
 
 def export_segmentor(model, class_names, path: Path) -> Path:
     """``{"mode", "class_names", "backbone": {"config", "state_dict"}, "head"}``; LoRA merged into plain weights."""
-    from concerto.checkpointing import atomic_torch_save
     from concerto.eval.lora import merge_lora
+    from preprocess.atomic_file import atomic_write
 
     plain = copy.deepcopy(model)
     merge_lora(plain.backbone)
@@ -76,8 +76,7 @@ def export_segmentor(model, class_names, path: Path) -> Path:
            "backbone": {"config": plain.backbone.config.to_dict(),
                         "state_dict": {k: v.detach().cpu() for k, v in plain.backbone.state_dict().items()}},
            "head": {k: v.detach().cpu() for k, v in plain.head.state_dict().items()}}
-    atomic_torch_save(obj, path)
-    return path
+    return atomic_write(path, lambda p: torch.save(obj, p))
 
 
 def run_segment(data: str, checkpoint: str, mode: str, output: str, loop: LoopConfig, config: str = "tiny",

@@ -135,7 +135,7 @@ def fit(model, train_scenes: Sequence, labels: dict, cfg: LoopConfig, output: Pa
     ``stop_after``: leave after that many steps of this call (checkpoint written), as if killed.
     Returns {"step", "total_steps", "last_loss", "seconds"}.
     """
-    from concerto.checkpointing import latest_checkpoint, load_checkpoint_dir, save_checkpoint, set_rng_state
+    from concerto.train.checkpoint import latest_training_state, load_training_state, save_training_state, set_rng_state
     from concerto.schedules import one_cycle_factor
 
     output = Path(output)
@@ -145,8 +145,8 @@ def fit(model, train_scenes: Sequence, labels: dict, cfg: LoopConfig, output: Pa
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.block_lr_scale), lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     step = 0
-    if resume and (path := latest_checkpoint(ckpt_root)) is not None:
-        state, rng = load_checkpoint_dir(path, rank)
+    if resume and (path := latest_training_state(ckpt_root)) is not None:
+        state, rng = load_training_state(path, rank)
         if state.get("world_size", 1) != world:
             raise RuntimeError(f"resume from '{path}': saved with {state.get('world_size')} ranks, running with {world}")
         if state.get("mode") != model.mode:
@@ -172,7 +172,7 @@ def fit(model, train_scenes: Sequence, labels: dict, cfg: LoopConfig, output: Pa
         if rank == 0:
             state = dict(step=at, model=model.state_dict(), optimizer=optimizer.state_dict(), world_size=world,
                          mode=model.mode, loop=asdict(cfg), **(extra_state or {}))
-        save_checkpoint(ckpt_root, at, state, rank, barrier)
+        save_training_state(ckpt_root, at, state, rank, barrier)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     end = total if stop_after is None else min(total, step + stop_after)
