@@ -134,8 +134,8 @@ def test_elastic_interpolation_matches_scipy():
 
 def test_mask_shape_follows_the_run_config_schedule():
     m = MaskConfig()
-    assert MaskShape.at(m, 0, 100) == (m.size_start, m.ratio_start, m.jitter)
-    assert MaskShape.at(m, 99, 100) == pytest.approx((m.size_base, m.ratio_base, m.jitter))
+    assert MaskShape.at(m, 0, 100) == (m.size_start, m.ratio_start, m.jitter, m.jitter_clip)
+    assert MaskShape.at(m, 99, 100)[:3] == pytest.approx((m.size_base, m.ratio_base, m.jitter))
     # the view settings the loader workers see are the run's own config objects, not copies
     from concerto.config import PretrainConfig
     from concerto.train import build_sample_spec
