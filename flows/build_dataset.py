@@ -213,11 +213,16 @@ def publish_artifacts(summary: dict) -> None:
                           key="build-quarantine", description=f"{len(rows)} quarantined scenes")
 
 
-def check_quarantine(summary: dict, fail_on_quarantine: bool) -> None:
+def check_quarantine(summary: dict, fail_on_quarantine: bool, logger=None) -> None:
+    """``fail_on_quarantine``: raise, naming the scenes; the message is also logged as an
+    error so ``prefect deployment run --watch`` (which streams the run's logs) shows it."""
     if fail_on_quarantine and summary["quarantined"]:
         shown = "; ".join(f"{q['key']} ({q['stage']}: {q['message'][:120]})" for q in summary["quarantined"][:5])
-        raise QuarantineError(f"{len(summary['quarantined'])} scenes quarantined in {summary['store']} "
-                              f"(v{summary['manifest_version']}): {shown}")
+        message = (f"{len(summary['quarantined'])} scenes quarantined in {summary['store']} "
+                   f"(v{summary['manifest_version']}): {shown}")
+        if logger is not None:
+            logger.error("fail_on_quarantine: %s", message)
+        raise QuarantineError(message)
 
 
 @flow(name="build-dataset", persist_result=False, validate_parameters=True)
@@ -267,7 +272,7 @@ def build_dataset(
                             gc_grace_seconds=gc_grace_seconds, progress=progress, steps=PREFECT_STEPS,
                             logger=get_run_logger()).as_dict()
     publish_artifacts(summary)
-    check_quarantine(summary, fail_on_quarantine)
+    check_quarantine(summary, fail_on_quarantine, get_run_logger())
     return summary
 
 

@@ -104,9 +104,13 @@ def latest_complete_version(data: Any) -> Optional[int]:
     """The store's latest complete manifest version (None for a store object)."""
     if not isinstance(data, (str, Path)):
         return getattr(data, "version", None)
-    from pipelines.store import load_manifest
+    from concerto.data import DataError
+    from pipelines.store import StoreError, load_manifest
 
-    return load_manifest(str(data), complete=True).version
+    try:
+        return load_manifest(str(data), complete=True).version
+    except StoreError as exc:
+        raise DataError(f"data store '{data}': {exc}") from exc
 
 
 def choose_data_version(cfg: PretrainConfig, data: Any, saved: Optional[dict], rank: int) -> Optional[int]:
