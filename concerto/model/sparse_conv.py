@@ -126,9 +126,13 @@ def build_kernel_map(grid_coord: torch.Tensor, batch: torch.Tensor, kernel_size:
 
 
 def _per_offset(weight: torch.Tensor) -> torch.Tensor:
-    """[Cout, k, k, k, Cin] -> [k^3, Cin, Cout] (offset index x slowest)."""
+    """[Cout, k, k, k, Cin] -> view [k^3, Cin, Cout] (offset index x slowest).
+
+    A strided view, not a copy: each [Cin, Cout] slice has a unit stride, which
+    BLAS takes as a transposed operand with a leading dimension.
+    """
     cout, cin = weight.shape[0], weight.shape[-1]
-    return weight.reshape(cout, -1, cin).permute(1, 2, 0).contiguous()
+    return weight.reshape(cout, -1, cin).permute(1, 2, 0)
 
 
 def _pair_conv(feat: torch.Tensor, w: torch.Tensor, pairs, transpose: bool = False) -> torch.Tensor:
@@ -169,13 +173,14 @@ class _SubmanifoldConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_feat = _pair_conv(grad_out, _per_offset(weight).transpose(1, 2), pairs, transpose=True)
         if ctx.needs_input_grad[1]:
+            # written straight into the parameter's layout [Cout, k^3, Cin]
             centre = len(pairs) // 2
-            gw = feat.new_zeros(len(pairs), feat.shape[1], grad_out.shape[1])  # [k^3, Cin, Cout]
-            torch.mm(feat.t(), grad_out, out=gw[centre])
+            gw = feat.new_zeros(weight.shape[0], len(pairs), feat.shape[1])
+            torch.mm(grad_out.t(), feat, out=gw[:, centre])
             for j, (o, i) in enumerate(pairs):
                 if j != centre and o.numel():
-                    torch.mm(feat.index_select(0, i).t(), grad_out.index_select(0, o), out=gw[j])
-            grad_weight = gw.permute(2, 0, 1).reshape(weight.shape)
+                    torch.mm(grad_out.index_select(0, o).t(), feat.index_select(0, i), out=gw[:, j])
+            grad_weight = gw.view(weight.shape)
         return grad_feat, grad_weight, None
 
 
