@@ -6,7 +6,8 @@ CONCERTO_OFFICIAL_PYTHON (a separate venv with spconv-cu120 and torch-scatter;
 see benchmarks/ptv3_worker.py for how it runs on CPU). Without it the baseline
 is the recorded figure below and the run says so.
 
-Every measurement is a fresh process (benchmarks/ptv3_worker.py) so peak memory
+Wall time is the headline; CPU time of the process is printed beside it as a
+check on load from other users of the machine. Every measurement is a fresh process (benchmarks/ptv3_worker.py) so peak memory
 is its own; the two implementations alternate ``--rounds`` times and the best
 time of each is kept (the machine is shared). Reported, ours / official:
 forward (eval, inference mode), forward+backward (train mode, loss = mean of
@@ -98,13 +99,13 @@ def official_available() -> tuple[bool, str]:
     return True, python
 
 
-def run_worker(python: str, impl: str, mode: str, case: Path, out: Path, repeats: int) -> dict:
+def run_worker(python: str, impl: str, mode: str, case: Path, out: Path, repeats: int, threads: int) -> dict:
     repo = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ)
     if impl == "ours":
         env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [python, str(WORKER), "--impl", impl, "--mode", mode, "--case", str(case), "--out", str(out),
-           "--repeats", str(repeats)]
+           "--repeats", str(repeats), "--threads", str(threads)]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode:
         raise RuntimeError(f"{impl} {mode} worker failed:\n{res.stderr[-3000:]}")
@@ -118,6 +119,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="timed calls per process after a warm-up")
     ap.add_argument("--config", choices=["base", "large", "tiny"], default="base")
     ap.add_argument("--no-train", action="store_true", help="forward only")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads in both (0: torch's default)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-ptv3-"))
@@ -139,14 +141,20 @@ def main() -> None:
     for mode in modes:
         for r in range(args.rounds):
             for impl, python in impls.items():
-                res = run_worker(python, impl, mode, work / "case.pt", work / f"{impl}-{mode}.pt", args.repeats)
+                res = run_worker(python, impl, mode, work / "case.pt", work / f"{impl}-{mode}.pt", args.repeats,
+                                 args.threads)
                 results.setdefault((impl, mode), []).append(res)
-                print(f"  round {r}: {impl:8s} {mode:7s} {res['seconds']:7.2f} s  peak +{res['peak_mb']:.0f} MB",
+                print(f"  round {r}: {impl:8s} {mode:7s} {res['seconds']:7.2f} s wall {res['cpu_seconds']:7.2f} s CPU"
+                      f"  peak +{res['peak_mb']:.0f} MB  ({res['threads']} threads)",
                       flush=True)
 
     def best(impl, mode):
         rows = results.get((impl, mode), [])
         return (min(x["seconds"] for x in rows), min(x["peak_mb"] for x in rows)) if rows else (None, None)
+
+    def best_cpu(impl, mode):
+        rows = results.get((impl, mode), [])
+        return min(x["cpu_seconds"] for x in rows) if rows else None
 
     print(f"\n{'':22s} {'ours':>9s} {'official':>9s} {'ratio':>7s}")
     for mode in modes:
@@ -156,6 +164,8 @@ def main() -> None:
             t_b = RECORDED_OFFICIAL["forward"]
         fmt = lambda v: f"{v:9.2f}" if v is not None else f"{'-':>9s}"  # noqa: E731
         print(f"{label:22s} {fmt(t_o)} {fmt(t_b)} {(t_o / t_b) if t_b else float('nan'):7.2f}")
+        c_o, c_b = best_cpu("ours", mode), best_cpu("official", mode)
+        print(f"{'  CPU s':22s} {fmt(c_o)} {fmt(c_b)} {(c_o / c_b) if c_b else float('nan'):7.2f}")
         print(f"{'  peak memory MB':22s} {m_o:9.0f} {fmt(m_b)} {(m_o / m_b) if m_b else float('nan'):7.2f}")
     if have_official:
         a, b = torch.load(work / "ours-forward.pt"), torch.load(work / "official-forward.pt")
