@@ -186,6 +186,7 @@ def main():
     ap.add_argument("--big-frames", type=int, default=100)
     ap.add_argument("--no-big", action="store_true")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--backends", nargs="+", default=["auto", "open3d"], help="render backends of ours")
     ap.add_argument("--png", type=Path, default=None, help="write frame 0's correspondences of both methods as a PNG")
     args = ap.parse_args()
 
@@ -195,7 +196,7 @@ def main():
     for _ in range(args.subdivide):
         mesh = mesh.subdivide()
     renderer = Renderer(mesh)
-    backends = list(dict.fromkeys([resolve_backend("auto"), "open3d"]))
+    backends = list(dict.fromkeys(resolve_backend(b) for b in args.backends))
     worst = None
     print(f"mesh {len(mesh.faces):,} faces; {args.points:,} points; {W}x{H}; best of {args.repeat}; backends {backends}")
     print(f"{'frames':>6s} {'reference s':>12s} " + " ".join(f"{b + ' s':>12s} {'x ref':>6s}" for b in backends))
