@@ -22,8 +22,9 @@ Fields with a fixed meaning:
 - ``grid_sample_inverse`` int64 [N_input] (only on the first-stage Point when
   the model grid-sampled its input): for every input point, the index of the
   voxel that represents it; ``grid_sample_index`` [N]: the input row kept.
-- ``sparse_conv_cache`` / ``attention_plans``: per-resolution caches (kernel
-  maps, attention windows) shared by the blocks of one stage.
+- ``sparse_conv_cache`` / ``attention_plans`` / ``attention_rows``: per-resolution
+  caches (kernel maps, attention windows, window gathers composed with each
+  curve order) shared by the blocks of one stage.
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ class Point(dict):
         self["serialized_code"] = ser.code
         self["serialized_order"] = ser.order
         self["serialized_inverse"] = ser.inverse
+        self.pop("attention_rows", None)  # composed with the old curve orders
         return self
 
     def index_to_input(self) -> torch.Tensor:
