@@ -1,7 +1,9 @@
 """Pretraining configuration: a dataclass tree with base / large / tiny presets.
 
-Values follow the reference Concerto config (Pointcept
-``configs/concerto/pretrain-concerto-v1m1-0-base.py``). Overrides come from a YAML or
+Values follow the released Concerto configs (Pointcept
+``configs/concerto/pretrain-concerto-v1m1-0-base.py`` and ``-1-large-base.py``);
+``paper`` follows the paper's text where it differs (DINOv2-L teacher) and
+``sonata`` the released Sonata config (``configs/sonata/pretrain-sonata-v1m1-0-base.py``). Overrides come from a YAML or
 JSON file (nested mapping) and ``key.sub=value`` strings; an unknown key raises
 ``ConfigError`` naming it.
 """
@@ -45,6 +47,9 @@ class ViewConfig:
     normal_drop_part_prob: float = 0.5
     normal_drop_part_ratio: float = 0.2
     elastic: tuple = ((0.2, 0.4), (0.8, 1.6))  # (granularity m, magnitude); [] disables
+    # "unit": colour / 255, as the released transforms (NormalizeColor) feed it;
+    # "symmetric": colour / 127.5 - 1, only for checkpoints trained that way before
+    color_range: str = "unit"
 
 
 @dataclass
@@ -55,6 +60,12 @@ class MaskConfig:
     ratio_base: float = 0.7
     warmup_ratio: float = 0.05
     jitter: float = 0.01
+    # "upper": the released code clips the jitter noise at +2 sigma only;
+    # "both": clip to +-2 sigma
+    jitter_clip: str = "upper"
+    # True: masks drawn in the training step over the whole batch (torch RNG,
+    # int(ratio * cubes of the batch), as released); False: per view in the workers
+    per_batch: bool = True
 
 
 @dataclass
@@ -76,6 +87,9 @@ class DistillConfig:
     mask_weight: float = 1 / 8
     roll_mask_weight: float = 1 / 8
     unmask_weight: float = 2 / 8
+    # True (Concerto v1m1): every target, the local views' too, from the teacher's
+    # mask head; False: the local views' from the teacher's unmask head (Sonata v1m1)
+    shared_teacher_head: bool = True
 
 
 @dataclass
@@ -83,13 +97,31 @@ class CrossModalConfig:
     """Prediction of frozen image-encoder patch features (Concerto)."""
 
     weight: float = 4 / 8
-    model_id: str = "facebook/dinov2-base"
+    model_id: str = "facebook/dinov2-with-registers-giant"
     # a Dinov2Config as a mapping: build a randomly initialised encoder instead of
     # loading model_id (tests, offline runs)
     encoder_config: Optional[dict] = None
     image_size: Optional[int] = None  # None: the encoder config's image size
     upcast_level: int = 3
     loss_scale: float = 10.0
+    # "pooled": correspondences averaged up to the points of the upcast level
+    # first, patch coordinates truncated, each of those points counted once per
+    # image (released); "input": input points averaged per patch
+    patch_pool: str = "pooled"
+    # batch without images: the cross-modal term is the weighted self-distillation
+    # loss normalised by its weights (released); False: the term is left out
+    no_image_self_distill: bool = True
+    # image augmentation (released): per-channel shift U(0, shift_std) on [0, 1]
+    # images with p shift_p, then a Gaussian blur (kernel blur_kernel, sigma U(*blur_sigma))
+    # with p blur_p; 0 disables either
+    image_shift_p: float = 0.95
+    image_shift_std: float = 0.05
+    image_blur_p: float = 0.5
+    image_blur_kernel: int = 9
+    image_blur_sigma: tuple = (0.1, 2.0)
+    # "grid_multiple": the largest centred crop that is a multiple of the patch grid,
+    # bilinear resize (released); "largest": largest centred crop, bicubic
+    image_crop: str = "grid_multiple"
 
 
 @dataclass
@@ -101,9 +133,19 @@ class OptimConfig:
     warmup_ratio: float = 0.05
     div_factor: float = 10.0
     final_div_factor: float = 1000.0
-    betas: tuple = (0.9, 0.999)
+    betas: tuple = (0.95, 0.999)
+    # (peak, base): beta1 cycled inversely to the learning rate by the one-cycle
+    # policy (torch OneCycleLR cycle_momentum, as released); () keeps betas[0]
+    beta1_cycle: tuple = (0.95, 0.85)
     clip_grad: float = 3.0
     accumulate: int = 1
+    # samples per optimiser step over all ranks (released: 96). Set, it fixes
+    # ``accumulate`` = global_batch / (batch_size * ranks); None uses ``accumulate``.
+    global_batch: Optional[int] = 96
+    # when the effective global batch differs from reference_batch, scale lr
+    # linearly (the released code never needs to: it always runs 96)
+    reference_batch: int = 96
+    scale_lr: bool = True
     amp: bool = True
     amp_dtype: str = "bfloat16"
 
@@ -125,6 +167,7 @@ class DataConfig:
 @dataclass
 class RunConfig:
     steps: int = 100000  # optimiser steps; all schedules span these
+    epochs: int = 100  # released: 100 (Sonata 200); see steps_for_epochs
     save_every: int = 1000
     log_every: int = 10
     seed: int = 0
@@ -151,9 +194,29 @@ class PretrainConfig:
 
     @staticmethod
     def large() -> "PretrainConfig":
+        """Released ``pretrain-concerto-v1m1-1-large-base``: large encoder, clip 2.0."""
         cfg = PretrainConfig()
         cfg.model.preset = "large"
+        cfg.optim.clip_grad = 2.0
+        return cfg
+
+    @staticmethod
+    def paper() -> "PretrainConfig":
+        """The paper's text where it differs from the released config: a DINOv2-L
+        teacher (1024 channels; the predictor's width follows the encoder)."""
+        cfg = PretrainConfig()
         cfg.cross_modal.model_id = "facebook/dinov2-large"
+        return cfg
+
+    @staticmethod
+    def sonata() -> "PretrainConfig":
+        """Released Sonata v1m1 (no images): weights 2/8, 2/8, 4/8, own teacher heads,
+        200 epochs."""
+        cfg = PretrainConfig()
+        cfg.cross_modal.weight = 0.0
+        cfg.distill.mask_weight, cfg.distill.roll_mask_weight, cfg.distill.unmask_weight = 2 / 8, 2 / 8, 4 / 8
+        cfg.distill.shared_teacher_head = False
+        cfg.run.epochs = 200
         return cfg
 
     @staticmethod
@@ -171,6 +234,7 @@ class PretrainConfig:
             hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
             intermediate_size=64, patch_size=14, image_size=56)
         cfg.optim.amp = False
+        cfg.optim.global_batch = None
         cfg.data.batch_size = 2
         cfg.data.num_workers = 0
         cfg.run.steps = 100
@@ -184,6 +248,7 @@ class PretrainConfig:
 
 
 PRESETS = {"base": PretrainConfig.base, "large": PretrainConfig.large,
+           "paper": PretrainConfig.paper, "sonata": PretrainConfig.sonata,
            "tiny": PretrainConfig.tiny}
 
 

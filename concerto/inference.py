@@ -18,8 +18,10 @@ Checkpoints understood by :func:`load`:
 
 Input conventions match pretraining (``concerto.ssl.views``): coord float [N, 3]
 in metres, shifted per cloud so x and y are centred and the lowest z is 0 (the
-reference ``CenterShift(apply_z=True)``); color in [0, 255] scaled to [-1, 1];
-normal as given. A missing color is black (-1) and a missing normal is 0, which
+reference ``CenterShift(apply_z=True)``); color in [0, 255] divided by 255 (the
+released transforms' ``NormalizeColor``; a training state whose config says
+``views.color_range: symmetric``, or that predates the field, gets / 127.5 - 1);
+normal as given. A missing color is black (0) and a missing normal is 0, which
 is what pretraining's attribute dropping shows the encoder.
 
 Determinism and permutation equivariance: grid sampling here keeps, for every
@@ -55,9 +57,12 @@ def center_shift(coord: np.ndarray) -> np.ndarray:
     return (coord.astype(np.float64) - shift).astype(np.float32)
 
 
-def input_features(coord: np.ndarray, color: np.ndarray, normal: np.ndarray) -> np.ndarray:
-    """9 input channels [N, 9]: (shifted coord, color / 127.5 - 1, normal), as in pretraining."""
-    return np.concatenate([coord, color.astype(np.float32) / 127.5 - 1.0, normal], 1).astype(np.float32)
+def input_features(coord: np.ndarray, color: np.ndarray, normal: np.ndarray, color_range: str = "unit") -> np.ndarray:
+    """9 input channels [N, 9]: (shifted coord, color / 255 (or / 127.5 - 1 for
+    ``color_range="symmetric"``), normal), as in pretraining."""
+    from concerto.ssl.views import scale_color
+
+    return np.concatenate([coord, scale_color(color, color_range), normal], 1).astype(np.float32)
 
 
 def canonical_grid_sample(coord: np.ndarray, values: np.ndarray, grid_size: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -128,7 +133,7 @@ def _as_array(x: ArrayLike, name: str, index: int, dtype=np.float32) -> np.ndarr
 
 
 def prepare_cloud(coord: ArrayLike, color: Optional[ArrayLike], normal: Optional[ArrayLike],
-                  grid_size: float, index: int = 0) -> PreparedCloud:
+                  grid_size: float, index: int = 0, color_range: str = "unit") -> PreparedCloud:
     """Validate one cloud, shift it, build its 9 features and grid-sample it (see module doc)."""
     coord = _as_array(coord, "coord", index)
     if coord.ndim != 2 or coord.shape[1] != 3 or len(coord) == 0:
@@ -151,7 +156,7 @@ def prepare_cloud(coord: ArrayLike, color: Optional[ArrayLike], normal: Optional
     if grid_size <= 0:
         raise InferenceError(f"embed: grid_size must be > 0, got {grid_size}")
     shifted = center_shift(coord)
-    feat = input_features(shifted, fields["color"], fields["normal"])
+    feat = input_features(shifted, fields["color"], fields["normal"], color_range)
     rows, grid_coord, inverse = canonical_grid_sample(shifted, feat[:, 3:], grid_size)
     return PreparedCloud(shifted[rows], feat[rows], grid_coord, inverse)
 
@@ -178,6 +183,8 @@ class Encoder:
         cfg = model.config
         self.levels = min(int(levels), cfg.num_stages - 1) if cfg.enc_mode else 0
         self.grid_size = float(cfg.grid_size)
+        # how the model's training fed colours (see module doc)
+        self.color_range = getattr(model, "input_color_range", "unit")
 
     @property
     def config(self):
@@ -266,7 +273,7 @@ class Encoder:
         try:
             for batch in batches:
                 for i in batch:
-                    prepared[i] = prepare_cloud(coords[i], colors[i], normals[i], gs, i)
+                    prepared[i] = prepare_cloud(coords[i], colors[i], normals[i], gs, i, self.color_range)
                 feat = self._forward([prepared[i] for i in batch]).cpu().numpy()
                 start = 0
                 for i in batch:
@@ -302,9 +309,12 @@ def _training_backbone(state: dict, name: str, weights: str):
         raise InferenceError(f"checkpoint {name}: field 'config.model.preset' is {preset!r}, expected one of {sorted(presets)}")
     ptv3 = presets[preset](grid_size=float(model_cfg.get("grid_size", 0.02)), drop_path=0.0)
     try:
-        return load_checkpoint({"state_dict": state[weights]}, config=ptv3, prefix="backbone.")
+        model = load_checkpoint({"state_dict": state[weights]}, config=ptv3, prefix="backbone.")
     except ValueError as exc:  # CheckpointError
         raise InferenceError(f"checkpoint {name}: field '{weights}': {exc}") from exc
+    # states from before the field existed were trained on colour / 127.5 - 1
+    model.input_color_range = (cfg.get("views") or {}).get("color_range", "symmetric")
+    return model
 
 
 def _read_training_state(path: Path) -> dict:
@@ -365,6 +375,7 @@ def load_model(name_or_path: Union[str, os.PathLike], weights: str = "teacher", 
 
             rebuilt = PointTransformerV3(PTv3Config.from_dict({**model.config.to_dict(), **overrides}))
             rebuilt.load_state_dict(model.state_dict())
+            rebuilt.input_color_range = model.input_color_range
             model = rebuilt
         return model
     try:

@@ -41,11 +41,30 @@ def one_cycle_factor(step: int, total: int, pct_start: float = 0.05,
     return minimum + (1.0 - minimum) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def one_cycle_beta1(step: int, total: int, pct_start: float = 0.05, base: float = 0.85,
+                    peak: float = 0.95) -> float:
+    """AdamW beta1 of the same one-cycle policy (torch's OneCycleLR with
+    cycle_momentum, anneal 'cos', as the released recipe runs it): ``peak`` -> ``base``
+    while the learning rate warms up, then back to ``peak`` as it anneals; inverse to
+    the learning rate, over the same phase boundaries as ``one_cycle_factor``."""
+    warm = max(float(pct_start * total) - 1, 1.0)
+    if step <= warm:
+        t = step / warm
+        return base + (peak - base) * 0.5 * (1 + math.cos(math.pi * t))
+    rest = max(total - 1 - warm, 1.0)
+    t = min((step - warm) / rest, 1.0)
+    return peak + (base - peak) * 0.5 * (1 + math.cos(math.pi * t))
+
+
 def training_schedules(cfg, step: int) -> dict:
-    """The step's values of every optimiser-side schedule of a PretrainConfig: ``lr_factor``
-    (times each group's max lr), ``weight_decay``, ``teacher_temp`` and EMA ``momentum``."""
+    """The step's values of every schedule of a PretrainConfig: ``lr_factor`` (times each
+    group's max lr), ``beta1`` (AdamW's, cycled with the lr as released; None when
+    ``optim.beta1_cycle`` is off), ``weight_decay``, ``teacher_temp`` and EMA ``momentum``
+    (the mask schedule is ``concerto.ssl.masking.MaskShape.at``)."""
     o, d, total = cfg.optim, cfg.distill, cfg.run.steps
+    beta1 = one_cycle_beta1(step, total, o.warmup_ratio, o.beta1_cycle[1], o.beta1_cycle[0]) if o.beta1_cycle else None
     return dict(lr_factor=one_cycle_factor(step, total, o.warmup_ratio, o.div_factor, o.final_div_factor),
+                beta1=beta1,
                 weight_decay=cosine_warmup(step, total, o.weight_decay_start, o.weight_decay_start,
                                            o.weight_decay_end, 0.0),
                 teacher_temp=cosine_warmup(step, total, d.teacher_temp_start, d.teacher_temp_base,

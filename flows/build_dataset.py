@@ -11,17 +11,23 @@ itself lives in ``pipelines.build``):
    complete depth -> process_scene -> shards written straight into the store;
    a failing scene is caught and reported, not raised.
 4. ``commit-batch`` in the flow, serially, as each batch finishes: a new
-   manifest version lists that batch's shards. A build killed at any point keeps
-   every committed batch; a re-run skips those scenes, and the unlisted shards
-   of unfinished batches are ignored by readers and removed by ``gc``.
-5. ``commit-removals``: scenes that left the build stop being listed. The
-   ``sources`` of a run define the dataset: scenes of a source left out of the
-   run (or no longer found by its adapter) leave the new manifest version
-   (older versions still list them). A source whose discovery fails keeps its
-   scenes listed.
+   "partial" manifest version lists that batch's shards. A build killed at any
+   point keeps every committed batch; a re-run skips those scenes, and the
+   unlisted shards of unfinished batches are ignored by readers and removed by
+   ``gc``. Readers keep opening the last complete version meanwhile.
+5. ``commit-removals``, only with ``prune``: scenes this run did not find stop
+   being listed. Without it a run only adds and updates: the dataset is every
+   source the store records, and a run with no sources refreshes them all.
+6. ``commit-complete``: the version that ends the run (its flow-run id inside).
 
-Failed scenes go to ``<store>/reports/quarantine.json``; each run writes a
-summary to ``<store>/reports/build-v*.json`` and returns it.
+One run per store at a time: the store's build lease
+(``pipelines.store.lease``) makes a second run wait, logging which run it waits
+for. (Not a Prefect global concurrency limit: the slot of a run killed with
+SIGKILL stays taken until the server's repossessor reclaims its lease, and
+forever on servers that run no services, such as local mode.) Failed scenes go to ``<store>/reports/quarantine/``; each run
+writes a summary to ``<store>/reports/build-v*.json``, returns it and leaves
+two artifacts (the summary per source, a table of quarantined scenes);
+``fail_on_quarantine`` ends the run Failed when a scene was quarantined.
 
 Local mode (no server): ``python -m flows.build_dataset --store S --source synthetic:PATH[:k=v,...]``.
 """
@@ -36,6 +42,7 @@ from typing import Any, Optional
 
 import flows  # noqa: F401  (Prefect defaults before prefect is imported)
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.cache_policies import NO_CACHE
@@ -54,6 +61,7 @@ from pipelines.build_run import (
     build_batch_step,
     commit_step,
     discover_step,
+    finish_step,
     gc_step,
     plan_step,
     removals_step,
@@ -153,22 +161,69 @@ def collect_garbage(store: Store, grace_seconds: float) -> dict:
 
 
 @task(name="plan-build", **_driver_options)
-def plan_task(store: Store, refs: list[SceneRef], sources: list[str], failed_sources: list[str]) -> Plan:
-    return plan_step(store, refs, sources, failed_sources, get_run_logger())
+def plan_task(store: Store, refs: list[SceneRef], sources: list[str], failed_sources: list[str],
+              prune: bool = False) -> Plan:
+    return plan_step(store, refs, sources, failed_sources, prune, get_run_logger())
 
 
 @task(name="commit-batch", task_run_name="commit-batch-{index:04d}", **_driver_options)
-def commit_task(index: int, store: Store, result: BatchResult, failures: list[SceneFailure]) -> int | None:
-    return commit_step(index, store, result, failures)
+def commit_task(index: int, store: Store, result: BatchResult, failures: list[SceneFailure], run_id: str = "",
+                sources: dict | None = None) -> int | None:
+    return commit_step(index, store, result, failures, run_id, sources)
 
 
 @task(name="commit-removals", **_driver_options)
-def removals_task(store: Store, removed: list[str]) -> int | None:
-    return removals_step(store, removed, get_run_logger())
+def removals_task(store: Store, removed: list[str], run_id: str = "", drop_sources: list[str] = ()) -> int | None:
+    return removals_step(store, removed, run_id, drop_sources, get_run_logger())
+
+
+@task(name="commit-complete", **_driver_options)
+def finish_task(store: Store, run_id: str, sources: dict) -> int:
+    return finish_step(store, run_id, sources, get_run_logger())
 
 
 PREFECT_STEPS = BuildSteps(discover=discover_scenes, build_batch=build_batch, gc=collect_garbage, plan=plan_task,
-                           commit=commit_task, remove=removals_task)
+                           commit=commit_task, remove=removals_task, finish=finish_task)
+
+
+class QuarantineError(RuntimeError):
+    """``fail_on_quarantine``: the build left scenes out."""
+
+
+def summary_markdown(summary: dict) -> str:
+    """The run's summary artifact: per source, scenes new/unchanged/updated/removed/failed."""
+    lines = [f"# build-dataset: {summary['store']}", "",
+             f"manifest version **v{summary['manifest_version']}** (from v{summary['base_version']}), run "
+             f"`{summary['run_id']}`", "",
+             "| source | new | unchanged | updated | removed | failed |", "|---|---|---|---|---|---|"]
+    for src, c in summary["per_source"].items():
+        lines.append(f"| {src} | {c['new']} | {c['unchanged']} | {c['updated']} | {c['removed']} | {c['failed']} |")
+    if summary["failed_sources"]:
+        lines += ["", f"sources whose discovery failed (their scenes stay listed): {', '.join(summary['failed_sources'])}"]
+    if summary["removed"]:
+        lines += ["", f"pruned ({len(summary['removed'])}): " + ", ".join(summary["removed"][:50])]
+    return "\n".join(lines)
+
+
+def publish_artifacts(summary: dict) -> None:
+    create_markdown_artifact(summary_markdown(summary), key="build-summary",
+                             description=f"build-dataset on {summary['store']}")
+    rows = [{"scene": q["key"], "stage": q["stage"], "error": q["error_type"], "message": q["message"]}
+            for q in summary["quarantined"]]
+    create_table_artifact(rows or [{"scene": "-", "stage": "-", "error": "-", "message": "no scene quarantined"}],
+                          key="build-quarantine", description=f"{len(rows)} quarantined scenes")
+
+
+def check_quarantine(summary: dict, fail_on_quarantine: bool, logger=None) -> None:
+    """``fail_on_quarantine``: raise, naming the scenes; the message is also logged as an
+    error so ``prefect deployment run --watch`` (which streams the run's logs) shows it."""
+    if fail_on_quarantine and summary["quarantined"]:
+        shown = "; ".join(f"{q['key']} ({q['stage']}: {q['message'][:120]})" for q in summary["quarantined"][:5])
+        message = (f"{len(summary['quarantined'])} scenes quarantined in {summary['store']} "
+                   f"(v{summary['manifest_version']}): {shown}")
+        if logger is not None:
+            logger.error("fail_on_quarantine: %s", message)
+        raise QuarantineError(message)
 
 
 def parse_storage_options(text: SecretStr | str | None) -> dict | None:
@@ -188,8 +243,10 @@ def parse_storage_options(text: SecretStr | str | None) -> dict | None:
 
 @flow(name="build-dataset", persist_result=False, validate_parameters=True)
 def build_dataset(
-    sources: list[SourceParam],
     store: str,
+    sources: list[SourceParam] = [],  # noqa: B006 - pydantic copies parameter defaults
+    prune: bool = False,
+    fail_on_quarantine: bool = False,
     frame_gap: Optional[int] = None,
     eps: float = DEPTH_EPS,
     max_image_side: Optional[int] = None,
@@ -203,9 +260,16 @@ def build_dataset(
     storage_options: Optional[SecretStr] = None,
 ) -> dict:
     """Build or update the shard store ``store`` from ``sources``; returns the
-    run summary (also written to ``<store>/reports/``). ``pipelines.build_run.
-    run_build`` does the work; this flow runs its steps as Prefect tasks, the
-    per-source and per-batch ones on Dask.
+    run summary (also written to ``<store>/reports/`` and as two artifacts).
+    ``pipelines.build_run.run_build`` does the work; this flow runs its steps as
+    Prefect tasks, the per-source and per-batch ones on Dask, one run per store
+    at a time (the store's build lease).
+
+    Adding is the default: the named sources are added or updated, every other
+    scene stays listed; no sources refreshes every source the store records.
+    prune: also stop listing scenes this run did not find (listed in the
+    summary). fail_on_quarantine: end Failed, naming the scenes, when any scene
+    was quarantined.
 
     frame_gap: every n-th frame is a candidate image (None: per source kind,
     scannet 75, scannetpp 20, arkitscenes 50, s3dis 5, others 1). eps: depth
@@ -216,21 +280,26 @@ def build_dataset(
     its fsspec options as JSON text (``{"key": ..., "secret": ...,
     "client_kwargs": {"endpoint_url": ...}}``), a secret parameter: passed
     as a ``pydantic.SecretStr`` the flow run records it masked, and it is
-    never logged. Without it the workers read
-    credentials from their environment (AWS_* variables) or fsspec config,
-    which is also what deployments should use: a deployment run's parameters
-    are stored as the caller sent them.
+    never logged. Without it the workers read credentials from their
+    environment (AWS_* variables) or fsspec config, which is also what
+    deployments should use: a deployment run's parameters are stored as the
+    caller sent them.
     """
     specs = [SourceSpec.from_dict(p.model_dump() if isinstance(p, BaseModel) else dict(p)) for p in sources]
     options = parse_storage_options(storage_options)
     settings = SceneSettings(eps=eps, min_correspondences=min_correspondences,
                              max_image_side=max_image_side, render_backend=render_backend)
-    with same_api_for_workers() as api, make_task_runner(dask_address, {"PREFECT_API_URL": api} if api else None) as runner:
+    ctx = FlowRunContext.get()
+    run_id = f"prefect-{ctx.flow_run.id}" if ctx is not None and ctx.flow_run is not None else None
+    with same_api_for_workers() as api, \
+            make_task_runner(dask_address, {"PREFECT_API_URL": api} if api else None) as runner:
         summary = run_build(store, specs, storage_options=options, executor=TaskRunnerExecutor(runner), settings=settings, frame_gap=frame_gap,
-                            scenes_per_task=scenes_per_task, shard_size=shard_size,
+                            scenes_per_task=scenes_per_task, shard_size=shard_size, prune=prune, run_id=run_id,
                             gc_grace_seconds=gc_grace_seconds, progress=progress, steps=PREFECT_STEPS,
-                            logger=get_run_logger())
-    return summary.as_dict()
+                            logger=get_run_logger()).as_dict()
+    publish_artifacts(summary)
+    check_quarantine(summary, fail_on_quarantine, get_run_logger())
+    return summary
 
 
 # ----------------------------------------------------------------------------- CLI (local mode)
@@ -243,6 +312,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_build_args(p)
     p.add_argument("--dask-address", default=None)
+    p.add_argument("--fail-on-quarantine", action="store_true", help="end Failed when any scene was quarantined")
     p.add_argument("--storage-options-file", default=None, metavar="JSON",
                    help="fsspec options of the store URL (credentials, endpoint) from this JSON file; "
                         "passed as a secret parameter (default: environment variables / fsspec config)")
@@ -257,10 +327,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     settings = settings_of(args)
-    summary = build_dataset(
+    try:
+        summary = _run_cli(args, specs, settings)
+    except (ValueError, QuarantineError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 3
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _run_cli(args: argparse.Namespace, specs: list[SourceSpec], settings: SceneSettings) -> dict:
+    return build_dataset(
         sources=[SourceParam(kind=s.kind, path=s.path, name=s.name, options=s.options, frame_gap=s.frame_gap)
                  for s in specs],
         store=args.store,
+        prune=args.prune,
+        fail_on_quarantine=args.fail_on_quarantine,
         frame_gap=args.frame_gap,
         eps=settings.eps,
         max_image_side=settings.max_image_side,
@@ -273,8 +355,6 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.no_progress,
         storage_options=SecretStr(open(args.storage_options_file).read()) if args.storage_options_file else None,
     )
-    print(json.dumps(summary, indent=1))
-    return 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ build; ``flows/build_dataset.py`` wires the same loop into Prefect tasks.
 from __future__ import annotations
 
 import errno
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Sequence
@@ -323,49 +324,88 @@ def _write(writer: ShardWriter, scenes: list[ProcessedScene], result: BatchResul
 # ----------------------------------------------------------------------------- driver side
 
 
-def plan_build(store, refs: Sequence[SceneRef], sources: Iterable[str], failed_sources: Iterable[str] = ()) -> Plan:
+def plan_build(store, refs: Sequence[SceneRef], sources: Iterable[str], failed_sources: Iterable[str] = (),
+               prune: bool = False) -> Plan:
     """Plan against the store's latest manifest (none: everything is new).
 
-    ``sources``: names of every source of this build; scenes of a source whose
-    discovery failed (``failed_sources``) stay listed rather than being
-    removed, since the build did not see them."""
+    A build adds and updates the scenes of its ``sources`` and keeps every other
+    scene listed. Only with ``prune`` does ``plan.removed`` hold the listed
+    scenes it did not find: those of sources not in this build and those their
+    source no longer lists, except for sources whose discovery failed
+    (``failed_sources``): the build did not see them."""
     base = latest_version(store)
     manifest = load_manifest(store, base) if base is not None else None
-    plan = plan_update(manifest, refs, sources_present=set(sources))
+    listed_sources = {e.source for _, e in (manifest.scenes().values() if manifest else [])}
+    plan = plan_update(manifest, refs, sources_present=set(sources) | listed_sources)
     failed = set(failed_sources)
-    if failed:
-        plan.removed = [k for k in plan.removed if k.split("/", 1)[0] not in failed]
+    plan.removed = [k for k in plan.removed if k.split("/", 1)[0] not in failed] if prune else []
     return plan
 
 
-def commit_batch(store, shards: Sequence[ShardInfo], note: str = "", max_attempts: int = 5) -> int:
-    """List ``shards`` in a new manifest version on top of the latest one and
-    return that version. A scene they hold that an older version already lists
-    (a changed scene) is re-pointed to the new shard. Retries on a commit race."""
+def commit_with_retries(store, attempt: Callable[[int | None], int | None], max_attempts: int = 100) -> int | None:
+    """Compare-and-swap on the manifest version: ``attempt(latest)`` re-applies a
+    run's change on top of the latest version and commits ``latest + 1``; when
+    another writer took that version first, read the new latest and try again."""
+    for n in range(max_attempts):
+        try:
+            return attempt(latest_version(store))
+        except ManifestConflictError:
+            time.sleep(random.uniform(0.0, 0.01 * min(n + 1, 20)))  # de-synchronise racing writers
+    raise ManifestConflictError(f"{store}: gave up after {max_attempts} commit races")
+
+
+def commit_batch(store, shards: Sequence[ShardInfo], note: str = "", run_id: str = "",
+                 sources: dict | None = None) -> int | None:
+    """List ``shards`` in a new "partial" manifest version on top of the latest
+    one; returns it (None when nothing was left to list). A scene that an older
+    version lists with other content (a changed scene) is re-pointed to the new
+    shard; one that another run committed meanwhile with the same content stays
+    as that run listed it (listed exactly once)."""
     if not shards:
         raise ValueError("commit_batch needs at least one shard")
-    last: Exception | None = None
-    for _ in range(max_attempts):
-        base = latest_version(store)
+
+    def attempt(base: int | None) -> int | None:
         listed = load_manifest(store, base).scenes() if base is not None else {}
-        replaced = sorted({s.key for sh in shards for s in sh.scenes} & set(listed))
-        try:
-            return commit(store, base, added_shards=shards, removed_scenes=replaced, note=note)
-        except ManifestConflictError as exc:
-            last = exc
-    raise last  # type: ignore[misc]
+        fresh = []
+        for sh in shards:
+            keep = [e for e in sh.scenes if not (e.key in listed and listed[e.key][1].content_hash == e.content_hash)]
+            if keep:
+                fresh.append(sh if len(keep) == len(sh.scenes) else sh.with_scenes(keep))
+        if not fresh:
+            return None
+        replaced = sorted({e.key for sh in fresh for e in sh.scenes} & set(listed))
+        return commit(store, base, added_shards=fresh, removed_scenes=replaced, note=note, run_id=run_id,
+                      state="partial", sources=sources)
+
+    return commit_with_retries(store, attempt)
 
 
-def commit_removals(store, removed: Sequence[str], compact_below: float = 0.5, note: str = "") -> int | None:
-    """Stop listing ``removed`` scene keys (compacting shards that become mostly
-    dead, see ``pipelines.store.incremental``); None when nothing is listed."""
-    base = latest_version(store)
-    if base is None or not removed:
-        return None
-    listed = load_manifest(store, base).scenes()
-    keys = sorted(set(removed) & set(listed))
-    if not keys:
-        return None
-    res = apply_update(store, Plan(base_version=base, removed=keys), [], compact_below=compact_below,
-                       note=note or f"removed {len(keys)} scenes that left the build")
-    return res.version
+def commit_removals(store, removed: Sequence[str], compact_below: float = 0.5, note: str = "", run_id: str = "",
+                    drop_sources: Iterable[str] = ()) -> int | None:
+    """Stop listing ``removed`` scene keys in a "partial" version (compacting
+    shards that become mostly dead, see ``pipelines.store.incremental``); None
+    when none of them is listed."""
+
+    def attempt(base: int | None) -> int | None:
+        if base is None or not removed:
+            return None
+        keys = sorted(set(removed) & set(load_manifest(store, base).scenes()))
+        if not keys:
+            return None
+        res = apply_update(store, Plan(base_version=base, removed=keys), [], compact_below=compact_below,
+                           note=note or f"pruned {len(keys)} scenes this build did not find", run_id=run_id,
+                           state="partial", drop_sources=list(drop_sources))
+        return res.version
+
+    return commit_with_retries(store, attempt)
+
+
+def commit_complete(store, run_id: str, sources: dict | None = None, note: str = "") -> int:
+    """Close a run: a "complete" version on top of the latest, listing the same
+    shards (readers open the latest complete version by default)."""
+
+    def attempt(base: int | None) -> int:
+        return commit(store, base, note=note or f"run {run_id} complete", run_id=run_id, state="complete",
+                      sources=sources)
+
+    return commit_with_retries(store, attempt)

@@ -27,6 +27,7 @@ import logging
 import queue
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Iterable, Iterator, Optional, Protocol, Sequence
@@ -41,6 +42,7 @@ from pipelines.build import (
     absolute_location,
     build_batch,
     commit_batch,
+    commit_complete,
     commit_removals,
     default_frame_gap,
     failure_of,
@@ -50,7 +52,8 @@ from pipelines.build import (
     plan_build,
 )
 from pipelines.quarantine import SceneFailure, refresh_after_discovery, update_quarantine, write_build_report
-from pipelines.store import Plan, StoreLocation, gc
+from pipelines.store import Plan, StoreLocation, gc, latest_version, load_manifest
+from pipelines.store.lease import build_lease
 from preprocess.sources.base import SceneRef
 
 log = logging.getLogger("pipelines.build")
@@ -123,25 +126,35 @@ def gc_step(store: Store, grace_seconds: float, logger: logging.Logger | None = 
     return {"removed_shards": len(rep.removed_shards), "removed_temp_files": len(rep.removed_temp_files)}
 
 
-def plan_step(store: Store, refs: list[SceneRef], sources: list[str], failed_sources: list[str],
+def plan_step(store: Store, refs: list[SceneRef], sources: list[str], failed_sources: list[str], prune: bool = False,
               logger: logging.Logger | None = None) -> Plan:
-    plan = plan_build(store, refs, sources, failed_sources)
+    plan = plan_build(store, refs, sources, failed_sources, prune=prune)
     (logger or log).info(plan.summary())
     return plan
 
 
-def commit_step(index: int, store: Store, result: BatchResult, failures: list[SceneFailure]) -> int | None:
-    """List a finished batch's shards in a new manifest version and update the
-    quarantine report (scenes committed leave it, failed ones enter it)."""
-    version = commit_batch(store, result.shards, note=f"build-dataset batch {index}") if result.shards else None
+def commit_step(index: int, store: Store, result: BatchResult, failures: list[SceneFailure], run_id: str = "",
+                sources: dict | None = None) -> int | None:
+    """List a finished batch's shards in a new ("partial") manifest version and
+    update the quarantine (scenes committed leave it, failed ones enter it)."""
+    version = commit_batch(store, result.shards, note=f"build-dataset batch {index}", run_id=run_id,
+                           sources=sources) if result.shards else None
     update_quarantine(store, failures, resolved=result.scene_keys, manifest_version=version)
     return version
 
 
-def removals_step(store: Store, removed: list[str], logger: logging.Logger | None = None) -> int | None:
-    version = commit_removals(store, removed)
+def removals_step(store: Store, removed: list[str], run_id: str = "", drop_sources: Sequence[str] = (),
+                  logger: logging.Logger | None = None) -> int | None:
+    version = commit_removals(store, removed, run_id=run_id, drop_sources=drop_sources)
     if version is not None:
-        (logger or log).info("v%d: %d scenes that left the build are no longer listed", version, len(removed))
+        (logger or log).warning("v%d: pruned %d scenes this build did not find: %s", version, len(removed),
+                                ", ".join(removed[:20]) + (" ..." if len(removed) > 20 else ""))
+    return version
+
+
+def finish_step(store: Store, run_id: str, sources: dict, logger: logging.Logger | None = None) -> int:
+    version = commit_complete(store, run_id, sources)
+    (logger or log).info("v%d: run %s complete (readers open this version)", version, run_id)
     return version
 
 
@@ -156,7 +169,8 @@ class BuildSteps:
     gc: Callable[[str, float], dict] = gc_step
     plan: Callable[..., Plan] = plan_step
     commit: Callable[..., int | None] = commit_step
-    remove: Callable[[str, list[str]], int | None] = removals_step
+    remove: Callable[..., int | None] = removals_step
+    finish: Callable[..., int] = finish_step
 
 
 # ----------------------------------------------------------------------------- executors
@@ -222,9 +236,13 @@ class BuildSummary:
 
     store: str
     sources: list[str]
+    run_id: str = ""
     manifest_version: int | None = None
     base_version: int | None = None
     scenes: dict[str, int] = field(default_factory=dict)
+    # {source: {new, unchanged, updated, removed, failed}}
+    per_source: dict[str, dict[str, int]] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
     failed_sources: list[str] = field(default_factory=list)
     quarantined: list[dict] = field(default_factory=list)
     batches: int = 0
@@ -245,14 +263,32 @@ class BuildSummary:
         return d
 
 
-def source_specs(sources: Sequence[SourceSpec | dict], frame_gap: int | None) -> tuple[list[SourceSpec], dict[str, int]]:
-    """Specs with their frame gap folded in (see ``fold_frame_gap``) and the
-    gap left for the segment stage per source name. Source names must be unique."""
-    specs, gap_of = [], {}
+def source_record(spec: SourceSpec, gap: int, settings: SceneSettings) -> dict:
+    """How a source was built, as the manifest records it (see ``Manifest.sources``)."""
+    return {"kind": spec.kind, "path": spec.path, "name": spec.name, "options": dict(spec.options),
+            "frame_gap": gap, "settings": dict(settings.__dict__)}
+
+
+def recorded_sources(store: Store) -> list[dict]:
+    """The source records of the store's latest manifest, as ``sources`` entries."""
+    base = latest_version(store)
+    records = load_manifest(store, base).sources if base is not None else {}
+    if not records:
+        raise ValueError(f"build-dataset: no sources given and the store {StoreLocation.of(store).url} records none; name at least one")
+    return [{k: r[k] for k in ("kind", "path", "name", "options", "frame_gap")} for r in records.values()]
+
+
+def source_specs(sources: Sequence[SourceSpec | dict], frame_gap: int | None,
+                 settings: SceneSettings) -> tuple[list[SourceSpec], dict[str, int], dict[str, dict]]:
+    """Specs with their frame gap folded in (see ``fold_frame_gap``), the gap
+    left for the segment stage per source name, and each source's record for the
+    manifest. Source names must be unique."""
+    specs, gap_of, records = [], {}, {}
     for src in sources:
         spec = src if isinstance(src, SourceSpec) else SourceSpec.from_dict(dict(src))
         gap = spec.frame_gap if spec.frame_gap is not None else (
             int(frame_gap) if frame_gap is not None else default_frame_gap(spec.kind))
+        records[spec.source_name] = source_record(spec, gap, settings)
         spec, gap_of[spec.source_name] = fold_frame_gap(spec, gap)
         specs.append(spec)
     names = [s.source_name for s in specs]
@@ -260,7 +296,7 @@ def source_specs(sources: Sequence[SourceSpec | dict], frame_gap: int | None) ->
         raise ValueError("build-dataset: 'sources' is empty")
     if len(set(names)) != len(names):
         raise ValueError(f"build-dataset: source names must be unique, got {names}; give one a 'name'")
-    return specs, gap_of
+    return specs, gap_of, records
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -307,7 +343,7 @@ class _Progress:
 
 def build_and_commit(store: Store, batches: list[list[BatchItem]], executor: Executor, as_completed: Callable,
                      steps: BuildSteps, settings: SceneSettings, shard_size: int, logger: logging.Logger,
-                     bar=None) -> _Progress:
+                     bar=None, run_id: str = "", records: dict | None = None) -> _Progress:
     """Submit every batch to ``executor`` and commit each one, serially, as it
     finishes. A batch that raises (retries exhausted, worker died) has all its
     scenes quarantined with stage "batch"."""
@@ -325,7 +361,7 @@ def build_and_commit(store: Store, batches: list[list[BatchItem]], executor: Exe
             result = BatchResult(failures=[failure_of(it, "batch", exc) for it in batch])
             logger.error("batch %d failed after retries: %s: %s", index, type(exc).__name__, exc)
         tc = time.perf_counter()
-        v = steps.commit(index, store, result, result.failures)
+        v = steps.commit(index, store, result, result.failures, run_id, records)
         done.commit_s += time.perf_counter() - tc
         done.version = v if v is not None else done.version
         done.failures.extend(result.failures)
@@ -344,9 +380,33 @@ def build_and_commit(store: Store, batches: list[list[BatchItem]], executor: Exe
     return done
 
 
+def new_run_id() -> str:
+    return "cli-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+
+
+def per_source_counts(names: Sequence[str], plan: Plan, failures: Sequence[SceneFailure]) -> dict[str, dict[str, int]]:
+    """{source: {new, unchanged, updated, removed, failed}} for the run summary."""
+    out = {n: dict(new=0, unchanged=0, updated=0, removed=0, failed=0) for n in names}
+
+    def add(key: str, what: str):
+        out.setdefault(key.split("/", 1)[0], dict(new=0, unchanged=0, updated=0, removed=0, failed=0))[what] += 1
+
+    for r in plan.new:
+        add(r.key, "new")
+    for r in plan.changed:
+        add(r.key, "updated")
+    for k in plan.unchanged:
+        add(k, "unchanged")
+    for k in plan.removed:
+        add(k, "removed")
+    for f in failures:
+        add(f.key, "failed")
+    return out
+
+
 def run_build(
     store: Store,
-    sources: Sequence[SourceSpec | dict],
+    sources: Sequence[SourceSpec | dict] = (),
     *,
     storage_options: dict | None = None,
     executor: Executor | None = None,
@@ -355,6 +415,8 @@ def run_build(
     frame_gap: int | None = None,
     scenes_per_task: int = 4,
     shard_size: int = 4,
+    prune: bool = False,
+    run_id: str | None = None,
     gc_grace_seconds: float = 3600.0,
     progress: bool = False,
     steps: BuildSteps = BuildSteps(),
@@ -364,10 +426,16 @@ def run_build(
     ``{kind, path, name?, options?, frame_gap?}`` dicts); returns the summary,
     also written to ``<store>/reports/``.
 
+    Adding is the default: the run adds and updates the scenes of the sources it
+    names and keeps every other scene listed; ``sources`` empty refreshes every
+    source the store records. ``prune`` also stops listing the scenes this run
+    did not find (other sources, scenes gone from their source), except those
+    of a source whose discovery failed; the summary lists them.
     frame_gap: every n-th frame is a candidate image (None: per source kind).
-    The ``sources`` define the dataset: scenes of a source left out (or no
-    longer found) leave the new manifest version; a source whose discovery
-    fails keeps its scenes listed. Failed scenes go to the quarantine report.
+    One build at a time per store (``build_lease``); each finished batch is a
+    "partial" manifest version (a killed build resumes from them) and the run
+    ends with a "complete" one, recording ``run_id``. Failed scenes go to the
+    quarantine.
 
     store: a path, an fsspec URL (``s3://bucket/prefix``: workers write shard
     chunks straight to the object store) or a StoreLocation. storage_options:
@@ -375,11 +443,9 @@ def run_build(
     they travel with the store to the workers and are never logged. Without
     them fsspec/boto read the usual environment variables and config files."""
     logger = logger or log
-    t_start = time.perf_counter()
-    elapsed: dict[str, float] = {}
     store = StoreLocation.of(absolute_location(store) if isinstance(store, str) else store, storage_options)
-    specs, gap_of = source_specs(sources, frame_gap)
-    names = [s.source_name for s in specs]
+    run_id = run_id or new_run_id()
+    specs, gap_of, records = source_specs(list(sources) or recorded_sources(store), frame_gap, settings)
     for pname, value in (("scenes_per_task", scenes_per_task), ("shard_size", shard_size)):
         if value < 1:
             raise ValueError(f"build-dataset: {pname} must be >= 1, got {value}")
@@ -387,7 +453,16 @@ def run_build(
         raise ValueError(f"build-dataset: eps must be > 0 (metres), got {settings.eps}")
     executor = executor if executor is not None else SerialExecutor()
     as_completed = as_completed or getattr(executor, "as_completed", None) or as_completed_any
+    with build_lease(store, run_id):
+        return _run_locked(store, specs, gap_of, records, executor, as_completed, settings, scenes_per_task,
+                           shard_size, prune, run_id, gc_grace_seconds, progress, steps, logger)
 
+
+def _run_locked(store, specs, gap_of, records, executor, as_completed, settings, scenes_per_task, shard_size,
+                prune, run_id, gc_grace_seconds, progress, steps, logger) -> BuildSummary:
+    t_start = time.perf_counter()
+    elapsed: dict[str, float] = {}
+    names = [s.source_name for s in specs]
     t = time.perf_counter()
     gc_report = steps.gc(store, gc_grace_seconds)
     elapsed["gc"] = time.perf_counter() - t
@@ -396,12 +471,13 @@ def run_build(
     t = time.perf_counter()
     refs_of, discover_failures = discover_sources(store, specs, executor, steps.discover, logger)
     failed_sources = [s.source_name for s in specs if s not in refs_of]
+    records = {n: r for n, r in records.items() if n not in failed_sources}  # recorded once discovery works
     all_refs = [r for refs in refs_of.values() for r in refs]
     elapsed["discover"] = time.perf_counter() - t
 
     # 2. plan against the latest manifest
     t = time.perf_counter()
-    plan = steps.plan(store, all_refs, names, failed_sources)
+    plan = steps.plan(store, all_refs, names, failed_sources, prune)
     spec_of = {r.key: spec for spec, refs in refs_of.items() for r in refs}
     items = [BatchItem(spec_of[r.key], r, gap_of[spec_of[r.key].source_name]) for r in plan.to_process]
     batches = make_batches(items, scenes_per_task)
@@ -412,26 +488,38 @@ def run_build(
     # 3.+4. build batches through the executor, commit each one as it finishes
     t = time.perf_counter()
     bar = _progress_bar(len(items), progress)
-    done = build_and_commit(store, batches, executor, as_completed, steps, settings, shard_size, logger, bar)
+    done = build_and_commit(store, batches, executor, as_completed, steps, settings, shard_size, logger, bar,
+                            run_id, records)
     if bar is not None:
         bar.close()
     elapsed["build"] = time.perf_counter() - t - done.commit_s
     elapsed["commit"] = done.commit_s
-    version = done.version if done.version is not None else plan.base_version
 
-    # 5. scenes that left the build
+    # 5. prune (only when asked): scenes this build did not find
     t = time.perf_counter()
-    removed_version = steps.remove(store, plan.removed) if plan.removed else None
-    version = removed_version if removed_version is not None else version
+    gone = sorted({k.split("/", 1)[0] for k in plan.removed} - set(names))
+    removed_version = steps.remove(store, plan.removed, run_id, gone) if plan.removed else None
     elapsed["remove"] = time.perf_counter() - t
+
+    # 6. close the run with a complete version when it changed anything (or a
+    # killed run left the latest version partial)
+    latest = latest_version(store)
+    last = load_manifest(store, latest) if latest is not None else None
+    changed = done.version is not None or removed_version is not None
+    if last is not None and (changed or last.state != "complete" or any(last.sources.get(n) != r for n, r in records.items())):
+        version = steps.finish(store, run_id, records)
+    else:
+        version = latest
     elapsed["total"] = time.perf_counter() - t_start
 
     failures = discover_failures + done.failures
     summary = BuildSummary(
-        store=store.url, sources=names, manifest_version=version, base_version=plan.base_version,
+        store=store.url, sources=names, run_id=run_id, manifest_version=version, base_version=plan.base_version,
         scenes={"discovered": len(all_refs), "skipped": len(plan.unchanged), "new": len(plan.new),
                 "changed": len(plan.changed), "processed": len(done.committed), "quarantined": len(failures),
                 "removed": len(plan.removed)},
+        per_source=per_source_counts(names, plan, failures),
+        removed=list(plan.removed),
         failed_sources=failed_sources,
         quarantined=[{"key": f.key, "stage": f.stage, "error_type": f.error_type, "message": f.message}
                      for f in failures],
@@ -442,12 +530,10 @@ def run_build(
         scenes_per_s=round(len(done.committed) / max(elapsed["build"] + elapsed["commit"], 1e-9), 3),
     )
     summary.report = write_build_report(store, summary.as_dict())
-    logger.info("build-dataset done: v%s, %d discovered, %d skipped, %d processed, %d quarantined, %d shards, %.1f s",
-                version, len(all_refs), len(plan.unchanged), len(done.committed), len(failures), done.shards,
-                elapsed["total"])
+    logger.info("build-dataset done: v%s, %d discovered, %d skipped, %d processed, %d quarantined, %d pruned, "
+                "%d shards, %.1f s", version, len(all_refs), len(plan.unchanged), len(done.committed),
+                len(failures), len(plan.removed), done.shards, elapsed["total"])
     return summary
-
-
 # ----------------------------------------------------------------------------- CLI (no Prefect)
 
 
@@ -456,9 +542,13 @@ def add_build_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from pipelines.image_groups import DEFAULT_MIN_CORRESPONDENCES
 
     p.add_argument("--store", required=True, help="output store (path or fsspec URL)")
-    p.add_argument("--source", action="append", required=True, metavar="KIND:PATH[:k=v,...]",
+    p.add_argument("--source", action="append", default=[], metavar="KIND:PATH[:k=v,...]",
                    help="a source, repeatable; options name=, frame_gap= and adapter options, "
-                        "e.g. synthetic:data/synthetic:num_scenes=4,seed=0")
+                        "e.g. synthetic:data/synthetic:num_scenes=4,seed=0 (none: refresh every source "
+                        "the store records)")
+    p.add_argument("--prune", action="store_true",
+                   help="also stop listing scenes this build does not find (sources not named, scenes gone "
+                        "from their source); without it a build only adds and updates")
     p.add_argument("--frame-gap", type=int, default=None)
     p.add_argument("--eps", type=float, default=SceneSettings.eps)
     p.add_argument("--max-image-side", type=int, default=None)
@@ -489,12 +579,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     kw = dict(settings=settings_of(args), frame_gap=args.frame_gap, scenes_per_task=args.scenes_per_task,
-              shard_size=args.shard_size, gc_grace_seconds=args.gc_grace_seconds, progress=not args.no_progress)
-    if args.workers > 0:
-        with cf.ProcessPoolExecutor(args.workers) as pool:
-            summary = run_build(args.store, specs, executor=pool, **kw)
-    else:
-        summary = run_build(args.store, specs, **kw)
+              shard_size=args.shard_size, gc_grace_seconds=args.gc_grace_seconds, progress=not args.no_progress,
+              prune=args.prune)
+    try:
+        if args.workers > 0:
+            with cf.ProcessPoolExecutor(args.workers) as pool:
+                summary = run_build(args.store, specs, executor=pool, **kw)
+        else:
+            summary = run_build(args.store, specs, **kw)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(summary.as_dict(), indent=1))
     return 0
 

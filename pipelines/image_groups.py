@@ -33,7 +33,7 @@ import numpy as np
 from pipelines.correspondence import scene_correspondences
 from preprocess.geometry import DEPTH_EPS
 from preprocess.records import Correspondence, ProcessedScene
-from preprocess.scene import Frame, Scene
+from preprocess.scene import Frame, Scene, SceneValidationError
 
 IMAGES_PER_GROUP = 4
 # A frame must see at least this many cloud points to be worth an image slot.
@@ -122,7 +122,14 @@ def process_scene(
     by >= 1 output frame), frame_names_out.
     """
     scene.validate(require_depth=True)
-    corrs = scene_correspondences(scene, eps=eps, chunk_points=chunk_points, validate=False)
+    stored = scene.meta.get("correspondences") if scene.meta.get("correspondence_mode") == "stored" else None
+    if stored is not None:  # a recipe that fixes its own pairs (RE10K "released": each point's own pixel)
+        missing = [f.name for f in scene.frames if f.name not in stored]
+        if missing:
+            raise SceneValidationError(scene.key, "meta.correspondences", f"no stored correspondences for frames {missing}")
+        corrs = [stored[f.name] for f in scene.frames]
+    else:
+        corrs = scene_correspondences(scene, eps=eps, chunk_points=chunk_points, validate=False)
     selected = select_frames(corrs, frame_gap, min_correspondences)
     groups = group_frames(selected, images_per_group)
     used = np.unique(groups)  # sorted frame indices into scene.frames
@@ -159,4 +166,7 @@ def process_scene(
         frame_gap=int(frame_gap),
         min_correspondences=int(min_correspondences),
     )
-    return ProcessedScene(scene=scene.replace(frames=frames_out), correspondences=corr_out, segments=groups, stats=stats)
+    # stored correspondences (Correspondence objects) now live in corr_out; they are not JSON metadata
+    meta = {k: v for k, v in scene.meta.items() if k != "correspondences"}
+    return ProcessedScene(scene=scene.replace(frames=frames_out, meta=meta), correspondences=corr_out, segments=groups,
+                          stats=stats)

@@ -1,7 +1,11 @@
 """Pixel -> ViT patch mapping, computed at load time from stored pixels.
 
-The image encoder sees each stored image centre-cropped to the patch grid's
-aspect (square for DINOv2's 518 x 518) and resized to ``image_size``; the patch
+The image encoder sees each stored image centre-cropped and resized to
+``image_size``. The crop (``crop_box``) is, by default, the largest centred one
+whose sides are a multiple of the patch grid (``crop="grid_multiple"``: 444 x 444
+from 640 x 480 for a 37 x 37 grid, as the released Concerto data code), resized
+bilinearly; ``crop="largest"`` takes the largest centred crop of the grid's
+aspect instead. The patch
 grid is ``image_size / patch_size`` per side (37 x 37 for 518/14, 32 x 32 for
 512/16). ``prepare_image`` does that crop and resize, and ``pixel_to_patch``
 maps a stored pixel (u = col, v = row, centres at integer coordinates) to the
@@ -53,13 +57,23 @@ class PatchGrid:
         return gh * gw
 
 
-def crop_box(src_hw: tuple[int, int], grid: PatchGrid) -> tuple[int, int, int, int]:
-    """Centre crop of a src_hw = (H, W) image to the grid's aspect ratio.
+CROPS = ("grid_multiple", "largest")
+
+
+def crop_box(src_hw: tuple[int, int], grid: PatchGrid, crop: str = "grid_multiple") -> tuple[int, int, int, int]:
+    """Centre crop of a src_hw = (H, W) image (see module doc for ``crop``).
 
     Returns (x0, y0, w, h) in source pixels: columns x0 .. x0+w-1 and rows
     y0 .. y0+h-1 are kept.
     """
     H, W = int(src_hw[0]), int(src_hw[1])
+    if crop == "grid_multiple":
+        gh, gw = grid.grid_hw
+        k = max(min(W // gw, H // gh), 1)
+        w, h = k * gw, k * gh
+        return int((W - w) / 2), int((H - h) / 2), w, h
+    if crop != "largest":
+        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
     out_h, out_w = grid.image_hw
     if W * out_h > H * out_w:  # source wider than the grid: trim columns
         h, w = H, max(1, int(round(H * out_w / out_h)))
@@ -68,7 +82,8 @@ def crop_box(src_hw: tuple[int, int], grid: PatchGrid) -> tuple[int, int, int, i
     return (W - w) // 2, (H - h) // 2, w, h
 
 
-def pixel_to_patch(pixel: np.ndarray, src_hw: tuple[int, int], grid: PatchGrid) -> np.ndarray:
+def pixel_to_patch(pixel: np.ndarray, src_hw: tuple[int, int], grid: PatchGrid,
+                   crop: str = "grid_multiple") -> np.ndarray:
     """Patch of each stored pixel.
 
     pixel [M,2] integer (u = col, v = row) in an image of size src_hw = (H, W).
@@ -76,7 +91,7 @@ def pixel_to_patch(pixel: np.ndarray, src_hw: tuple[int, int], grid: PatchGrid) 
     the centre crop removes.
     """
     pixel = np.asarray(pixel).reshape(-1, 2).astype(np.int64)
-    x0, y0, w, h = crop_box(src_hw, grid)
+    x0, y0, w, h = crop_box(src_hw, grid, crop)
     out_h, out_w = grid.image_hw
     gh, gw = grid.grid_hw
     p = grid.patch_size
@@ -93,10 +108,31 @@ def pixel_to_patch(pixel: np.ndarray, src_hw: tuple[int, int], grid: PatchGrid) 
     return out
 
 
-def prepare_image(rgb: np.ndarray, grid: PatchGrid, resample: str = "bicubic") -> np.ndarray:
-    """Centre-crop ``rgb`` uint8 [H,W,3] to the grid's aspect and resize it to
-    grid.image_hw. Returns uint8 [h, w, 3]. ``resample``: "bicubic" (what
-    DINOv2-style preprocessing uses), "bilinear" or "nearest"."""
+def pixel_to_patch_coords(pixel: np.ndarray, src_hw: tuple[int, int], grid: PatchGrid,
+                          crop: str = "grid_multiple") -> np.ndarray:
+    """Continuous patch coordinates of stored pixels, as the released data code
+    computes them: float32 [M,2] (row, col) = (pixel - crop corner) * out / crop /
+    patch_size (no half-pixel shift), -1 for pixels the crop removes. Truncating
+    gives ``pixel_to_patch``'s patch for integer pixels; the released pooling
+    averages these before truncating (concerto.ssl.losses.pool_patches_coarse)."""
+    pixel = np.asarray(pixel).reshape(-1, 2)
+    x0, y0, w, h = crop_box(src_hw, grid, crop)
+    out_h, out_w = grid.image_hw
+    u = pixel[:, 0].astype(np.float32) - np.float32(x0)
+    v = pixel[:, 1].astype(np.float32) - np.float32(y0)
+    inside = (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    row = v * np.float32(out_h) / np.float32(h) / np.float32(grid.patch_size)
+    col = u * np.float32(out_w) / np.float32(w) / np.float32(grid.patch_size)
+    out = np.stack([row, col], 1).astype(np.float32)
+    out[~inside] = -1
+    return out
+
+
+def prepare_image(rgb: np.ndarray, grid: PatchGrid, resample: str = "bilinear",
+                  crop: str = "grid_multiple") -> np.ndarray:
+    """Centre-crop ``rgb`` uint8 [H,W,3] (see ``crop_box``) and resize it to
+    grid.image_hw. Returns uint8 [h, w, 3]. ``resample``: "bilinear" (the released
+    data code), "bicubic" (DINOv2-style preprocessing) or "nearest"."""
     from PIL import Image
 
     modes = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
@@ -105,9 +141,11 @@ def prepare_image(rgb: np.ndarray, grid: PatchGrid, resample: str = "bicubic") -
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"prepare_image: expected uint8 [H,W,3], got {rgb.dtype} {list(rgb.shape)}")
-    x0, y0, w, h = crop_box(rgb.shape[:2], grid)
+    x0, y0, w, h = crop_box(rgb.shape[:2], grid, crop)
     out_h, out_w = grid.image_hw
-    img = Image.fromarray(rgb).resize((out_w, out_h), modes[resample], box=(x0, y0, x0 + w, y0 + h))
+    # crop first, then resize (as released): resizing with ``box`` would let the filter
+    # read pixels outside the crop at its edges
+    img = Image.fromarray(rgb).crop((x0, y0, x0 + w, y0 + h)).resize((out_w, out_h), modes[resample])
     return np.asarray(img)
 
 

@@ -131,28 +131,61 @@ def write_png_rgb(path: Path, rgb: np.ndarray) -> None:
 
 
 def write_sens(path: Path, frames: list[dict], K_color: np.ndarray, K_depth: np.ndarray,
-               color_size: tuple[int, int], depth_size: tuple[int, int], depth_shift: float = 1000.0) -> None:
-    """ScanNet SensReader v4 file. frames: dicts with pose [4,4] camera-to-world,
-    rgb uint8 [H,W,3] (JPEG-compressed), depth_mm uint16 [h,w] (zlib)."""
+               color_size: tuple[int, int], depth_size: tuple[int, int], depth_shift: float = 1000.0,
+               version: int = 4, color_compression: int = 2, depth_compression: int = 1) -> None:
+    """ScanNet SensReader file (SensorData.py's layout). frames: dicts with pose
+    [4,4] camera-to-world, rgb uint8 [H,W,3], depth_mm uint16 [h,w]; optional
+    "color_bytes" / "depth_bytes" override the encoded payloads. Colour
+    compression 0 raw, 1 png, 2 jpeg; depth compression 0 raw_ushort, 1 zlib_ushort."""
     def mat(K3):
         m = np.eye(4, dtype=np.float32)
         m[:3, :3] = K3
         return m.astype("<f4").tobytes()
 
+    def encode_color(rgb):
+        if color_compression == 0:
+            return np.ascontiguousarray(rgb, np.uint8).tobytes()
+        if color_compression == 1:
+            import io
+
+            buf = io.BytesIO()
+            Image.fromarray(rgb).save(buf, format="PNG")
+            return buf.getvalue()
+        return jpeg_bytes(rgb)
+
+    def encode_depth(d):
+        raw = d.astype("<u2").tobytes()
+        return raw if depth_compression == 0 else zlib.compress(raw)
+
     eye = np.eye(4, dtype="<f4").tobytes()
     out = bytearray()
     name = b"StructureSensor"
-    out += struct.pack("<I", 4) + struct.pack("<Q", len(name)) + name
+    out += struct.pack("<I", version) + struct.pack("<Q", len(name)) + name
     out += mat(K_color) + eye + mat(K_depth) + eye
-    out += struct.pack("<ii", 2, 1)  # jpeg colour, zlib_ushort depth
+    out += struct.pack("<ii", color_compression, depth_compression)
     out += struct.pack("<4I", color_size[1], color_size[0], depth_size[1], depth_size[0])
     out += struct.pack("<f", depth_shift)
     out += struct.pack("<Q", len(frames))
     for i, fr in enumerate(frames):
-        c = jpeg_bytes(fr["rgb"])
-        d = zlib.compress(fr["depth_mm"].astype("<u2").tobytes())
+        c = fr.get("color_bytes") or encode_color(fr["rgb"])
+        d = fr.get("depth_bytes") or encode_depth(fr["depth_mm"])
         out += np.asarray(fr["pose"], "<f4").tobytes()
         out += struct.pack("<4Q", 1000 * i, 1000 * i, len(c), len(d))
         out += c + d
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_bytes(bytes(out))
+
+
+def build_sample(spec, store: str, note: str = "") -> dict:
+    """Build every scene of a SourceSpec into ``store`` through the build path the
+    flow runs (``run_build``); no scene may fail. Returns the store's first sample."""
+    from pipelines.build import SceneSettings
+    from pipelines.build_run import run_build
+    from pipelines.store import ShardStore
+
+    summary = run_build(store, [spec], settings=SceneSettings(min_correspondences=20), frame_gap=1, shard_size=4,
+                        run_id=note or None)
+    assert summary.quarantined == [], summary.quarantined
+    sample = ShardStore.open(store)[0]
+    assert len(sample["rgb"]) == 4 and all(len(c) > 0 for c in sample["corr_point"])
+    return sample

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ from pipelines.build import (
     make_batches,
     plan_build,
 )
-from pipelines.quarantine import SceneFailure, load_quarantine, refresh_after_discovery, update_quarantine
+from pipelines.quarantine import SceneFailure, load_quarantine, quarantine_path, refresh_after_discovery, update_quarantine
 from pipelines.store import ShardStore, latest_version, load_manifest
 from preprocess.sources.base import SceneRef
 
@@ -94,7 +95,9 @@ def test_batch_builds_good_scenes_and_quarantines_bad_ones(tmp_path):
     # the shards are written but unlisted until committed
     assert latest_version(store) is None
     v = commit_batch(str(store), res.shards, note="test")
-    assert sorted(ShardStore.open(str(store)).scene_keys()) == sorted(res.scene_keys)
+    # a batch commit is "partial": readers see it only when asked for that version
+    assert sorted(ShardStore.open(str(store), version=v).scene_keys()) == sorted(res.scene_keys)
+    assert load_manifest(store, v).state == "partial"
     # the committed hash is the one the plan compared
     hashes = {k: e.content_hash for k, (_, e) in load_manifest(store, v).scenes().items()}
     assert hashes[refs[0].key] == refs[0].content_hash
@@ -120,12 +123,14 @@ def test_plan_commit_changed_scene_and_removals(tmp_path):
     assert m.scenes()[refs[1].key][0] == res.shards[0].id
     assert len(ShardStore.open(store, version=v1).scene_keys()) == 2
 
-    # a source whose discovery failed keeps its scenes; a source that left loses them
-    assert plan_build(store, [], ["syn"], failed_sources=["syn"]).removed == []
-    plan = plan_build(store, [], ["other"])
+    # adding is the default: a build of another source keeps these scenes listed
+    assert plan_build(store, [], ["other"]).removed == []
+    # with prune, a source that left loses them; one whose discovery failed keeps them
+    assert plan_build(store, [], ["syn"], failed_sources=["syn"], prune=True).removed == []
+    plan = plan_build(store, [], ["other"], prune=True)
     assert sorted(plan.removed) == sorted(r.key for r in refs)
     v3 = commit_removals(store, plan.removed)
-    assert v3 == v2 + 1 and ShardStore.open(store).scene_keys() == []
+    assert v3 == v2 + 1 and ShardStore.open(store, version=v3).scene_keys() == []
 
 
 def test_quarantine_report_is_cumulative(tmp_path):
@@ -141,10 +146,11 @@ def test_quarantine_report_is_cumulative(tmp_path):
     t = SceneFailure.of("t/*", "t", "*", "", "discover", FileNotFoundError("no such folder"))
     refresh_after_discovery(store, [t], discovered_sources=["s"], discovered_keys=["s/c"])
     assert sorted(load_quarantine(store)) == ["t/*"]
-    raw = json.loads((tmp_path / "store" / "reports" / "quarantine.json").read_text())
-    assert raw["count"] == 1 and raw["scenes"][0]["stage"] == "discover"
-    (tmp_path / "store" / "reports" / "quarantine.json").write_text("{")
-    with pytest.raises(ValueError, match="quarantine.json"):
+    latest = Path(quarantine_path(store))
+    raw = json.loads(latest.read_text())
+    assert raw["count"] == 1 and raw["scenes"][0]["stage"] == "discover" and raw["version"] == 3
+    latest.write_text("{")
+    with pytest.raises(ValueError, match=latest.name):
         load_quarantine(store)
 
 
@@ -170,7 +176,7 @@ def test_hm3d_and_re10k_sources_build_into_one_store(tmp_path):
     the unreadable house quarantined."""
     from testkit.hm3d_house import write_house
 
-    from pipelines.build import BatchItem, SceneSettings, SourceSpec, build_batch, commit_batch
+    from pipelines.build import BatchItem, SceneSettings, SourceSpec, build_batch, commit_batch, commit_complete
     from pipelines.store import ShardStore
     from testkit.box_room_clip import write_box_room_clip
 
@@ -195,6 +201,7 @@ def test_hm3d_and_re10k_sources_build_into_one_store(tmp_path):
             assert "broken.glb" in result.failures[0].message
         else:
             assert result.failures == []
+    commit_complete(store, "test")
     opened = ShardStore.open(store)
     sources = {k.split("/")[0] for k in opened.scene_keys()}
     assert sources == {"hm3d", "re10k"}

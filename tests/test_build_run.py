@@ -63,11 +63,12 @@ def test_run_build_without_prefect_or_dask(tmp_path):
     assert res["loaded"] == [], "run_build must not import prefect or dask.distributed"
     s1, s2 = res["s1"], res["s2"]
     assert s1["scenes"] == dict(discovered=3, skipped=0, new=3, changed=0, processed=3, quarantined=0, removed=0)
-    assert s1["batches"] == 2 and s1["shards_written"] == 2 and s1["manifest_version"] == 2
+    # one partial version per batch, then the complete version that ends the run
+    assert s1["batches"] == 2 and s1["shards_written"] == 2 and s1["manifest_version"] == 3
     assert Path(s1["report"]).is_file()
     # re-run with a second source whose discovery fails: nothing rebuilt, nothing removed
     assert s2["scenes"] == dict(discovered=3, skipped=3, new=0, changed=0, processed=0, quarantined=1, removed=0)
-    assert s2["failed_sources"] == ["synthB"] and s2["manifest_version"] == 2
+    assert s2["failed_sources"] == ["synthB"] and s2["manifest_version"] == 3  # nothing changed: no new version
     assert s2["quarantined"][0]["key"] == "synthB/*" and s2["quarantined"][0]["stage"] == "discover"
     assert sorted(load_quarantine(tmp_path / "store")) == ["synthB/*"]
     assert len(ShardStore.open(str(tmp_path / "store")).scene_keys()) == 3
@@ -93,8 +94,8 @@ def test_process_pool_and_dask_client_give_the_serial_manifest(tmp_path):
         dasked = run_build(str(tmp_path / "dask"), [src], executor=client, **kw)
     assert dasked.scenes == serial.scenes and dasked.batches_failed == 0
     assert manifest_content(tmp_path / "dask") == expected
-    # every batch was committed on its own: one manifest version per batch
-    assert dasked.manifest_version == serial.manifest_version == 5
+    # every batch was committed on its own: one manifest version per batch, and the complete one
+    assert dasked.manifest_version == serial.manifest_version == 6
 
 
 def test_only_transient_errors_are_retried(monkeypatch):
@@ -122,7 +123,7 @@ def test_only_transient_errors_are_retried(monkeypatch):
 
 def test_run_build_rejects_bad_arguments(tmp_path):
     src = synthetic(tmp_path / "src", "s", 1, seed=0)
-    with pytest.raises(ValueError, match="'sources' is empty"):
+    with pytest.raises(ValueError, match="no sources given and the store .* records none"):
         run_build(str(tmp_path / "store"), [])
     with pytest.raises(ValueError, match="source names must be unique"):
         run_build(str(tmp_path / "store"), [src, src])

@@ -18,7 +18,7 @@ import pytest
 
 import flows  # noqa: F401  (project Prefect defaults before prefect is imported)
 from flows.settings import PROJECT_ROOT
-from pipelines.quarantine import load_quarantine
+from pipelines.quarantine import load_quarantine, quarantine_path
 from pipelines.store import ShardStore, ShardWriter, latest_version, list_versions, load_manifest
 from pipelines.store.location import SHARD_DIR
 from preprocess.sources import make_source
@@ -85,6 +85,23 @@ def _task_run_names(expected: set[str], timeout_s: float = 60.0) -> set[str]:
             time.sleep(0.5)
 
 
+def _artifacts(keys: set[str], timeout_s: float = 60.0) -> dict:
+    """The newest artifact of each key, once all ``keys`` exist on the server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=sorted(keys))))
+            newest = {}
+            for a in sorted(arts, key=lambda a: a.created):
+                newest[a.key] = a
+            if keys <= set(newest) or time.monotonic() > deadline:
+                return newest
+            time.sleep(0.5)
+
+
 def test_build_incremental_and_quarantine(prefect_api, dask_address, tmp_path):
     from flows.build_dataset import build_dataset
 
@@ -134,19 +151,40 @@ def test_build_incremental_and_quarantine(prefect_api, dask_address, tmp_path):
     assert "mesh.ply" in report[bad_mesh].message and bad_mesh in report[bad_mesh].message
     assert report[bad_pose].stage == "load" and "finite" in report[bad_pose].message
     assert "cameras.json" in report[bad_pose].message and bad_pose in report[bad_pose].message
-    raw = json.loads((store / "reports" / "quarantine.json").read_text())
+    raw = json.loads(Path(quarantine_path(store)).read_text())
     assert raw["count"] == 2 and {e["error_type"] for e in raw["scenes"]} == {"SourceError"}
     assert Path(s2["report"]).is_file() and json.loads(Path(s2["report"]).read_text())["scenes"]["processed"] == 1
     assert set(s2["elapsed_s"]) >= {"discover", "plan", "build", "commit", "total"}
 
-    # run 3: repair the mesh (regenerated on discovery), drop source synthA
+    # the run left its summary and its quarantined scenes as artifacts
+    arts = _artifacts({"build-summary", "build-quarantine"})
+    assert "| synthB | 3 | 0 | 0 | 0 | 2 |" in arts["build-summary"].data
+    assert {r["scene"] for r in json.loads(arts["build-quarantine"].data)} == {bad_mesh, bad_pose}
+
+    # run 3: repair the mesh (regenerated on discovery) and build synthB alone:
+    # adding is the default, synthA stays listed
     mesh.unlink()
     s3 = build_dataset(sources=[src_b], store=str(store), **flow_kw(dask_address))
-    assert s3["scenes"] == dict(discovered=3, skipped=1, new=2, changed=0, processed=1, quarantined=1, removed=2)
-    assert sorted(ShardStore.open(str(store)).scene_keys()) == [bad_mesh, "synthB/room002_seed2"]
+    assert s3["scenes"] == dict(discovered=3, skipped=1, new=2, changed=0, processed=1, quarantined=1, removed=0)
+    assert sorted(ShardStore.open(str(store)).scene_keys()) == [
+        "synthA/room000_seed1", "synthA/room001_seed1", bad_mesh, "synthB/room002_seed2"]
     assert sorted(load_quarantine(store)) == [bad_pose]
+    assert set(load_manifest(store).sources) == {"synthA", "synthB"}
+
+    # run 4: prune drops what this run did not find (synthA) and says so
+    s4 = build_dataset(sources=[src_b], store=str(store), prune=True, **flow_kw(dask_address))
+    assert s4["removed"] == ["synthA/room000_seed1", "synthA/room001_seed1"] and s4["scenes"]["removed"] == 2
+    assert s4["per_source"]["synthA"]["removed"] == 2
+    assert sorted(ShardStore.open(str(store)).scene_keys()) == [bad_mesh, "synthB/room002_seed2"]
+    assert set(load_manifest(store).sources) == {"synthB"}
+    m = load_manifest(store)
+    assert m.state == "complete" and m.run_id.startswith("prefect-") and m.parent == m.version - 1
     # the old version is still readable: readers pin a manifest version
     assert len(ShardStore.open(str(store), version=s2["manifest_version"]).scene_keys()) == 3
+
+    # no sources: refresh every recorded source (nothing changed)
+    s5 = build_dataset(store=str(store), **flow_kw(dask_address))
+    assert s5["sources"] == ["synthB"] and s5["scenes"]["skipped"] == 2 and s5["manifest_version"] == m.version
 
 
 def _scene_keys_at_latest(store: Path) -> list[str]:
@@ -164,6 +202,10 @@ def test_killed_build_resumes_with_every_scene_once(prefect_api, tmp_path):
     n = 6
     src = synthetic(tmp_path / "src", "synth", n, seed=3)
     make_source("synthetic", src["path"], name="synth", **src["options"]).discover()  # generate files up front
+    # a complete build of another source first: what readers see while the next build runs
+    pre = synthetic(tmp_path / "pre", "pre", 1, seed=5)
+    build_dataset(sources=[pre], store=str(store), min_correspondences=10)
+    complete = ShardStore.open(str(store))
     opts = ",".join(f"{k}={v}" for k, v in src["options"].items())
     cmd = [sys.executable, "-m", "flows.build_dataset", "--store", str(store),
            "--source", f"synthetic:{src['path']}:name=synth,{opts}",
@@ -173,10 +215,10 @@ def test_killed_build_resumes_with_every_scene_once(prefect_api, tmp_path):
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None and not list_versions(store):
+        while time.monotonic() < deadline and proc.poll() is None and len(list_versions(store)) <= complete.version:
             time.sleep(0.05)
         assert proc.poll() is None, f"the build ended before it could be killed; see {tmp_path / 'killed-run.log'}"
-        assert list_versions(store), "no batch committed within the time limit"
+        assert len(list_versions(store)) > complete.version, "no batch committed within the time limit"
         os.killpg(proc.pid, signal.SIGKILL)  # the flow, its Dask cluster, everything in its session
         proc.wait(timeout=30)
     finally:
@@ -184,11 +226,16 @@ def test_killed_build_resumes_with_every_scene_once(prefect_api, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         log.close()
-    committed = _scene_keys_at_latest(store)
+    committed = [k for k in _scene_keys_at_latest(store) if k.startswith("synth/")]
     assert 1 <= len(committed) < n, "the kill should land mid-build"
+    # readers still open the last complete version: the killed build's batches are partial
+    opened = ShardStore.open(str(store))
+    assert opened.version == complete.version and opened.scene_keys() == ["pre/room000_seed5"]
+    assert load_manifest(store).state == "partial"
 
     # a shard written by a batch that died before its commit
-    orphan = ShardWriter(str(store)).write([ShardStore.open(str(store)).read_scene(committed[0])])
+    partial = ShardStore.open(str(store), version=latest_version(store))
+    orphan = ShardWriter(str(store)).write([partial.read_scene(committed[0])])
     assert (store / SHARD_DIR / orphan.id).is_dir()
 
     s = build_dataset(sources=[src], store=str(store), min_correspondences=10, scenes_per_task=2, shard_size=2,
@@ -197,7 +244,7 @@ def test_killed_build_resumes_with_every_scene_once(prefect_api, tmp_path):
     assert s["scenes"]["processed"] == n - len(committed)
     assert s["gc"]["removed_shards"] >= 1
     keys = ShardStore.open(str(store)).scene_keys()
-    assert sorted(keys) == [f"synth/room{i:03d}_seed3" for i in range(n)]  # every scene exactly once
+    assert sorted(keys) == ["pre/room000_seed5"] + [f"synth/room{i:03d}_seed3" for i in range(n)]  # each once
     assert not (store / SHARD_DIR / orphan.id).exists()
     listed = {sh.id for v in list_versions(store) for sh in load_manifest(store, v).shards}
     assert {p.name for p in (store / SHARD_DIR).iterdir()} <= listed

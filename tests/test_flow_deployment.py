@@ -57,11 +57,42 @@ def test_deployment_run_through_server_and_worker(tmp_path):
                           timeout=900, check=False)
         assert run.returncode == 0, f"flow run failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
         assert "Completed" in run.stdout
+        artifacts = _artifacts(prefect.api)
+        assert "| demo | 2 | 0 | 0 | 0 | 0 |" in artifacts["build-summary"]
+
+        # a second source with a broken mesh and fail_on_quarantine: the run fails, naming the scene
+        bad = dict(params["sources"][0], path=str(tmp_path / "bad-rooms"), name="bad",
+                   options=dict(params["sources"][0]["options"], num_scenes=1, seed=5))
+        from preprocess.sources.base import make_source
+
+        (ref,) = make_source("synthetic", bad["path"], name="bad", **bad["options"]).discover()
+        mesh = tmp_path / "bad-rooms" / ref.scene_id / "mesh.ply"
+        mesh.write_bytes(mesh.read_bytes()[:100])
+        failing = dict(params, sources=[bad], fail_on_quarantine=True)
+        run = prefect.cli("deployment", "run", "build-dataset/synthetic", "--params", json.dumps(failing), "--watch",
+                          timeout=900, check=False)
+        (tmp_path / "failing-run.txt").write_text(run.stdout + run.stderr)
+        assert run.returncode != 0 and "Failed" in run.stdout, run.stdout[-3000:]
+        assert f"bad/{ref.scene_id}" in run.stdout and "quarantined" in run.stdout, tmp_path / "failing-run.txt"
+        artifacts = _artifacts(prefect.api)
+        assert f"bad/{ref.scene_id}" in artifacts["build-quarantine"] and "mesh.ply" in artifacts["build-quarantine"]
 
     assert prefect.server.poll() is not None and all(w.poll() is not None for w in prefect.workers)
     opened = ShardStore.open(str(store))
     assert sorted(opened.scene_keys()) == ["demo/room000_seed4", "demo/room001_seed4"]
-    assert opened.version == 2  # one commit per batch of one scene
-    assert load_quarantine(store) == {}
+    # one partial version per batch of one scene, then the complete one; the failed
+    # run added nothing (its only scene was quarantined)
+    assert opened.version == 3 and opened.manifest.state == "complete"
+    assert list(load_quarantine(store)) == [f"bad/{ref.scene_id}"]
     reports = sorted((store / "reports").glob("build-v*.json"))
-    assert len(reports) == 1 and json.loads(reports[0].read_text())["scenes"]["processed"] == 2
+    assert len(reports) == 2 and sorted(json.loads(r.read_text())["scenes"]["processed"] for r in reports) == [0, 2]
+
+
+def _artifacts(api: str) -> dict[str, str]:
+    """{key: data} of the newest artifact per key on the server at ``api``."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        arts = sorted(client.read_artifacts(), key=lambda a: a.created)
+    return {a.key: a.data for a in arts if a.key}

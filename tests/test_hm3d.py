@@ -411,7 +411,7 @@ def _source(root, tmp_path, **kw):
     from preprocess.sources import make_source
 
     opts = dict(backend="mesh", image_width=W, image_height=H, point_spacing=SPACING, render_backend="embree",
-                cache_dir=str(tmp_path / "cache"), seed=3)
+                cache_dir=str(tmp_path / "cache"), seed=3, recipe="paper")
     opts.update(kw)
     return make_source("hm3d", root / "val", **opts)
 
@@ -504,3 +504,70 @@ def test_habitat_backend_matches_mesh_render(houses):
             assert np.mean(np.abs(f.depth[both] - v.depth[both]) < 0.02) > 0.95
     finally:
         hab.close()
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def _released_spots():
+    """The released script's camera spots, computed here from the fixture's parts:
+    room box = bounds of its parts; a 0.5 m grid from min + 0.5 to max - 0.5 on
+    each axis; a grid point belongs to the first room (file order) whose box
+    strictly holds it; spot = mean of the room's grid points."""
+    from testkit.hm3d_house import house_parts
+
+    boxes = {}
+    for _, r, m in house_parts():
+        lo, hi = m.bounds
+        if r in boxes:
+            boxes[r] = (np.minimum(boxes[r][0], lo), np.maximum(boxes[r][1], hi))
+        else:
+            boxes[r] = (lo, hi)
+    points = {}
+    for r, (lo, hi) in boxes.items():
+        axes = [np.arange(lo[a] + 0.5, hi[a] - 0.5, 0.5) for a in range(3)]
+        for g in np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3):
+            owner = next(k for k, (l2, h2) in boxes.items() if np.all((l2 < g) & (g < h2)))
+            points.setdefault(owner, []).append(g)
+    return {r: np.mean(p, 0) for r, p in points.items()}
+
+
+def test_released_recipe_rooms_are_geometry_groups_with_grid_mean_cameras(houses):
+    spots = _released_spots()
+    be = MeshBackend(CaptureSettings(width=W, height=H, point_spacing=SPACING, seed=7), render_backend="embree",
+                     recipe="released")
+    try:
+        rooms = be.rooms(houses["nodes"])
+        assert [r.room_id for r in rooms] == [f"group{r}_sub0" for r in sorted(spots)]
+        assert all(r.method == "released" for r in rooms)
+        for room in rooms:
+            r = int(room.room_id[5:].split("_")[0])
+            cam = be.camera_position(room)
+            assert np.all(np.abs(cam - spots[r]) <= 0.25 + 1e-9), (cam, spots[r])  # jitter on all three axes
+            frames = be.capture(room)
+            assert len(frames) == 4 and all(np.allclose(f.pose[:3, 3], cam) for f in frames)
+        # a house without geometry groups is one room
+        assert [r.room_id for r in be.rooms(houses["plain"])] == ["ungrouped"]
+    finally:
+        be.close()
+    with pytest.raises(ValueError, match="recipe"):
+        MeshBackend(recipe="leaked")
+
+
+@pytest.mark.parametrize("recipe", ["released", "paper"])
+def test_both_recipes_run_through_the_build(tmp_path, recipe):
+    from testkit.hm3d_house import write_house
+
+    from testkit.dataset_files import build_sample
+
+    from pipelines.build import SourceSpec
+
+    root = tmp_path / "hm3d"
+    write_house(root / "val" / "00800-nodeshouse", "nodes")
+    spec = SourceSpec("hm3d", str(root / "val"), None,
+                      dict(backend="mesh", image_width=W, image_height=H, point_spacing=0.05, render_backend="embree",
+                           cache_dir=str(tmp_path / "cache"), seed=3, max_rooms=1, recipe=recipe))
+    assert [r.scene_id for r in spec.make().discover()] == ["00800-nodeshouse_group0_sub0"]  # room 0: groups or nodes
+    build_sample(spec, str(tmp_path / "store"), note=recipe)
+    with pytest.raises(ValueError, match="recipe"):
+        spec.make().__class__(root / "val", recipe="other")

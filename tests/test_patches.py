@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipelines.patches import PatchGrid, crop_box, normalize_image, pixel_to_patch, prepare_image
+from pipelines.patches import PatchGrid, crop_box, normalize_image, pixel_to_patch, pixel_to_patch_coords, prepare_image
 
 
 def test_grid_shapes():
@@ -13,17 +13,34 @@ def test_grid_shapes():
 
 
 def test_crop_box_centres_to_grid_aspect():
-    assert crop_box((480, 640), PatchGrid()) == (80, 0, 480, 480)
-    assert crop_box((640, 480), PatchGrid()) == (0, 80, 480, 480)
-    assert crop_box((518, 518), PatchGrid()) == (0, 0, 518, 518)
+    assert crop_box((480, 640), PatchGrid(), "largest") == (80, 0, 480, 480)
+    assert crop_box((640, 480), PatchGrid(), "largest") == (0, 80, 480, 480)
+    assert crop_box((518, 518), PatchGrid(), "largest") == (0, 0, 518, 518)
     # a wide grid on a 4:3 image trims rows
+    assert crop_box((480, 640), PatchGrid((224, 448), 14), "largest") == (0, 80, 640, 320)
+
+
+def test_crop_box_grid_multiple_as_released():
+    """Released data code: the largest centred crop whose sides are a multiple of the
+    patch grid (444 x 444 from 640 x 480 for 37 x 37 patches)."""
+    assert crop_box((480, 640), PatchGrid()) == (98, 18, 444, 444)
+    assert crop_box((518, 518), PatchGrid()) == (0, 0, 518, 518)
     assert crop_box((480, 640), PatchGrid((224, 448), 14)) == (0, 80, 640, 320)
+    with pytest.raises(ValueError, match="crop"):
+        crop_box((480, 640), PatchGrid(), "middle")
+    # continuous coordinates truncate to the integer patch
+    pix = np.random.default_rng(0).integers(0, [640, 480], (500, 2))
+    rc = pixel_to_patch_coords(pix, (480, 640), PatchGrid())
+    patch = pixel_to_patch(pix, (480, 640), PatchGrid())
+    inside = patch >= 0
+    assert ((rc[:, 0] >= 0) == inside).all()
+    assert np.array_equal(rc[inside, 0].astype(int) * 37 + rc[inside, 1].astype(int), patch[inside])
 
 
 def test_pixel_to_patch_corners_and_cropped():
     g = PatchGrid()
     pix = np.array([[80, 0], [559, 479], [79, 10], [560, 10], [320, 240]])
-    out = pixel_to_patch(pix, (480, 640), g)
+    out = pixel_to_patch(pix, (480, 640), g, "largest")
     assert out.dtype == np.int64
     assert out[0] == 0 and out[1] == 37 * 37 - 1
     assert out[2] == -1 and out[3] == -1

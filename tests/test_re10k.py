@@ -212,11 +212,11 @@ def test_synthetic_clip_given_depth_through_the_pipeline(synthetic_clip, tmp_pat
     from preprocess.lift.preview import write_preview
 
     src = make_source("re10k", synthetic_clip, lifter="given-depth", conf_percentile=None, voxel_size=0.05,
-                      seed=7, groups_per_clip=2)
+                      seed=7, groups_per_clip=2, recipe="paper")
     refs = src.discover()
     assert [r.scene_id for r in refs] == ["clip0-g0", "clip0-g1"]
     assert refs == make_source("re10k", synthetic_clip, lifter="given-depth", conf_percentile=None,
-                               voxel_size=0.05, seed=7, groups_per_clip=2).discover(), "deterministic"
+                               voxel_size=0.05, seed=7, groups_per_clip=2, recipe="paper").discover(), "deterministic"
     scene = src.load(refs[0])
     assert scene.key == "re10k/clip0-g0" and len(scene.frames) == 4
     rows = scene.meta["frame_rows"]
@@ -272,7 +272,7 @@ def test_synthetic_clip_with_tiny_vggt(synthetic_clip):
         fc2.bias.copy_(torch.tensor([0, 0, 0, 0, 0, 0, 0.25, 0.25, 0.3]))  # summed over 4 iterations
     lifter = VGGTLifter(model=model, device="cpu")
     src = Re10kSource(synthetic_clip, lifter=lifter, require_floor=False, conf_percentile=20.0, voxel_size=0.0,
-                      seed=7)
+                      seed=7, recipe="paper")
     refs = src.discover()
     scene = src.load(refs[0])
     f = scene.frames[0]
@@ -353,3 +353,74 @@ def test_vggt_input_size_follows_the_reference_crop():
     assert out.shape == (2, 294, 518, 3) and out.dtype == np.uint8
     with pytest.raises(ValueError, match="same size"):
         preprocess_for_vggt([np.zeros((360, 640, 3), np.uint8), np.zeros((10, 10, 3), np.uint8)])
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def test_released_recipe_pairs_each_point_with_its_own_pixel(synthetic_clip):
+    """Pointcept's released script: all pixels with confidence > 0, no
+    subsampling, and every point's only correspondence is the pixel it came from."""
+    from pipelines.image_groups import process_scene
+
+    src = Re10kSource(synthetic_clip, lifter="given-depth", seed=7)  # recipe "released" is the default
+    scene = src.load(src.discover()[0])
+    assert scene.meta["recipe"] == "released" and scene.meta["correspondence_mode"] == "stored"
+    corr = scene.meta["correspondences"]
+    valid = sum(int(np.isfinite(f.depth).sum()) for f in scene.frames)
+    assert len(scene.points) == valid  # every valid pixel is a point: no subsampling
+    seen = np.concatenate([corr[f.name].point_index for f in scene.frames])
+    np.testing.assert_array_equal(np.sort(seen), np.arange(len(scene.points)))  # each point once
+    for f in scene.frames:
+        c = corr[f.name]
+        pts = scene.points.coord[c.point_index[::97]].astype(np.float64)
+        w2c = np.linalg.inv(f.pose.astype(np.float64))
+        xc = pts @ w2c[:3, :3].T + w2c[:3, 3]
+        uv = (xc @ f.K.astype(np.float64).T)[:, :2] / xc[:, 2:3]
+        np.testing.assert_allclose(uv, c.pixel[::97], atol=1e-2)  # the point lies on its pixel's ray
+    processed = process_scene(scene, min_correspondences=20)
+    assert sum(processed.stats["correspondences"]) == len(scene.points)  # the build keeps them as they are
+    with pytest.raises(ValueError, match="recipe"):
+        Re10kSource(synthetic_clip, recipe="mine")
+
+
+def test_released_recipe_uses_the_vggt_point_head(synthetic_clip):
+    import torch
+
+    from preprocess.lift.lifter import VGGTLifter
+    from preprocess.lift.vggt_model import VGGT, VGGTConfig
+
+    torch.manual_seed(0)
+    model = VGGT(VGGTConfig.tiny())
+    with torch.no_grad():
+        fc2 = model.camera_head.pose_branch.fc2
+        fc2.weight.mul_(0.01)
+        fc2.bias.copy_(torch.tensor([0, 0, 0, 0, 0, 0, 0.25, 0.25, 0.3]))
+    lifter = VGGTLifter(model=model, device="cpu", point_head=True)
+    views = lifter.lift([fx_img for fx_img in _clip_images(synthetic_clip)])
+    assert views.points is not None and views.points.shape == views.depth.shape + (3,)
+    src = Re10kSource(synthetic_clip, lifter=lifter, require_floor=False, seed=7)
+    scene = src.load(src.discover()[0])
+    assert scene.meta["recipe"] == "released"
+    assert len(scene.points) == sum(len(c) for c in scene.meta["correspondences"].values())
+
+
+def _clip_images(root):
+    from PIL import Image
+
+    files = sorted((root / "frames" / "clip0").glob("*.png"))[:2]
+    return [np.asarray(Image.open(p).convert("RGB")) for p in files]
+
+
+@pytest.mark.parametrize("recipe", ["released", "paper"])
+def test_both_recipes_run_through_the_build(synthetic_clip, tmp_path, recipe):
+    from testkit.dataset_files import build_sample
+
+    from pipelines.build import SourceSpec
+
+    spec = SourceSpec("re10k", str(synthetic_clip), None,
+                      dict(lifter="given-depth", conf_percentile=None, voxel_size=0.05, seed=7, recipe=recipe))
+    sample = build_sample(spec, str(tmp_path / "store"), note=recipe)
+    if recipe == "released":  # each point in exactly one view
+        idx = np.concatenate([np.asarray(c) for c in sample["corr_point"]])
+        assert len(np.unique(idx)) == len(idx)

@@ -267,3 +267,24 @@ def test_preview_pngs(tmp_path):
 def test_package_imports_without_opengl():
     code = "import sys, preprocess.render, preprocess.render.complete_depth; assert 'OpenGL' not in sys.modules and 'pyrender' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_pyrender_context_is_reused_across_scenes_without_leftovers():
+    """The OpenGL context outlives a renderer; the next scene must not see the previous mesh."""
+    _backend("pyrender")
+    from preprocess.render import backend_pyrender
+
+    big = _room().mesh.to_trimesh()
+    with R.make_renderer(big, backend="pyrender", with_color=False) as r:
+        r.render(K, _pose(), W, H)
+        first = backend_pyrender._offscreen(r._pyrender, W, H)
+    # a small plane facing the camera: everywhere else must be empty (NaN), not the old room
+    plane = trimesh.Trimesh(vertices=[[-0.2, -0.2, 2.0], [0.2, -0.2, 2.0], [0.2, 0.2, 2.0], [-0.2, 0.2, 2.0]],
+                            faces=[[0, 1, 2], [0, 2, 3]], process=False)
+    with R.make_renderer(plane, backend="pyrender", with_color=False) as r:
+        got = r.render(K, np.eye(4), W, H).depth
+        assert backend_pyrender._offscreen(r._pyrender, W, H) is first
+    exact = R.render_views(plane, K, [np.eye(4)], W, H, backend="open3d", with_color=False)[0].depth
+    inside = _interior(exact, rel=0.1) & _interior(got, rel=0.1)
+    assert np.array_equal(np.isnan(got[inside]), np.isnan(exact[inside]))
+    assert np.isnan(got).mean() > 0.5 and np.nanmax(np.abs(got - exact)) < 1e-3

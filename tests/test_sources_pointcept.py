@@ -171,3 +171,120 @@ def test_sensor_sized_depth_next_to_full_size_colour_is_not_used(tmp_path):
     scene = src.load(src.discover()[0])
     assert [f.depth is None for f in scene.frames] == [False, True, False]
     assert scene.meta["depth_size_mismatch"] == ["75"]
+
+
+# --------------------------------------------------------------------------- Concerto's own layouts
+from testkit import concerto_layouts as cl  # noqa: E402
+
+
+def _check_camera(frame, K, pose, X):
+    np.testing.assert_allclose(frame.K, K, atol=1e-4)
+    np.testing.assert_allclose(frame.pose, pose, atol=1e-5)
+    u, v, z = fx.project(frame.pose, frame.K, X)
+    assert abs(u - fx.U0) < 1e-3 and abs(v - fx.V0) < 1e-3 and z == pytest.approx(fx.Z0, abs=1e-4)
+
+
+def test_concerto_scannetpp_index_named_poses_and_colmap_K(tmp_path):
+    cams = cl.write_concerto_scannetpp(tmp_path)
+    src = PointceptSource(tmp_path)
+    scene = src.load(src.discover()[0])
+    assert scene.meta["layout"] == "scannetpp"
+    assert [f.name for f in scene.frames] == [c[0] for c in cams]  # DSC00007, DSC00010, DSC00120
+    for f, (_, K, pose, X) in zip(scene.frames, cams):
+        _check_camera(f, K, pose, X)  # K: COLMAP's +0.5 removed
+    assert scene.meta["correspondences"]["DSC00120"].point_index.tolist() == [2]
+    assert [f.name for f in PointceptSource(tmp_path, frame_skip=2).load(src.discover()[0]).frames] == ["DSC00007", "DSC00120"]
+
+
+def test_concerto_structured3d_mirrored_world_and_shifted_indices(tmp_path):
+    cams = cl.write_concerto_structured3d(tmp_path)
+    src = PointceptSource(tmp_path)
+    scene = src.load(src.discover()[0])
+    assert scene.meta["layout"] == "structured3d"
+    assert [f.name for f in scene.frames] == ["prsp/0"]
+    assert scene.meta["skipped_frames"] == ["prsp/1"]  # its camera was never saved
+    for f, (_, pose, K, X) in zip(scene.frames, cams[:1]):
+        _check_camera(f, K, pose, X)  # colour 0 belongs to pose file 1: the shift is undone
+        assert np.linalg.det(f.pose[:3, :3]) == pytest.approx(1.0, abs=1e-5)
+        # the point cloud is back in the Structured3D world: X is one of its points
+        assert np.linalg.norm(scene.points.coord - X, axis=1).min() < 1e-4
+    # every stored correspondence lands on its pixel with the recovered camera
+    for f in scene.frames:
+        c = scene.meta["correspondences"][f.name]
+        pts = scene.points.coord[c.point_index].astype(np.float64)
+        for p, (u, v) in zip(pts[::50], c.pixel[::50]):
+            pu, pv, _ = fx.project(f.pose, f.K, p)
+            assert abs(pu - u) < 1e-2 and abs(pv - v) < 1e-2
+    assert scene.frames[0].depth[fx.V0, fx.U0] == pytest.approx(fx.Z0)
+
+
+def test_concerto_structured3d_without_shift(tmp_path):
+    cams = cl.write_concerto_structured3d(tmp_path, empty_first_view=False)
+    scene = PointceptSource(tmp_path).load(PointceptSource(tmp_path).discover()[0])
+    assert [f.name for f in scene.frames] == ["prsp/0", "prsp/1", "prsp/2"] and not scene.meta["skipped_frames"]
+    for f, (_, pose, K, X) in zip(scene.frames, cams):
+        _check_camera(f, K, pose, X)
+
+
+def test_concerto_structured3d_shift_without_correspondences_is_named(tmp_path):
+    cl.write_concerto_structured3d(tmp_path)
+    corr = tmp_path / "images/val/scene_03001/room_7/correspondence/prsp_correspondence/0.npy"
+    corr.unlink()
+    with pytest.raises(SourceError, match=r"prsp/0\.png.*2 pose files for 2 colour images.*index shift"):
+        PointceptSource(tmp_path).load(PointceptSource(tmp_path).discover()[0])
+
+
+def test_concerto_s3dis_world_to_camera_per_camera_folders(tmp_path):
+    cams = cl.write_concerto_s3dis(tmp_path)
+    src = PointceptSource(tmp_path)
+    refs = src.discover()
+    assert [r.scene_id for r in refs] == ["office_1"] and src.load(refs[0]).meta["split"] == "Area_5"
+    scene = src.load(refs[0])
+    assert scene.meta["layout"] == "s3dis"
+    assert [f.name for f in scene.frames] == [c[0] for c in cams]  # frame 2, 10, 31: numeric order
+    for f, (_, K, pose, X) in zip(scene.frames, cams):
+        _check_camera(f, K, pose, X)
+        assert f.depth[fx.V0, fx.U0] == pytest.approx(fx.Z0)  # 2D-3D-S depth, 1/512 m
+        assert scene.meta["correspondences"][f.name].pixel[0].tolist() == [fx.U0, fx.V0]
+
+
+def test_layout_option_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="layout"):
+        PointceptSource(tmp_path, layout="colmap")
+
+
+def test_error_branches_name_the_file(tmp_path):
+    _write_pointcept_scannet(tmp_path)
+    pc = tmp_path / "train" / "scene0000_00"
+    img = tmp_path / "images" / "train" / "scene0000_00"
+    src = PointceptSource(tmp_path)
+
+    def fails(pattern):
+        with pytest.raises(SourceError, match=pattern):
+            src.load(src.discover()[0])
+
+    coord = np.load(pc / "coord.npy")
+    np.save(pc / "coord.npy", coord[:, :2])
+    fails(r"coord\.npy.*expected \[N,3\] coordinates, got shape \[5, 2\]")
+    bad = coord.copy()
+    bad[0, 0] = np.nan
+    np.save(pc / "coord.npy", bad)
+    fails(r"coord\.npy.*NaN/inf coordinates")
+    np.save(pc / "coord.npy", coord)
+    np.save(pc / "color.npy", np.zeros((4, 3), np.uint8))
+    fails(r"color\.npy.*expected 5 rows x 3, got shape \[4, 3\]")
+    np.save(pc / "color.npy", np.zeros((5, 3), np.uint8))
+    np.save(img / "pose" / "75.npy", np.eye(3))
+    fails(r"pose/75\.npy.*pose must be \[4,4\], got \[3, 3\]")
+    np.save(img / "pose" / "75.npy", fx.make_pose().astype(np.float32))
+    np.save(img / "intrinsic" / "intrinsic.npy", np.eye(2))
+    fails(r"intrinsic\.npy.*intrinsics must be \[3,3\] or \[4,4\]")
+    (img / "intrinsic" / "intrinsic.npy").unlink()
+    np.save(img / "intrinsic" / "a.npy", np.eye(3))
+    np.save(img / "intrinsic" / "b.npy", np.eye(3))
+    fails(r"intrinsic/0\.npy.*missing intrinsics for colour image 0")
+    np.save(img / "intrinsic" / "intrinsic.npy", fx.make_K())
+    np.save(img / "correspondence" / "0.npy", np.zeros((3, 2)))
+    fails(r"correspondence/0\.npy.*must be \[M,3\]")
+    np.save(img / "correspondence" / "0.npy", np.array([[fx.U0, fx.V0, 99]]))
+    fails(r"correspondence/0\.npy.*out of range")

@@ -126,3 +126,83 @@ def test_hash_and_errors(dataset):
     src = S3DISSource(root / "s3dis", images_root=root / "2d3ds", mesh_cache_dir=root / "cache2")
     with pytest.raises(SourceError, match=r"Area_1_office_1.*area_1/3d/rgb\.obj.*missing area mesh"):
         src.load(src.discover()[0])
+
+
+# Pointcept's Concerto S3DIS script: area_5b's mesh -> area_5a's frame (mesh axes, y up)
+_5B_TO_5A_MESH = np.array([[0, 0, -1, -4.09703582], [0, 1, 0, 0], [1, 0, 0, -6.22617759], [0, 0, 0, 1]])
+_MESH_TO_CLOUD = np.array([[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], float)
+
+
+def test_area_5b_poses_are_moved_into_the_area_5_frame(tmp_path):
+    """A 2D-3D-S area_5b camera (pose registered to the 5b model, z-up cloud
+    axes) and its 5b mesh (y up); the Stanford3dDataset room is in the Area_5
+    frame. The camera must see the room's point X at its pixel."""
+    pose_5b, K = fx.make_pose(), fx.make_K()
+    X_5b = fx.known_point(pose_5b, K)
+    verts_5b, faces = fx.plane_mesh(pose_5b, X_5b)
+    to_area5 = _MESH_TO_CLOUD @ _5B_TO_5A_MESH @ np.linalg.inv(_MESH_TO_CLOUD)
+    X = to_area5[:3, :3] @ X_5b + to_area5[:3, 3]
+    _write_txt(tmp_path / "s3dis" / "Area_5" / "office_40" / "Annotations" / "wall_1.txt", X[None], np.array([[1, 2, 3]]))
+    data = tmp_path / "2d3ds" / "area_5b" / "data"
+    stem = f"camera_{UUID}_office_40_frame_3_domain"
+    fx.write_png_rgb(data / "rgb" / f"{stem}_rgb.png", fx.gradient_rgb())
+    (data / "pose").mkdir(parents=True)
+    (data / "pose" / f"{stem}_pose.json").write_text(json.dumps(
+        {"camera_k_matrix": K.tolist(), "camera_rt_matrix": np.linalg.inv(pose_5b)[:3].tolist()}))
+    mesh_verts = np.stack([verts_5b[:, 0], verts_5b[:, 2], -verts_5b[:, 1]], 1)  # y up
+    obj = tmp_path / "2d3ds" / "area_5b" / "3d" / "rgb.obj"
+    obj.parent.mkdir(parents=True)
+    trimesh.Trimesh(mesh_verts, faces, process=False).export(obj)
+    src = S3DISSource(tmp_path / "s3dis", images_root=tmp_path / "2d3ds", mesh_cache_dir=tmp_path / "cache")
+    scene = src.load(src.discover()[0])
+    (f,) = scene.frames
+    np.testing.assert_allclose(f.pose, to_area5 @ pose_5b, atol=1e-5)
+    u, v, z = fx.project(f.pose, f.K, X)
+    assert (u, v, z) == pytest.approx((fx.U0, fx.V0, fx.Z0), abs=1e-3)
+    mesh = trimesh.load(scene.mesh_path, process=False)  # the 5b mesh lands on the same frame
+    assert np.linalg.norm(np.asarray(mesh.vertices) - X, axis=1).min() < 1e-4
+
+
+def test_known_bad_byte_of_office_19_is_repaired_with_a_warning(tmp_path):
+    ann = tmp_path / "Area_5" / "office_19" / "Annotations" / "ceiling_1.txt"
+    ann.parent.mkdir(parents=True)
+    # the official file: one number on one line holds a stray byte ("103.0?0000")
+    ann.write_bytes(b"1.000000 2.000000 3.000000 10 20 30\n103.0\x100000 4.500000 2.750000 11 21 31\n")
+    src = S3DISSource(tmp_path)
+    with pytest.warns(UserWarning, match=r"Area_5/office_19/Annotations/ceiling_1\.txt.*line\(s\) \[2\]"):
+        scene = src.load(src.discover()[0])
+    np.testing.assert_allclose(scene.points.coord[1], [103.0, 4.5, 2.75])
+    assert scene.points.color[1].tolist() == [11, 21, 31]
+
+
+def test_error_branches_name_the_file(dataset):
+    root, _ = dataset
+    src = S3DISSource(root / "s3dis", images_root=root / "2d3ds", use_sensor_depth=True)
+
+    def fails(pattern):
+        with pytest.raises(SourceError, match=pattern):
+            src.load(src.discover()[0])
+
+    ann = root / "s3dis" / "Area_1" / "office_1" / "Annotations" / "wall_1.txt"
+    good = ann.read_text()
+    ann.write_text("1 2 3 4\n")
+    fails(r"wall_1\.txt.*expected 'x y z r g b' per line, got 4 columns")
+    ann.write_text("nan 2 3 4 5 6\n")
+    fails(r"wall_1\.txt.*NaN/inf values")
+    ann.write_text(good)
+    pose = next((root / "2d3ds" / "area_1" / "data" / "pose").glob("camera_ffff*"))
+    bad_rt = [[2, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]
+    pose.write_text(json.dumps({"camera_k_matrix": fx.make_K().tolist(), "camera_rt_matrix": bad_rt}))
+    fails(r"camera_ffff_office_1_frame_0_domain_pose\.json.*not orthonormal")
+    pose.write_text(json.dumps({"camera_k_matrix": [[1, 0], [0, 1]], "camera_rt_matrix": bad_rt}))
+    fails(r"pose\.json.*camera_k_matrix must be 3x3")
+    pose.unlink()
+    depth = next((root / "2d3ds" / "area_1" / "data" / "depth").glob(f"camera_{UUID}_office_1_frame_0*"))
+    fx.write_png16(depth, np.ones((3, 3), np.uint16))
+    fails(rf"camera_{UUID}_office_1_frame_0_domain_depth\.png.*depth is \[3, 3\], colour is \[24, 32\]")
+    for f in (root / "s3dis" / "Area_1" / "office_1" / "Annotations").glob("*.txt"):
+        f.unlink()
+    (root / "s3dis" / "Area_1" / "office_1" / "Annotations" / "x.txt").write_text("")
+    src2 = S3DISSource(root / "s3dis")
+    with pytest.raises(SourceError, match=r"Area_1_office_1.*Annotations.*hold no points"):
+        src2.load(src2.discover()[0])

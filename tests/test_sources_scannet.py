@@ -150,3 +150,103 @@ def test_bad_options_are_rejected(tmp_path):
         ScanNetSource(tmp_path, frame_skip=0)
     with pytest.raises(ValueError, match="not a directory"):
         ScanNetSource(tmp_path / "nope")
+
+
+def test_scannet200_labels_from_the_aggregation_and_the_label_map(dataset):
+    """ScanNet's scannetv2-labels.combined.tsv maps a group's raw label to a
+    category id; ScanNet200 keeps 200 of them (wall id 1 -> class 0, chair id 2 ->
+    class 1, 'plant' id 25 is not one of the 200 -> -1)."""
+    root, _, _ = dataset
+    (root / "scannetv2-labels.combined.tsv").write_text(
+        "id\traw_category\tcategory\tcount\tnyu40id\n1\twall\twall\t8277\t1\n2\tchair\tchair\t4646\t5\n"
+        "25\tplant\tplant\t331\t40\n")
+    agg = root / "scans" / "scene0000_00" / "scene0000_00.aggregation.json"
+    agg.write_text(json.dumps({"segGroups": [{"id": 0, "objectId": 0, "segments": [7], "label": "wall"},
+                                             {"id": 1, "objectId": 1, "segments": [9], "label": "chair"},
+                                             {"id": 2, "objectId": 2, "segments": [8], "label": "plant"}]}))
+    src = ScanNetSource(root, labels="scannet200")
+    scene = src.load(src.discover()[0])
+    np.testing.assert_array_equal(scene.points.segment, [0, 0, -1, -1, 1])
+    np.testing.assert_array_equal(scene.points.instance, [0, 0, 2, 2, 1])
+    (root / "scannetv2-labels.combined.tsv").write_text("just\ta header\n")
+    with pytest.raises(SourceError, match=r"scannetv2-labels\.combined\.tsv.*'id' and 'raw_category'"):
+        src.load(src.discover()[0])
+
+
+# --------------------------------------------------------------------------- .sens variants and errors
+
+
+def _sens_scene(root, frames=None, **sens_kwargs):
+    """A scene whose .sens is written with the given SensorData settings."""
+    pose = fx.make_pose()
+    K = fx.make_K()
+    X = fx.known_point(pose, K)
+    d = root / "scans" / "scene0007_00"
+    verts, faces = fx.plane_mesh(pose, X)
+    fx.write_ply(d / "scene0007_00_vh_clean_2.ply", verts, faces, np.full((5, 3), 9, np.uint8))
+    depth_mm = np.full(COLOR_HW, int(fx.Z0 * 1000), np.uint16)
+    frames = frames or [{"pose": pose, "rgb": fx.gradient_rgb(), "depth_mm": depth_mm}]
+    fx.write_sens(d / "scene0007_00.sens", frames, K, K, COLOR_HW, COLOR_HW, **sens_kwargs)
+    return ScanNetSource(root, use_sensor_depth=True), d / "scene0007_00.sens"
+
+
+def _load(src):
+    return src.load(src.discover()[0])
+
+
+def test_raw_colour_and_raw_ushort_depth_are_read(tmp_path):
+    src, _ = _sens_scene(tmp_path, color_compression=0, depth_compression=0)
+    (f,) = _load(src).frames
+    np.testing.assert_array_equal(f.rgb, fx.gradient_rgb())  # raw: byte exact
+    assert f.depth[fx.V0, fx.U0] == pytest.approx(fx.Z0)
+
+
+def test_png_colour_is_read(tmp_path):
+    src, _ = _sens_scene(tmp_path, color_compression=1)
+    np.testing.assert_array_equal(_load(src).frames[0].rgb, fx.gradient_rgb())
+
+
+@pytest.mark.parametrize("case,kwargs,frame_extra,pattern", [
+    ("version", {"version": 3}, {}, r"unsupported \.sens version 3 \(expected 4\)"),
+    ("colour compression", {"color_compression": 7}, {}, r"unknown compression types \(colour 7, depth 1\)"),
+    ("depth compression", {"depth_compression": 9}, {}, r"unknown compression types \(colour 2, depth 9\)"),
+    ("unknown colour", {"color_compression": -1}, {}, r"frame 0 colour.*unsupported colour compression 'unknown'"),
+    ("occi depth", {"depth_compression": 2}, {}, r"frame 0 depth.*unsupported depth compression 'occi_ushort'"),
+    ("raw colour size", {"color_compression": 0}, {"color_bytes": b"\x01" * 100},
+     r"frame 0 colour.*raw colour has 100 bytes, expected 2304"),
+    ("raw depth size", {"depth_compression": 0}, {"depth_bytes": b"\x01\x02" * 10},
+     r"frame 0 depth.*depth has 20 bytes, expected 1536"),
+    ("corrupt zlib", {}, {"depth_bytes": b"not zlib at all"}, r"frame 0 depth.*corrupt zlib depth"),
+    ("colour size", {}, {"color_bytes": fx.jpeg_bytes(fx.gradient_rgb(w=16, h=8))},
+     r"frame 0 colour.*colour image is \(8, 16\), header says \(24, 32\)"),
+    ("undecodable colour", {}, {"color_bytes": b"\xff\xd8 not a jpeg"}, r"frame 0 colour.*cannot decode image"),
+])
+def test_sens_errors_name_scene_file_and_frame(tmp_path, case, kwargs, frame_extra, pattern):
+    frame = {"pose": fx.make_pose(), "rgb": fx.gradient_rgb(),
+             "depth_mm": np.full(COLOR_HW, 2500, np.uint16), **frame_extra}
+    src, sens = _sens_scene(tmp_path, frames=[frame], **kwargs)
+    with pytest.raises(SourceError, match=r"scene0007_00.*scene0007_00\.sens.*" + pattern):
+        _load(src)
+
+
+def test_label_and_segment_count_mismatches_are_named(dataset):
+    root, _, _ = dataset
+    d = root / "scans" / "scene0000_00"
+    verts = np.zeros((3, 3))
+    fx.write_ply(d / "scene0000_00_vh_clean_2.labels.ply", verts, None, None, extra={"label": ("ushort", np.ones(3))})
+    src = ScanNetSource(root)
+    with pytest.raises(SourceError, match=r"scene0000_00_vh_clean_2\.labels\.ply.*3 labels for 5 mesh vertices"):
+        src.load(src.discover()[0])
+    fx.write_ply(d / "scene0000_00_vh_clean_2.labels.ply", np.zeros((5, 3)), None, None, extra={"nyu": ("ushort", np.ones(5))})
+    with pytest.raises(SourceError, match=r"labels\.ply.*no per-vertex 'label' property"):
+        src.load(src.discover()[0])
+    (d / "scene0000_00_vh_clean_2.labels.ply").unlink()
+    (d / "scene0000_00_vh_clean_2.0.010000.segs.json").write_text(json.dumps({"segIndices": [1, 2]}))
+    with pytest.raises(SourceError, match=r"segs\.json.*segIndices has 2 entries, mesh has 5 vertices"):
+        src.load(src.discover()[0])
+    (d / "scene0000_00_vh_clean_2.0.010000.segs.json").write_text(json.dumps({"segIndices": [1] * 5}))
+    (d / "scene0000_00.aggregation.json").write_text(json.dumps({"segGroups": [{"id": 0}]}))
+    with pytest.raises(SourceError, match=r"aggregation\.json.*malformed aggregation json"):
+        src.load(src.discover()[0])
+    with pytest.raises(ValueError, match="scannet200"):
+        ScanNetSource(root, labels="scannet100")

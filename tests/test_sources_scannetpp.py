@@ -46,8 +46,8 @@ def _scene(root, sid, pose, transforms=True, images=("DSC00010.JPG", "DSC00002.J
         img = fx.gradient_rgb()
         from PIL import Image
 
-        (d / "dslr" / "resized_undistorted_images").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(d / "dslr" / "resized_undistorted_images" / name, format="JPEG")
+        (d / "dslr" / "undistorted_images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / "dslr" / "undistorted_images" / name, format="JPEG")
     return X
 
 
@@ -102,11 +102,11 @@ def test_hash_and_malformed_files(dataset):
     (other / "nerfstudio").mkdir()
     (other / "nerfstudio" / "transforms_undistorted.json").write_text(json.dumps(
         {"camera_model": "PINHOLE", "fl_x": 30.0, "fl_y": 28.0, "cx": 15.5, "cy": 11.5, "w": fx.W, "h": fx.H}))
-    (other / "resized_undistorted_images" / "DSC00005.JPG").unlink()
+    (other / "undistorted_images" / "DSC00005.JPG").unlink()
     scene = src.load(src.discover()[1])
     assert [f.name for f in scene.frames] == ["DSC00002", "DSC00010"]
     assert scene.meta["skipped_frames"] == ["DSC00005.JPG"]
-    for p in (other / "resized_undistorted_images").iterdir():
+    for p in (other / "undistorted_images").iterdir():
         p.unlink()
     with pytest.raises(SourceError, match=r"1ada7a0617.*DSC00002\.JPG.*none of the 3 images"):
         src.load(src.discover()[1])
@@ -138,8 +138,8 @@ def test_fisheye_images_are_undistorted_here(tmp_path):
     pose = fx.make_pose()
     X = _scene(tmp_path, SCENE, pose, transforms=False, images=("DSC00001.JPG",))
     dslr = tmp_path / "data" / SCENE / "dslr"
-    (dslr / "resized_undistorted_images" / "DSC00001.JPG").unlink()
-    (dslr / "resized_undistorted_images").rmdir()
+    (dslr / "undistorted_images" / "DSC00001.JPG").unlink()
+    (dslr / "undistorted_images").rmdir()
     K = fx.make_K()
     k = [-0.05, 0.01, 0.0, 0.0]  # a strong fisheye: theta_d well below tan(theta)
     (dslr / "colmap" / "cameras.txt").write_text(
@@ -168,3 +168,68 @@ def test_fisheye_images_are_undistorted_here(tmp_path):
     assert (cx, cy) == pytest.approx((PU, PV), abs=0.35)
     u, v, _ = fx.project(f.pose, f.K, X)
     assert (u, v) == pytest.approx((fx.U0, fx.V0), abs=1e-3)
+
+
+def test_anonymisation_masks_get_no_depth_so_no_correspondences(tmp_path):
+    """The toolkit's undistort.py writes undistorted_anon_masks/<stem>.png (255 =
+    keep, 0 = masked). Masked pixels of a rendered frame get NaN depth."""
+    from PIL import Image
+
+    from pipelines.correspondence import frame_correspondence
+    from preprocess.render.complete_depth import complete_depth
+
+    X = _scene(tmp_path, SCENE, fx.make_pose(), images=("DSC00001.JPG", "DSC00002.JPG"))
+    masks = tmp_path / "data" / SCENE / "dslr" / "undistorted_anon_masks"
+    masks.mkdir()
+    m = np.full((fx.H, fx.W), 255, np.uint8)
+    m[fx.V0 - 2:fx.V0 + 3, fx.U0 - 2:fx.U0 + 3] = 0  # a blurred face over the known point
+    Image.fromarray(m).save(masks / "DSC00001.png")
+    Image.fromarray(np.full((fx.H, fx.W), 255, np.uint8)).save(masks / "DSC00002.png")
+    src = ScanNetPPSource(tmp_path)
+    scene = src.load(src.discover()[0])
+    assert list(scene.meta["invalid_pixels"]) == ["DSC00001"]  # an all-255 mask masks nothing
+    assert scene.meta["invalid_pixels"]["DSC00001"].sum() == 25
+    done = complete_depth(scene)
+    masked, clear = done.frames
+    assert np.isnan(masked.depth[fx.V0, fx.U0]) and np.isfinite(masked.depth).sum() == fx.H * fx.W - 25
+    assert clear.depth[fx.V0, fx.U0] == pytest.approx(fx.Z0, abs=1e-3)
+    x = X[None].astype(np.float32)
+    assert len(frame_correspondence(x, masked)) == 0 and len(frame_correspondence(x, clear)) == 1
+    assert ScanNetPPSource(tmp_path, use_masks=False).load(src.discover()[0]).meta["invalid_pixels"] == {}
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(masks / "DSC00002.png")
+    with pytest.raises(SourceError, match=r"DSC00002\.png.*mask is 5x5"):
+        src.load(src.discover()[0])
+
+
+def test_error_branches_name_the_file(tmp_path):
+    _scene(tmp_path, SCENE, fx.make_pose(), transforms=False, images=("DSC00001.JPG",))
+    dslr = tmp_path / "data" / SCENE / "dslr"
+    scans = tmp_path / "data" / SCENE / "scans"
+    src = ScanNetPPSource(tmp_path)
+
+    def fails(pattern):
+        with pytest.raises(SourceError, match=pattern):
+            src.load(src.discover()[0])
+
+    cams = dslr / "colmap" / "cameras.txt"
+    cams.write_text("1 RADIAL 32 24 30 15.5 11.5 0.1 0.2\n")
+    fails(r"cameras\.txt.*unsupported camera model RADIAL")
+    cams.write_text("1 PINHOLE 32 24 30 28\n")
+    fails(r"cameras\.txt.*PINHOLE takes 4 parameters, got 2")
+    cams.write_text("1 PINHOLE w 24 30 28 15 11\n")
+    fails(r"cameras\.txt.*malformed camera line")
+    cams.write_text("2 PINHOLE 32 24 30 28 15 11\n")
+    fails(r"cameras\.txt.*no camera 1 \(used by DSC00001\.JPG\)")
+    (dslr / "nerfstudio").mkdir()
+    tr = dslr / "nerfstudio" / "transforms_undistorted.json"
+    tr.write_text(json.dumps({"camera_model": "OPENCV_FISHEYE", "fl_x": 1, "fl_y": 1, "cx": 1, "cy": 1, "w": 32, "h": 24}))
+    fails(r"transforms_undistorted\.json.*camera_model is OPENCV_FISHEYE, expected PINHOLE")
+    tr.write_text(json.dumps({"fl_x": 1}))
+    fails(r"transforms_undistorted\.json.*malformed transforms json")
+    tr.unlink()
+    cams.write_text("1 PINHOLE 32 24 30 28 15 11\n")
+    (scans / "segments.json").write_text(json.dumps({"segIndices": [1, 2]}))
+    fails(r"segments\.json.*segIndices has 2 entries, mesh has 5 vertices")
+    (scans / "segments.json").write_text(json.dumps({"segIndices": [1] * 5}))
+    (scans / "segments_anno.json").write_text(json.dumps({"segGroups": [{"segments": [1]}]}))
+    fails(r"segments_anno\.json.*malformed annotation json")

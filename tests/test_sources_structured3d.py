@@ -58,16 +58,18 @@ def test_known_point_lands_on_its_pixel_and_depth_is_metres(dataset):
     scene.validate(require_depth=True)
     assert scene.mesh_path is None and [f.name for f in scene.frames] == ["0", "1"]
     f = scene.frames[0]
-    # the point the dataset's own projection puts on pixel (U0, V0) at 2.5 m
+    # the point the dataset's own projection puts on the centre of pixel (U0, V0) at
+    # 2.5 m: its coordinates have pixel edges at integers, so that centre is (U0+0.5, V0+0.5)
     cx, cy = fx.W / 2, fx.H / 2
     fxx, fyy = cx / np.tan(XFOV), cy / np.tan(YFOV)
     Wd = TOWARDS / np.linalg.norm(TOWARDS)
     U = np.cross(Wd, UP)
     V = -np.cross(Wd, U)
-    x3, y3 = (fx.U0 - cx) * 2500 / fxx, (fx.V0 - cy) * 2500 / fyy
+    x3, y3 = (fx.U0 + 0.5 - cx) * 2500 / fxx, (fx.V0 + 0.5 - cy) * 2500 / fyy
     X = (EYE_MM + U * x3 - V * y3 + Wd * 2500) / 1000
     u_off, v_off, z_off = official_projection(X, EYE_MM, TOWARDS, UP, fx.W, fx.H)
-    assert (u_off, v_off) == pytest.approx((fx.U0, fx.V0), abs=1e-6)
+    assert (u_off, v_off) == pytest.approx((fx.U0 + 0.5, fx.V0 + 0.5), abs=1e-6)
+    assert f.K[0, 2] == pytest.approx((fx.W - 1) / 2) and f.K[1, 2] == pytest.approx((fx.H - 1) / 2)
     u, v, z = fx.project(f.pose, f.K, X)
     assert (u, v, z) == pytest.approx((fx.U0, fx.V0, 2.5), abs=1e-3)
     assert f.depth[fx.V0, fx.U0] == pytest.approx(2.5)
@@ -161,3 +163,49 @@ def test_reads_the_zip_archives_in_place(dataset, tmp_path):
     bad = Structured3DSource(zdir)
     with pytest.raises(SourceError, match=r"scene_00001_room_7.*Structured3D_perspective_full_01\.zip:.*depth\.png.*decode"):
         bad.load(bad.discover()[1])
+
+
+def test_unlabelled_pixels_give_no_point_and_errata_scenes_are_skipped(tmp_path):
+    d = _position(tmp_path, "scene_00000", "485142", "0", EYE_MM, TOWARDS, UP)
+    sem = np.full((fx.H, fx.W), 5, np.uint8)
+    sem[:, -3:] = 0  # unlabelled: Concerto drops these pixels
+    fx.write_png_rgb(d / "semantic.png", np.stack([sem] * 3, -1)[..., 0])
+    _position(tmp_path, "scene_01155", "1", "0", EYE_MM, TOWARDS, UP)  # listed invalid in metadata/errata.txt
+    src = Structured3DSource(tmp_path)
+    refs = src.discover()
+    assert [r.scene_id for r in refs] == ["scene_00000_room_485142"]
+    scene = src.load(refs[0])
+    assert len(scene.points) == fx.H * fx.W - 1 - 3 * fx.H
+    assert (scene.points.segment == 4).all()
+    kept = Structured3DSource(tmp_path, keep_unlabelled=True, skip_errata=False)
+    assert [r.scene_id for r in kept.discover()] == ["scene_00000_room_485142", "scene_01155_room_1"]
+    assert len(kept.load(kept.discover()[0]).points) == fx.H * fx.W - 1
+
+
+def test_error_branches_name_the_file(tmp_path):
+    d = _position(tmp_path, "scene_00000", "485142", "0", EYE_MM, TOWARDS, UP)
+    src = Structured3DSource(tmp_path)
+
+    def fails(pattern):
+        with pytest.raises(SourceError, match=pattern):
+            src.load(src.discover()[0])
+
+    cam = d / "camera_pose.txt"
+    good = cam.read_text()
+    cam.write_text("1 2 3 4 5\n")
+    fails(r"full/0/camera_pose\.txt.*expected 'vx vy vz tx ty tz ux uy uz xfov yfov 1', got 5 numbers")
+    cam.write_text(" ".join(f"{x}" for x in [*EYE_MM, *TOWARDS, *UP, 2.0, YFOV, 1]))
+    fails(r"camera_pose\.txt.*fov half-angles must be in \(0, pi/2\)")
+    cam.write_text(" ".join(f"{x}" for x in [*EYE_MM, *UP, *UP, XFOV, YFOV, 1]))
+    fails(r"camera_pose\.txt.*view and up directions are parallel")
+    cam.write_text(good)
+    fx.write_png16(d / "depth.png", np.ones((4, 4), np.uint16))
+    fails(r"full/0/depth\.png.*depth is \[4, 4\], colour is \[24, 32\]")
+    fx.write_png_rgb(d / "depth.png", fx.gradient_rgb())
+    fails(r"depth\.png.*depth image must have one channel")
+    fx.write_png16(d / "depth.png", np.full((fx.H, fx.W), 2500, np.uint16))
+    fx.write_png_rgb(d / "semantic.png", np.zeros((3, 3, 3), np.uint8))
+    fails(r"semantic\.png.*semantic is \[3, 3\], depth is \[24, 32\]")
+    (d / "semantic.png").unlink()
+    (d / "rgb_rawlight.png").unlink()
+    fails(r"full/0/rgb_rawlight\.png.*missing file")

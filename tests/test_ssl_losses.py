@@ -200,6 +200,8 @@ def test_pretraining_loss_pairs_the_views_as_sonata():
                masked=masked, local=local, patch_pred=torch.zeros(0, 4, requires_grad=True),
                patch_used=torch.zeros(0, dtype=torch.long))
     batch = {"num_global": 2, "num_local": 2}
+    cfg.distill.shared_teacher_head = False  # Sonata's pairing first
+    cfg.cross_modal.no_image_self_distill = False
     terms = pretraining_loss(out, (glob, t_mask, t_unmask), None, batch, cfg, teacher_temp=0.05)
     d = cfg.distill
     exp_mask = distillation_loss(out["mask_logits"], t_mask, torch.tensor([[0, 1], [1, 0], [2, 3]]),
@@ -212,3 +214,15 @@ def test_pretraining_loss_pairs_the_views_as_sonata():
     assert torch.allclose(terms["unmask"], exp_unmask) and "cross_modal" not in terms
     total = d.mask_weight * exp_mask + d.roll_mask_weight * exp_roll + d.unmask_weight * exp_unmask
     assert torch.allclose(terms["loss"], total)
+    # released Concerto: the local views' targets from the teacher's mask head too, and a
+    # batch without images puts the normalised self-distillation loss in the cross-modal place
+    cfg.distill.shared_teacher_head = True
+    cfg.cross_modal.no_image_self_distill = True
+    terms = pretraining_loss(out, (glob, t_mask, t_unmask), None, batch, cfg, teacher_temp=0.05)
+    exp_shared = distillation_loss(out["unmask_logits"], t_mask, torch.tensor([[0, 1], [1, 0]]),
+                                   local.view, d.student_temp, 0.05, d.sinkhorn_iters)
+    assert torch.allclose(terms["unmask"], exp_shared)
+    ssl = d.mask_weight * exp_mask + d.roll_mask_weight * exp_roll + d.unmask_weight * exp_shared
+    norm = ssl / (d.mask_weight + d.roll_mask_weight + d.unmask_weight)
+    assert torch.allclose(terms["cross_modal"], norm)
+    assert torch.allclose(terms["loss"], ssl + cfg.cross_modal.weight * norm)

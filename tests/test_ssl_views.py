@@ -49,10 +49,13 @@ def test_jitter_moves_only_masked_points_within_two_sigma():
     coord, _, _ = cloud(300)
     mask = np.zeros(300, bool)
     mask[:100] = True
-    out = jitter_masked(coord, mask, 0.01, np.random.default_rng(0))
+    out = jitter_masked(coord, mask, 0.01, np.random.default_rng(0), clip="both")
     assert np.array_equal(out[100:], coord[100:])
     delta = np.abs(out[:100] - coord[:100])
     assert delta.max() <= 0.02 + 1e-6 and delta.max() > 0
+    # released: clipped above only
+    up = jitter_masked(coord, mask, 0.01, np.random.default_rng(0)) - coord
+    assert up[:100].max() <= 0.02 + 1e-6 and up[:100].min() < -0.02
 
 
 def test_make_views_structure_and_provenance():
@@ -131,8 +134,8 @@ def test_elastic_interpolation_matches_scipy():
 
 def test_mask_shape_follows_the_run_config_schedule():
     m = MaskConfig()
-    assert MaskShape.at(m, 0, 100) == (m.size_start, m.ratio_start, m.jitter)
-    assert MaskShape.at(m, 99, 100) == pytest.approx((m.size_base, m.ratio_base, m.jitter))
+    assert MaskShape.at(m, 0, 100) == (m.size_start, m.ratio_start, m.jitter, m.jitter_clip)
+    assert MaskShape.at(m, 99, 100)[:3] == pytest.approx((m.size_base, m.ratio_base, m.jitter))
     # the view settings the loader workers see are the run's own config objects, not copies
     from concerto.config import PretrainConfig
     from concerto.train import build_sample_spec

@@ -6,7 +6,8 @@ view 0, ...) with ``global_offset`` int64 [B*G] (cumulative end of each view),
 likewise ``local_*``. The principal view of sample b is global view b*G.
 Images of all samples are stacked into ``images`` float32 [I,3,h,w] (I may be 0);
 ``corr_row`` indexes the flat global arrays, ``corr_image`` the images and
-``corr_patch`` the row-major patch inside its image.
+``corr_patch`` the row-major patch inside its image, ``corr_rc`` float [K,2] its
+continuous (row, col) in patch units.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ def collate_samples(samples: list[dict]) -> dict:
     out["corr_row"] = torch.from_numpy(np.concatenate(rows))
     out["corr_image"] = torch.from_numpy(np.concatenate(image_ids))
     out["corr_patch"] = torch.from_numpy(np.concatenate(patches))
+    out["corr_rc"] = torch.from_numpy(np.concatenate([s["corr_rc"] for s in samples]).astype(np.float32))
     out["image_count"] = torch.tensor([len(s["images"]) for s in samples], dtype=torch.int64)
     out["names"] = [s["name"] for s in samples]
     out["segment_index"] = torch.tensor([s["segment_index"] for s in samples], dtype=torch.int64)

@@ -3,20 +3,25 @@
 The principal (first global) view's points are tied to image patches here, in the
 worker: every stored correspondence (point index, pixel) whose point survives in
 the principal view and whose pixel survives the encoder's centre crop becomes a
-triple (row in the principal view, image, row-major patch).
+triple (row in the principal view, image, row-major patch), with the continuous
+patch coordinates beside it (one pixel per point and image: the last in (row,
+col) order when a point has several, as the released data code keeps).
 Images with no surviving pair are dropped (the encoder would compute them for
-nothing).
+nothing). The principal view centres on the points every image sees (released).
+Images are augmented together (concerto.ssl.image_augment) before normalisation.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
 from concerto.config import MaskConfig, ViewConfig
+from concerto.ssl.image_augment import ImageAugment, augment_images
 from concerto.ssl.masking import MaskShape
 from concerto.ssl.views import make_views
-from pipelines.patches import PatchGrid, normalize_image, pixel_to_patch, prepare_image
+from pipelines.patches import PatchGrid, pixel_to_patch, pixel_to_patch_coords, prepare_image
 
 
 @dataclass
@@ -32,6 +37,9 @@ class SampleSpec:
     image_std: tuple = (0.229, 0.224, 0.225)
     total_steps: int = 1
     with_images: bool = True
+    image_augment: Optional[ImageAugment] = ImageAugment()
+    image_crop: str = "grid_multiple"  # see pipelines.patches.crop_box
+    image_resample: str = "bilinear"
 
     def mask_at(self, step: int) -> MaskShape:
         """The cube-mask size / ratio / jitter of optimiser step ``step``."""
@@ -69,16 +77,19 @@ def build_sample(raw: dict, spec: SampleSpec, step: int, rng: np.random.Generato
     if rgbs:
         if len(corr_point) != len(rgbs) or len(corr_pixel) != len(rgbs):
             raise SampleError(f"segment '{name}': field 'corr_point': {len(corr_point)} lists for {len(rgbs)} images")
-        seen = np.zeros(n, bool)
+        seen_by = np.zeros(n, np.int64)
         for v, pts in enumerate(corr_point):
             pts = np.asarray(pts, np.int64)
             if len(pts) and (pts.min() < 0 or pts.max() >= n):
                 raise SampleError(f"segment '{name}': field 'corr_point[{v}]': index out of range [0, {n})")
-            seen[pts] = True
+            inside = pixel_to_patch(np.asarray(corr_pixel[v]), np.asarray(rgbs[v]).shape[:2], spec.grid,
+                                    spec.image_crop) >= 0
+            seen_by[np.unique(pts[inside])] += 1
+        seen = seen_by == len(rgbs)  # released: points seen by every image
     out = make_views(coord, np.asarray(raw["color"]), np.asarray(raw["normal"], np.float32),
                      spec.views, spec.mask_at(step), rng, has_correspondence=seen)
     out["name"] = name
-    images, rows, image_ids, patches = [], [], [], []
+    images, rows, image_ids, patches, coords = [], [], [], [], []
     if rgbs:
         principal = out["global_index"][: out["global_count"][0]]
         row_of = np.full(n, -1, np.int64)
@@ -86,15 +97,30 @@ def build_sample(raw: dict, spec: SampleSpec, step: int, rng: np.random.Generato
         for v, rgb in enumerate(rgbs):
             rgb = np.asarray(rgb)
             row = row_of[np.asarray(corr_point[v], np.int64)]
-            patch = pixel_to_patch(np.asarray(corr_pixel[v]), rgb.shape[:2], spec.grid)
+            pixel = np.asarray(corr_pixel[v]).reshape(-1, 2)
+            patch = pixel_to_patch(pixel, rgb.shape[:2], spec.grid, spec.image_crop)
+            rc = pixel_to_patch_coords(pixel, rgb.shape[:2], spec.grid, spec.image_crop)
             ok = (row >= 0) & (patch >= 0)
             if not ok.any():
                 continue
-            rows.append(row[ok])
-            image_ids.append(np.full(int(ok.sum()), len(images), np.int64))
-            patches.append(patch[ok])
-            images.append(normalize_image(np.array(prepare_image(rgb, spec.grid)), spec.image_mean, spec.image_std).numpy())
-    out["images"] = np.stack(images) if images else np.zeros((0, 3) + spec.grid.image_hw, np.float32)
+            row, patch, rc = row[ok], patch[ok], rc[ok]
+            order = np.lexsort((rc[:, 1], rc[:, 0], row))
+            last = np.r_[row[order][1:] != row[order][:-1], True]  # one pixel per point
+            keep = order[last]
+            rows.append(row[keep])
+            image_ids.append(np.full(len(keep), len(images), np.int64))
+            patches.append(patch[keep])
+            coords.append(rc[keep])
+            images.append(prepare_image(rgb, spec.grid, spec.image_resample, spec.image_crop))
+    if images:
+        stack = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        stack = augment_images(stack, spec.image_augment, rng)
+        mean = np.asarray(spec.image_mean, np.float32)[None, :, None, None]
+        std = np.asarray(spec.image_std, np.float32)[None, :, None, None]
+        out["images"] = ((stack - mean) / std).astype(np.float32)
+    else:
+        out["images"] = np.zeros((0, 3) + spec.grid.image_hw, np.float32)
+    out["corr_rc"] = np.concatenate(coords) if coords else np.zeros((0, 2), np.float32)
     out["corr_row"] = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     out["corr_image"] = np.concatenate(image_ids) if image_ids else np.zeros(0, np.int64)
     out["corr_patch"] = np.concatenate(patches) if patches else np.zeros(0, np.int64)

@@ -20,7 +20,6 @@ import json
 import re
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -29,83 +28,14 @@ import numpy as np
 import torch
 
 from concerto.eval.metrics import SegMetrics, confusion_matrix, metrics_from_confusion
-
-IGNORE_INDEX = -1
-
-
-class ProbeError(RuntimeError):
-    """The probe cannot run (no labelled scenes, too few to split, ...); one line."""
-
-
-@dataclass
-class LabelledScene:
-    """One scene's cloud and labels as read from the store."""
-
-    key: str
-    content_hash: str
-    coord: np.ndarray  # float32 [N, 3] metres
-    color: np.ndarray  # uint8 [N, 3]
-    normal: np.ndarray  # float32 [N, 3]
-    label: np.ndarray  # int64 [N], -1 = unlabelled
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def read_labelled_scenes(store, max_scenes: Optional[int] = None) -> tuple[list[LabelledScene], list[str] | None]:
-    """Scenes of ``store`` (a ShardStore) that have labelled points, and the class names if the scenes record them.
-
-    Reads one segment per scene. A scene whose arrays cannot be read or are
-    malformed is skipped with a warning naming it.
-    """
-    scenes: list[LabelledScene] = []
-    class_names = None
-    seen: set[str] = set()
-    for i in range(len(store)):
-        shard, scene_index, segment = store.locate(i)
-        if segment != 0:
-            continue
-        attrs = store.reader(shard).scene_attrs[scene_index]
-        key = str(attrs.get("key", f"{shard}/{scene_index}"))
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            raw = store[i]
-            coord = np.asarray(raw["coord"], np.float32)
-            label = np.asarray(raw["segment_label"], np.int64)
-            if coord.ndim != 2 or coord.shape[1] != 3 or label.shape != (len(coord),):
-                raise ValueError(f"field 'segment_label' has shape {list(label.shape)} for coord {list(coord.shape)}")
-            if not np.isfinite(coord).all():
-                raise ValueError("field 'coord' has non-finite values")
-        except Exception as exc:  # noqa: BLE001 - one bad scene must not sink the probe
-            warnings.warn(f"linear probe: scene '{key}' skipped ({type(exc).__name__}: {exc})", stacklevel=2)
-            continue
-        if not (label != IGNORE_INDEX).any():
-            continue
-        meta = attrs.get("meta") or {}
-        if class_names is None and isinstance(meta.get("class_names"), list):
-            class_names = [str(n) for n in meta["class_names"]]
-        scenes.append(LabelledScene(key, str(attrs.get("content_hash", "")), coord,
-                                    np.asarray(raw["color"]), np.asarray(raw["normal"], np.float32), label))
-        if max_scenes is not None and len(scenes) >= max_scenes:
-            break
-    return scenes, class_names
-
-
-def split_scenes(keys: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """(train keys, held-out keys): a seeded permutation of the sorted keys, the
-    first ``round(val_fraction * n)`` (at least 1, at most n - 1) held out."""
-    keys = sorted(set(keys))
-    if len(keys) < 2:
-        raise ProbeError(f"linear probe: need at least 2 labelled scenes to split, found {len(keys)}")
-    if not 0.0 < val_fraction < 1.0:
-        raise ProbeError(f"linear probe: --val-fraction must be in (0, 1), got {val_fraction}")
-    n_val = min(max(int(round(val_fraction * len(keys))), 1), len(keys) - 1)
-    perm = np.random.default_rng(seed).permutation(len(keys))
-    val = sorted(keys[i] for i in perm[:n_val])
-    train = sorted(keys[i] for i in perm[n_val:])
-    return train, val
+from concerto.eval.scenes import (  # noqa: F401 - re-exported, the probe's public names
+    IGNORE_INDEX,
+    LabelledScene,
+    ProbeError,
+    class_names_for,
+    read_labelled_scenes,
+    split_scenes,
+)
 
 
 # ----------------------------------------------------------------------------- features
@@ -264,10 +194,8 @@ def run_probe(data: str, checkpoint: str, config: str = "tiny", epochs: int = 30
         encoder = random_encoder(config, seed=seed, device=device) if checkpoint == "random" else load(checkpoint, device=device)
     tag = checkpoint_tag(checkpoint, config, seed) if cache_dir is not None else ""
     feats = extract_features(encoder, scenes, Path(cache_dir) if cache_dir else None, tag, batch_size, progress)
-    max_label = max(int(s.label.max()) for s in scenes)
-    num_classes = max(max_label + 1, len(class_names) if class_names else 0)
-    if class_names is None or len(class_names) < num_classes:
-        class_names = (class_names or []) + [str(i) for i in range(len(class_names or []), num_classes)]
+    class_names = class_names_for(scenes, class_names)
+    num_classes = len(class_names)
     by_key = {s.key: s for s in scenes}
     rng = np.random.default_rng(seed)
     xs, ys = [], []

@@ -110,33 +110,55 @@ def plan_windows(offset: torch.Tensor, patch_size: int) -> WindowPlan:
     )
 
 
+def _flat_index(plan: WindowPlan) -> torch.Tensor:
+    """Serialized positions of every window slot, windows one after another (int64 [T], T >= N)."""
+    if not plan.groups:
+        return torch.zeros(0, dtype=torch.long, device=plan.gather.device)
+    return torch.cat([g.flatten() for g in plan.groups])
+
+
+def attend_windows(qkv: torch.Tensor, plan: WindowPlan, scale: float, dropout_p: float = 0.0) -> torch.Tensor:
+    """qkv [T, 3, H, D] already laid out window after window (``_flat_index`` order) -> [T, H, D].
+
+    One SDPA call per distinct window length, on strided views: no copy in or out
+    (the CPU kernel writes [W, L, H, D] memory, so the transpose back is free).
+    """
+    outs, start = [], 0
+    heads, dim = qkv.shape[2], qkv.shape[3]
+    for idx in plan.groups:
+        w, length = idx.shape
+        x = qkv[start : start + w * length].view(w, length, 3, heads, dim)
+        start += w * length
+        q, k, v = x.permute(2, 0, 3, 1, 4).unbind(0)  # each [W, H, L, D]
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+        outs.append(o.transpose(1, 2).reshape(w * length, heads, dim))
+    if not outs:
+        return qkv.new_zeros(0, heads, dim)
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
 def windowed_attention_sdpa(
     qkv: torch.Tensor, plan: WindowPlan, scale: float, dropout_p: float = 0.0
 ) -> torch.Tensor:
     """qkv [N, 3, H, D] in serialized order -> attention output [N, H, D]."""
-    outs = []
-    for idx in plan.groups:
-        w, length = idx.shape
-        x = qkv[idx.flatten()].view(w, length, 3, qkv.shape[2], qkv.shape[3])
-        q, k, v = x.permute(2, 0, 3, 1, 4).unbind(0)  # each [W, H, L, D]
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
-        outs.append(o.transpose(1, 2).reshape(w * length, qkv.shape[2], qkv.shape[3]))
-    flat = torch.cat(outs) if outs else qkv.new_zeros(0, qkv.shape[2], qkv.shape[3])
-    return flat[plan.gather]
+    return attend_windows(qkv[_flat_index(plan)], plan, scale, dropout_p)[plan.gather]
+
+
+def attend_windows_flash(qkv: torch.Tensor, plan: WindowPlan, scale: float, dropout_p: float = 0.0) -> torch.Tensor:
+    """``attend_windows`` through flash-attn's varlen kernel (CUDA, fp16/bf16 inside)."""
+    fa = flash_attn_module()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    o = fa.flash_attn_varlen_qkvpacked_func(
+        qkv.to(dtype), plan.cu_seqlens, plan.max_seqlen, dropout_p=dropout_p, softmax_scale=scale
+    )
+    return o.to(qkv.dtype)
 
 
 def windowed_attention_flash(
     qkv: torch.Tensor, plan: WindowPlan, scale: float, dropout_p: float = 0.0
 ) -> torch.Tensor:
-    """Same function through flash-attn's varlen kernel (CUDA, fp16/bf16 inside)."""
-    fa = flash_attn_module()
-    flat_idx = torch.cat([g.flatten() for g in plan.groups])
-    x = qkv[flat_idx]
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    o = fa.flash_attn_varlen_qkvpacked_func(
-        x.to(dtype), plan.cu_seqlens, plan.max_seqlen, dropout_p=dropout_p, softmax_scale=scale
-    )
-    return o.to(qkv.dtype)[plan.gather]
+    """Same function as ``windowed_attention_sdpa`` through flash-attn."""
+    return attend_windows_flash(qkv[_flat_index(plan)], plan, scale, dropout_p)[plan.gather]
 
 
 def resolve_attention_backend(backend: AttentionBackend, device: torch.device) -> str:
@@ -192,18 +214,32 @@ class SerializedAttention(nn.Module):
             cache[self.patch_size] = plan_windows(point["offset"], self.patch_size)
         return cache[self.patch_size]
 
+    def window_rows(self, point) -> tuple[WindowPlan, torch.Tensor, torch.Tensor]:
+        """(plan, rows, back): ``feat[rows]`` lays the input points out window after
+        window along this block's curve; ``windowed[back]`` returns to input order.
+        Composed once per (patch size, curve) and shared by the blocks using them,
+        so each block gathers once in and once out."""
+        cache = point.setdefault("attention_rows", {})
+        key = (self.patch_size, self.order_index)
+        if key not in cache:
+            plan = self.window_plan(point)
+            order = point["serialized_order"][self.order_index]
+            inverse = point["serialized_inverse"][self.order_index]
+            cache[key] = (plan, order[_flat_index(plan)], plan.gather[inverse])
+        return cache[key]
+
     def forward(self, feat: torch.Tensor, point) -> torch.Tensor:
         """``feat`` [N, C] in ``point``'s order -> [N, C]."""
         h, c = self.num_heads, self.channels
-        order = point["serialized_order"][self.order_index]
-        inverse = point["serialized_inverse"][self.order_index]
-        plan = self.window_plan(point)
-        qkv = self.qkv(feat)[order].view(-1, 3, h, c // h)
+        plan, rows, back = self.window_rows(point)
+        # gather the C-wide input rather than the 3C-wide qkv; rows repeated by an
+        # overlapping last window cost a few extra qkv rows
+        qkv = self.qkv(feat.index_select(0, rows)).view(-1, 3, h, c // h)
         dropout_p = self.attn_drop if self.training else 0.0
         backend = resolve_attention_backend(self.backend, qkv.device)
         if backend == "flash":
-            out = windowed_attention_flash(qkv, plan, self.scale, dropout_p)
+            out = attend_windows_flash(qkv, plan, self.scale, dropout_p)
         else:
-            out = windowed_attention_sdpa(qkv, plan, self.scale, dropout_p)
-        out = out.reshape(-1, c)[inverse]
+            out = attend_windows(qkv, plan, self.scale, dropout_p)
+        out = out.reshape(-1, c).index_select(0, back)
         return self.proj_drop(self.proj(out))

@@ -22,8 +22,9 @@ Fields with a fixed meaning:
 - ``grid_sample_inverse`` int64 [N_input] (only on the first-stage Point when
   the model grid-sampled its input): for every input point, the index of the
   voxel that represents it; ``grid_sample_index`` [N]: the input row kept.
-- ``sparse_conv_cache`` / ``attention_plans``: per-resolution caches (kernel
-  maps, attention windows) shared by the blocks of one stage.
+- ``sparse_conv_cache`` / ``attention_plans`` / ``attention_rows``: per-resolution
+  caches (kernel maps, attention windows, window gathers composed with each
+  curve order) shared by the blocks of one stage.
 """
 
 from __future__ import annotations
@@ -121,25 +122,30 @@ class Point(dict):
     ) -> "Point":
         """Compute space-filling-curve codes for every curve in ``order``.
 
-        Fills ``order`` (the curve names after the optional shuffle),
-        ``serialized_depth``, and ``serialized_code/order/inverse`` [k, N].
-        With ``shuffle_orders`` the k curves are permuted by
-        ``torch.randperm(k, generator=generator)``, as the reference does.
+        Fills ``order`` (the curve names as given, unshuffled: pooling shuffles
+        this original list again at every stage, as the reference does, so one
+        seed gives the reference's orders), ``serialized_names`` (the names in
+        the order of the codes), ``serialized_depth``, and
+        ``serialized_code/order/inverse`` [k, N]. With ``shuffle_orders`` the k
+        curves are permuted by ``torch.randperm(k, generator=generator)``.
         """
         from .serialization import serialize
 
         if "grid_coord" not in self:
             raise ValueError("Point.serialization needs grid_coord (grid-sample the input first)")
-        names = (order,) if isinstance(order, str) else tuple(order)
+        given = (order,) if isinstance(order, str) else tuple(order)
+        names = given
         if shuffle_orders:
-            perm = torch.randperm(len(names), generator=generator).tolist()
-            names = tuple(names[i] for i in perm)
+            perm = torch.randperm(len(given), generator=generator).tolist()
+            names = tuple(given[i] for i in perm)
         ser = serialize(self["grid_coord"], self["batch"], names, depth=depth)
-        self["order"] = names
+        self["order"] = given
+        self["serialized_names"] = names
         self["serialized_depth"] = ser.depth
         self["serialized_code"] = ser.code
         self["serialized_order"] = ser.order
         self["serialized_inverse"] = ser.inverse
+        self.pop("attention_rows", None)  # composed with the old curve orders
         return self
 
     def index_to_input(self) -> torch.Tensor:

@@ -50,6 +50,33 @@ def pool_patches(point_feat: torch.Tensor, corr_row: torch.Tensor, corr_patch: t
     return sums[used] / counts[used].unsqueeze(1).to(sums.dtype), used
 
 
+def pool_patches_coarse(feat: torch.Tensor, corr_row: torch.Tensor, corr_image: torch.Tensor,
+                        corr_rc: torch.Tensor, num_images: int, grid_hw: tuple[int, int]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean feature per image patch over coarse points (the released pooling).
+
+    feat [P,C] features of coarse points; corr_row [K] the coarse point of each
+    correspondence; corr_image [K] its image; corr_rc float [K,2] its (row, col) in
+    patch units (continuous). Each (coarse point, image) pair first averages the
+    patch coordinates of its correspondences, truncated to a patch; each pair then
+    counts once in its patch's mean. Returns (pooled [U,C], global patch ids [U]
+    sorted, id = image * h * w + row * w + col).
+    """
+    h, w = grid_hw
+    if len(corr_row) == 0:
+        return feat.new_zeros((0, feat.shape[1])), corr_row.new_zeros(0)
+    pair, inverse = torch.unique(corr_row * max(num_images, 1) + corr_image, return_inverse=True)
+    rc = corr_rc.float().new_zeros((len(pair), 2)).index_add_(0, inverse, corr_rc.float())
+    rc = rc / torch.bincount(inverse, minlength=len(pair)).unsqueeze(1).float()
+    rc = rc.long()  # truncation, as the reference's cast
+    image = pair % max(num_images, 1)
+    patch = image * (h * w) + rc[:, 0] * w + rc[:, 1]
+    used, slot = torch.unique(patch, return_inverse=True)
+    sums = feat.new_zeros((len(used), feat.shape[1])).index_add(0, slot, feat[pair // max(num_images, 1)])
+    counts = torch.bincount(slot, minlength=len(used)).unsqueeze(1).to(sums.dtype)
+    return sums / counts, used
+
+
 def cross_modal_loss(pred: torch.Tensor, target: torch.Tensor, scale: float = 10.0,
                      center: bool = True) -> torch.Tensor:
     """scale * mean over rows of (1 - cos(pred, target)); pred, target [U,D]. With

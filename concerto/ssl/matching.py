@@ -22,7 +22,9 @@ def match_nearest(query: torch.Tensor, query_group: torch.Tensor, ref: torch.Ten
         r = ref[ri].float()
         for s in range(0, len(qi), chunk):
             q = qi[s:s + chunk]
-            dist, nearest = torch.cdist(query[q].float(), r).min(dim=1)
+            # exact differences, not the |a|^2 + |b|^2 - 2ab expansion (cdist's default for
+            # large inputs), whose rounding picks a wrong neighbour among near-equal ones
+            dist, nearest = torch.cdist(query[q].float(), r, compute_mode="donot_use_mm_for_euclid_dist").min(dim=1)
             ok = dist < radius
             pairs.append(torch.stack([q[ok], ri[nearest[ok]]], dim=1))
     if not pairs:

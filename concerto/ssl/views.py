@@ -5,13 +5,15 @@ float32 [N,3]). Steps, as the reference pretraining transform:
 
 1. grid sampling at ``grid_size`` (one random point per voxel);
 2. colour / normal dropping (to 0);
-3. the principal global view: a crop of the nearest points around the centroid of
-   the points that have image correspondences (or a random point when none), with
-   ``principal_max_points`` points; the other global view: nearest points around a
+3. the principal global view: when the sample has images, a crop of
+   ``principal_max_points`` points around the centroid of the points seen by every
+   image (a random point when there are none); without images, a random centre and
+   a fraction in ``global_scale`` of ``max_points``; the other global view: nearest points around a
    random point of the principal view, a fraction in ``global_scale`` of
    ``max_points``; local views: fraction in ``local_scale``, centres drawn from
    principal-view points no earlier local view covered;
-4. augmentation: shared photometric jitter for the globals, own for each local;
+4. augmentation: shared colour jitter (concerto.ssl.color_jitter) for the globals,
+   own for each local;
    per-view centre shift, scale, rotation (z full turn, x/y small), flip, jitter;
    normals rotated and flipped with the coordinates;
 5. cube masks on each global view (side ``mask.size``, fraction ``mask.ratio`` of
@@ -20,7 +22,8 @@ float32 [N,3]). Steps, as the reference pretraining transform:
 ``origin_coord`` is the grid-sampled coordinate before augmentation: students and
 teachers are matched on it. ``global_index`` maps each global-view point back to
 the input cloud (for the correspondences). Features are 9 channels:
-(augmented coord, colour scaled to [-1, 1], normal).
+(augmented coord, colour / 255 as the released transforms feed it, or
+``views.color_range="symmetric"``: / 127.5 - 1, normal).
 
 Elastic distortion (smoothed noise grids, granularity/magnitude pairs in
 ``elastic``) follows the per-view jitter, with probability 0.95.
@@ -33,6 +36,7 @@ import numpy as np
 from scipy.ndimage import uniform_filter1d
 
 from concerto.config import ViewConfig
+from concerto.ssl.color_jitter import color_jitter
 from concerto.ssl.masking import MaskShape, cube_mask, jitter_masked
 
 
@@ -128,24 +132,18 @@ def elastic_distortion(coord: np.ndarray, granularity: float, magnitude: float,
     return coord + out.astype(coord.dtype) * magnitude
 
 
-def photometric_augment(color: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """color float [N,3] in [0,255] -> jittered, in [0,255]. With p 0.8 brightness,
-    contrast (+-0.4) and saturation (+-0.2) jitter; with p 0.95 a chromatic
-    translation of up to +-5 % of the range."""
-    color = color.astype(np.float32)
-    if rng.random() < 0.8:
-        color = color * rng.uniform(0.6, 1.4)
-        mean = color.mean()
-        color = (color - mean) * rng.uniform(0.6, 1.4) + mean
-        gray = color @ np.array([0.299, 0.587, 0.114], np.float32)
-        color = (color - gray[:, None]) * rng.uniform(0.8, 1.2) + gray[:, None]
-    if rng.random() < 0.95:
-        color = color + (rng.random(3) - 0.5) * 255 * 2 * 0.05
-    return np.clip(color, 0, 255)
+def scale_color(color: np.ndarray, color_range: str = "unit") -> np.ndarray:
+    """Colour 0..255 -> network input: / 255 ("unit", released) or / 127.5 - 1
+    ("symmetric", checkpoints trained that way before)."""
+    if color_range == "unit":
+        return np.asarray(color, np.float32) / 255.0
+    if color_range == "symmetric":
+        return np.asarray(color, np.float32) / 127.5 - 1.0
+    raise ValueError(f"config key 'views.color_range': expected 'unit' or 'symmetric', got {color_range!r}")
 
 
-def _features(coord, color, normal) -> np.ndarray:
-    return np.concatenate([coord, color / 127.5 - 1.0, normal], 1).astype(np.float32)
+def _features(coord, color, normal, color_range: str = "unit") -> np.ndarray:
+    return np.concatenate([coord, scale_color(color, color_range), normal], 1).astype(np.float32)
 
 
 def make_views(coord: np.ndarray, color: np.ndarray, normal: np.ndarray,
@@ -165,7 +163,7 @@ def make_views(coord: np.ndarray, color: np.ndarray, normal: np.ndarray,
     """
     keep = grid_sample_random(coord, params.grid_size, rng)
     g_coord = coord[keep].astype(np.float32)
-    g_color = drop_attribute(color[keep].astype(np.float32), rng, params.color_drop_all_prob,
+    g_color = drop_attribute(color[keep], rng, params.color_drop_all_prob,
                              params.color_drop_part_prob, params.color_drop_part_ratio)
     g_normal = drop_attribute(normal[keep].astype(np.float32), rng, params.normal_drop_all_prob,
                               params.normal_drop_part_prob, params.normal_drop_part_ratio)
@@ -176,8 +174,9 @@ def make_views(coord: np.ndarray, color: np.ndarray, normal: np.ndarray,
         return max(int(rng.uniform(*scale) * max_size), 1)
 
     seen = has_correspondence[keep] if has_correspondence is not None else None
-    if seen is not None and seen.any():
-        principal = nearest_crop(g_coord, g_coord[seen].mean(0), min(params.principal_max_points, n))
+    if seen is not None:  # released: with images, a fixed-size principal view
+        center = g_coord[seen].mean(0) if seen.any() else g_coord[rng.integers(n)]
+        principal = nearest_crop(g_coord, center, min(params.principal_max_points, n))
     else:
         principal = nearest_crop(g_coord, g_coord[rng.integers(n)], size_of(params.global_scale))
     global_idx = [principal]
@@ -195,16 +194,16 @@ def make_views(coord: np.ndarray, color: np.ndarray, normal: np.ndarray,
         covered[idx] = True
         local_idx.append(idx)
 
-    shared_color = photometric_augment(g_color, rng)
+    shared_color = color_jitter(g_color, rng)
     out: dict = {}
     parts = {k: [] for k in ("coord", "masked_coord", "origin_coord", "feat", "mask", "index")}
     for idx in global_idx:
         c, nrm = geometric_augment(g_coord[idx], g_normal[idx], rng, params.elastic)
         masked = cube_mask(c, mask.size, mask.ratio, rng)
         parts["coord"].append(c)
-        parts["masked_coord"].append(jitter_masked(c, masked, mask.jitter, rng))
+        parts["masked_coord"].append(jitter_masked(c, masked, mask.jitter, rng, mask.jitter_clip))
         parts["origin_coord"].append(g_coord[idx])
-        parts["feat"].append(_features(c, shared_color[idx], nrm))
+        parts["feat"].append(_features(c, shared_color[idx], nrm, params.color_range))
         parts["mask"].append(masked)
         parts["index"].append(keep[idx])
     for k, v in parts.items():
@@ -215,7 +214,7 @@ def make_views(coord: np.ndarray, color: np.ndarray, normal: np.ndarray,
         c, nrm = geometric_augment(g_coord[idx], g_normal[idx], rng, params.elastic)
         lparts["coord"].append(c)
         lparts["origin_coord"].append(g_coord[idx])
-        lparts["feat"].append(_features(c, photometric_augment(g_color[idx], rng), nrm))
+        lparts["feat"].append(_features(c, color_jitter(g_color[idx], rng), nrm, params.color_range))
     for k, v in lparts.items():
         out[f"local_{k}"] = np.concatenate(v)
     out["local_count"] = np.array([len(i) for i in local_idx], np.int64)

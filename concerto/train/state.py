@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from concerto.batching import resolve_accumulation
 from concerto.config import ConfigError, PretrainConfig
 from concerto.train.checkpoint import latest_training_state, load_training_state, set_rng_state
 
@@ -40,6 +41,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     loader: Any
     grid_hw: tuple
+    accumulate: int = 1  # micro-batches per optimiser step (concerto.batching.resolve_accumulation)
     step: int = 0
 
 
@@ -102,9 +104,13 @@ def latest_complete_version(data: Any) -> Optional[int]:
     """The store's latest complete manifest version (None for a store object)."""
     if not isinstance(data, (str, Path)):
         return getattr(data, "version", None)
-    from pipelines.store import load_manifest
+    from concerto.data import DataError
+    from pipelines.store import StoreError, load_manifest
 
-    return load_manifest(str(data), complete=True).version
+    try:
+        return load_manifest(str(data), complete=True).version
+    except StoreError as exc:
+        raise DataError(f"data store '{data}': {exc}") from exc
 
 
 def choose_data_version(cfg: PretrainConfig, data: Any, saved: Optional[dict], rank: int) -> Optional[int]:
@@ -164,7 +170,8 @@ def build_student_teacher(cfg: PretrainConfig, image_encoder, device: torch.devi
     enc, d, cm = backbone.config.enc_channels, cfg.distill, cfg.cross_modal
     student = StudentNet(backbone, upcast_channels(enc, d.upcast_level), upcast_channels(enc, cm.upcast_level),
                          image_encoder.channels if image_encoder else 1, d.head_hidden, d.head_embed,
-                         d.num_prototypes, d.upcast_level, cm.upcast_level, cfg.model.grid_size).to(device)
+                         d.num_prototypes, d.upcast_level, cm.upcast_level, cfg.model.grid_size,
+                         patch_pool=cm.patch_pool).to(device)
     teacher = TeacherNet(student).to(device)
     for m in teacher.modules():
         if hasattr(m, "drop_prob"):
@@ -193,10 +200,10 @@ def layer_decay_groups(model: torch.nn.Module, lr: float, decay: float, enc_dept
     return [{"params": ps, "max_lr": lr * s, "lr": lr * s} for s, ps in sorted(groups.items(), reverse=True)]
 
 
-def build_optimizer(cfg: PretrainConfig, student) -> torch.optim.Optimizer:
+def build_optimizer(cfg: PretrainConfig, student, lr_scale: float = 1.0) -> torch.optim.Optimizer:
     o = cfg.optim
-    groups = layer_decay_groups(student, o.lr, o.layer_decay, student.backbone.config.enc_depths)
-    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay_start)
+    groups = layer_decay_groups(student, o.lr * lr_scale, o.layer_decay, student.backbone.config.enc_depths)
+    return torch.optim.AdamW(groups, lr=o.lr * lr_scale, betas=tuple(o.betas), weight_decay=o.weight_decay_start)
 
 
 # ----------------------------------------------------------------------------- data
@@ -206,9 +213,15 @@ def build_sample_spec(cfg: PretrainConfig, grid, mean, std, with_images: bool):
     """The loader workers' SampleSpec: the run's own view / mask settings plus the
     image encoder's patch grid and normalisation."""
     from concerto.data import SampleSpec
+    from concerto.ssl.image_augment import ImageAugment
 
+    cm = cfg.cross_modal
+    augment = ImageAugment(cm.image_shift_p, cm.image_shift_std, cm.image_blur_p, cm.image_blur_kernel,
+                           tuple(cm.image_blur_sigma))
+    resample = "bilinear" if cm.image_crop == "grid_multiple" else "bicubic"
     return SampleSpec(views=cfg.views, mask=cfg.mask, grid=grid, image_mean=tuple(mean), image_std=tuple(std),
-                      total_steps=cfg.run.steps, with_images=with_images)
+                      total_steps=cfg.run.steps, with_images=with_images, image_augment=augment,
+                      image_crop=cm.image_crop, image_resample=resample)
 
 
 def sample_spec_for(cfg: PretrainConfig, image_encoder):
@@ -220,12 +233,12 @@ def sample_spec_for(cfg: PretrainConfig, image_encoder):
     return build_sample_spec(cfg, image_encoder.grid, image_encoder.mean, image_encoder.std, True)
 
 
-def build_loader(cfg: PretrainConfig, data, spec, rank: int, world: int, version: Optional[int]):
+def build_loader(cfg: PretrainConfig, data, spec, rank: int, world: int, version: Optional[int], accumulate: int):
     from concerto.data import ShardLoader
 
     return ShardLoader(data, spec, cfg.data.batch_size, rank=rank, world_size=world,
                        num_workers=cfg.data.num_workers, seed=cfg.data.seed,
-                       accumulate=cfg.optim.accumulate, version=version, skip_corrupt=cfg.data.skip_corrupt)
+                       accumulate=accumulate, version=version, skip_corrupt=cfg.data.skip_corrupt)
 
 
 def describe_data(loader) -> str:
@@ -286,6 +299,7 @@ def build_state(cfg: PretrainConfig, data: Any, output: Path, resume: bool) -> T
     """Process group, data check, models, loader, optimiser; restored when ``resume``
     finds a checkpoint under ``<output>/checkpoints``."""
     rank, world, device = init_distributed()
+    accumulate, lr_scale = resolve_accumulation(cfg, world)
     if cfg.run.num_threads > 0:
         torch.set_num_threads(cfg.run.num_threads)
     saved, saved_rng, path = read_resume(output, rank, world) if resume else (None, None, None)
@@ -297,11 +311,11 @@ def build_state(cfg: PretrainConfig, data: Any, output: Path, resume: bool) -> T
     image_encoder = build_image_encoder(cfg).to(device) if cfg.cross_modal.weight > 0 else None
     student, teacher = build_student_teacher(cfg, image_encoder, device)
     spec = sample_spec_for(cfg, image_encoder)
-    loader = build_loader(cfg, data, spec, rank, world, version)
+    loader = build_loader(cfg, data, spec, rank, world, version, accumulate)
     if rank == 0:
         print(describe_data(loader), flush=True)
     s = TrainState(cfg, rank, world, device, output, image_encoder, student, teacher, student,
-                   build_optimizer(cfg, student), loader, spec.grid.grid_hw)
+                   build_optimizer(cfg, student, lr_scale), loader, spec.grid.grid_hw, accumulate)
     if saved is not None:
         restore(s, saved, path)
     seed_step_rng(s, saved_rng)

@@ -7,19 +7,25 @@ from contextlib import nullcontext
 import torch
 
 from concerto.schedules import training_schedules
+from concerto.ssl.masking import MaskShape
+from concerto.ssl.pretrainer import mask_batch
 from concerto.train.metrics import average_over_ranks, check_finite
 from concerto.train.state import TrainError, TrainState
 
 
 def apply_schedules(optimizer: torch.optim.Optimizer, cfg, step: int) -> dict:
-    """Set every group's lr and weight decay for ``step``; returns the step's schedule
-    values (lr of the first group, weight_decay, teacher_temp, momentum)."""
+    """Set every group's lr, AdamW beta1 (when cycled) and weight decay for ``step``;
+    returns the step's schedule values (lr of the first group, beta1, weight_decay,
+    teacher_temp, momentum)."""
     values = training_schedules(cfg, step)
     for g in optimizer.param_groups:
         g["lr"] = g["max_lr"] * values["lr_factor"]
         g["weight_decay"] = values["weight_decay"]
-    return dict(lr=optimizer.param_groups[0]["lr"], weight_decay=values["weight_decay"],
-                teacher_temp=values["teacher_temp"], momentum=values["momentum"])
+        if values["beta1"] is not None:
+            g["betas"] = (values["beta1"], g["betas"][1])
+    return dict(lr=optimizer.param_groups[0]["lr"], beta1=optimizer.param_groups[0]["betas"][0],
+                weight_decay=values["weight_decay"], teacher_temp=values["teacher_temp"],
+                momentum=values["momentum"])
 
 
 def autocast(cfg, device: torch.device):
@@ -52,11 +58,14 @@ def forward_losses(s: TrainState, batch: dict, teacher_temp: float) -> dict:
 def accumulate_gradients(s: TrainState, batches, teacher_temp: float) -> dict[str, float]:
     """Backward of every micro-batch (gradients all-reduced on the last only);
     returns this rank's loss terms averaged over the micro-batches."""
-    accumulate = max(s.cfg.optim.accumulate, 1)
+    accumulate = s.accumulate
     amp = autocast(s.cfg, s.device)
     sums: dict[str, float] = {}
+    mask = MaskShape.at(s.cfg.mask, s.step, s.cfg.run.steps)
     for micro in range(accumulate):
         batch = next_batch(batches, s.device)
+        if s.cfg.mask.per_batch:  # released: cube masks drawn over the whole batch
+            batch = mask_batch(batch, mask.size, mask.ratio, mask.jitter, mask.jitter_clip)
         sync = s.model.no_sync() if (s.world > 1 and micro < accumulate - 1) else nullcontext()
         with sync:
             with amp:

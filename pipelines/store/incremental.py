@@ -103,6 +103,7 @@ def apply_update(
     compact_below: float = 0.5,
     note: str = "",
     progress: bool = False,
+    **manifest_fields,
 ) -> UpdateResult:
     """Write ``scenes`` (the processed ``plan.to_process``) into new shards and
     commit a manifest on top of ``plan.base_version``: ``write_update`` then
@@ -116,7 +117,8 @@ def apply_update(
     written here stay unlisted; re-plan and retry, ``gc`` removes them)."""
     written, skipped = write_update(store, plan, scenes, target_shard_bytes=target_shard_bytes, progress=progress)
     skipped = {**(failed or {}), **skipped}
-    return commit_update(store, plan, written, skipped=skipped, compact_below=compact_below, note=note)
+    return commit_update(store, plan, written, skipped=skipped, compact_below=compact_below, note=note,
+                         **manifest_fields)
 
 
 def write_update(
@@ -150,12 +152,14 @@ def commit_update(
     skipped: dict[str, str] | None = None,
     compact_below: float = 0.5,
     note: str = "",
+    **manifest_fields,
 ) -> UpdateResult:
     """Commit shards written for ``plan``: their scenes become listed, the old
     versions of changed scenes and the removed scenes stop being listed, and
     base shards left with less than ``compact_below`` of their points live are
     rewritten (see the module docstring). Returns version None when there was
-    nothing to commit."""
+    nothing to commit. ``manifest_fields`` (run_id, state, sources, ...) go to
+    ``commit``."""
     skipped = dict(skipped or {})
     written = list(written)
     new_keys = {s.key for sh in written for s in sh.scenes}
@@ -180,7 +184,7 @@ def commit_update(
                 compacted.append(sh.id)
     version = commit(
         store, plan.base_version, added_shards=written, removed_shards=compacted,
-        removed_scenes=hidden if base is not None else (), note=note or plan.summary(),
+        removed_scenes=hidden if base is not None else (), note=note or plan.summary(), **manifest_fields,
     )
     return UpdateResult(version, written, compacted, skipped)
 

@@ -8,6 +8,8 @@
                                                 a sample's correspondences over its
                                                 images (2x2 grid, colour = depth)
     concerto-store <url> --verify               re-hash every listed shard file
+    concerto-store <url> --repair               rebuild the scenes of shards that fail
+                                                verification from their recorded sources
     concerto-store <url> --migrate              rewrite an older-format store (chunks
                                                 without checksums) in the current format
     concerto-store <url> --gc [--keep-last N] [--min-age S] [--dry-run]
@@ -122,6 +124,8 @@ def main(argv=None, out=None) -> int:
     p.add_argument("--out", help="PNG path for --draw")
     p.add_argument("--verify", action="store_true", help="re-hash every shard file")
     p.add_argument("--migrate", action="store_true", help="rewrite shards of an older store format")
+    p.add_argument("--repair", action="store_true",
+                   help="rebuild the scenes of damaged shards from their recorded sources, commit without them")
     p.add_argument("--gc", action="store_true", help="delete shard folders no kept manifest lists")
     p.add_argument("--keep-last", type=int, default=None, help="with --gc: keep only the newest N manifests")
     p.add_argument("--min-age", type=float, default=3600.0, help="with --gc: spare unlisted shards younger than this (s)")
@@ -133,6 +137,15 @@ def main(argv=None, out=None) -> int:
         if args.migrate:
             rep = migrate(args.url, progress=True)
             print(f"migrate: {len(rep.rewritten)} shards rewritten" + (f", committed v{rep.version}" if rep.version else " (store already current)"), file=out)
+        if args.repair:
+            from pipelines.repair import repair  # the build side, only for this command
+
+            rep = repair(args.url)
+            if not rep.damaged:
+                print("repair: every shard verifies; nothing to do", file=out)
+            else:
+                print(f"repair: {len(rep.damaged)} damaged shards, {len(rep.rebuilt)} scenes rebuilt, "
+                      f"{len(rep.lost)} lost {sorted(rep.lost)}; committed v{rep.version}", file=out)
         store = ShardStore.open(args.url, args.version)
         if args.versions:
             rows = []

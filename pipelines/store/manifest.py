@@ -48,6 +48,10 @@ class Manifest:
     # ("partial"); readers open the latest complete version by default
     run_id: str = ""
     state: str = "complete"
+    # {source name: {kind, path, name, options, frame_gap, settings}}: how each
+    # source of the dataset was built, so a run without sources can refresh
+    # them all and a repair can rebuild a damaged shard's scenes
+    sources: dict = field(default_factory=dict)
 
     def scenes(self) -> dict[str, tuple[str, SceneEntry]]:
         """{scene key: (shard id, entry)} over every listed scene."""
@@ -97,6 +101,7 @@ class Manifest:
             "state": self.state,
             "store_format": self.store_format,
             "sources": self.source_counts(),
+            "source_specs": self.sources,
             "shards": [sh.to_json() for sh in self.shards],
             "extra": self.extra,
         }
@@ -112,6 +117,7 @@ class Manifest:
             extra=d.get("extra", {}),
             run_id=d.get("run_id", ""),
             state=d.get("state", "complete"),  # older manifests: every version was complete
+            sources=d.get("source_specs", {}),
         )
 
 
@@ -180,6 +186,8 @@ def commit(
     note: str = "",
     run_id: str = "",
     state: str = "complete",
+    sources: dict | None = None,
+    drop_sources: Iterable[str] = (),
 ) -> int:
     """Create manifest ``base_version + 1`` = base - removed shards - removed
     scenes + added shards, and return its version.
@@ -188,7 +196,11 @@ def commit(
     ManifestConflictError if the new version already exists (someone committed
     first: re-plan against the newer manifest), ValueError for inconsistent
     requests (a scene key served twice, removing something not listed, an
-    added shard whose folder is missing)."""
+    added shard whose folder is missing).
+
+    ``run_id``/``state``: who made the version and whether it ends that run
+    (see ``Manifest``). ``sources``: source records to add or replace (by
+    name); ``drop_sources``: names whose records leave the manifest."""
     loc = StoreLocation.of(store)
     if state not in STATES:
         raise ValueError(f"manifest state must be one of {STATES}, got {state!r}")
@@ -197,9 +209,10 @@ def commit(
         if list_versions(loc):
             raise ManifestConflictError(f"{loc.url} already has manifest v{latest_version(loc)}; commit against it")
         base_shards: list[ShardInfo] = []
+        base_sources: dict = {}
     else:
         base = load_manifest(loc, base_version)
-        base_shards = base.shards
+        base_shards, base_sources = base.shards, base.sources
         # an old-format store changes only by a commit that retires all its old shards (a migration)
         if {sh.id for sh in base.outdated_shards} - removed_shards:
             raise StoreFormatError(outdated_store_message(loc.url, base))
@@ -242,6 +255,7 @@ def commit(
         note=note,
         run_id=run_id,
         state=state,
+        sources={k: v for k, v in {**base_sources, **(sources or {})}.items() if k not in set(drop_sources)},
     )
     data = json.dumps(m.to_json(), indent=1).encode()
     if not loc.create_exclusive(data, MANIFEST_DIR, manifest_name(version)):

@@ -13,6 +13,17 @@ K float32, camera-to-world pose float32 in OpenCV axes, GLB (Z-up) world.
 groups in the GLB part names, as the reference preprocessing does) or
 ``floorplan`` (see ``preprocess.habitat.floorplan``). A room is kept only if it
 has a navigable cell (floor below, free body band, away from walls).
+
+Recipes (``recipe``): "paper" is the above (semantic regions, camera 1.5 m above
+a navigable cell, horizontal jitter). "released" follows Pointcept's released
+``preprocessing/concerto/hm3d`` script: rooms are the GLB's geometry groups
+(``group<G>_sub<S>`` part names; a house without them is one room,
+"ungrouped"); each room's box is the bounding box of its parts; a 0.5 m grid
+from box min + 0.5 to box max - 0.5 (all three axes) is laid over every box
+and each grid point belongs to the first room whose box strictly contains it;
+the camera sits at the mean of its room's grid points moved by a uniform
++-``jitter`` on all three axes, with no navigability check (a room with no
+grid point is skipped).
 """
 from __future__ import annotations
 
@@ -41,6 +52,8 @@ from preprocess.scene import Frame, PointCloud
 log = logging.getLogger(__name__)
 
 ROOM_METHODS = ("auto", "regions", "nodes", "floorplan")
+RECIPES = ("paper", "released")
+RELEASED_GRID = 0.5  # m: the released script's grid step and its inset from each box face
 FLOOR_TOLERANCE = 0.15  # m, as floorplan.build_nav_grid
 MIN_CAMERA_AREA = 0.25  # m^2 of navigable floor an annotated room needs to be captured
 
@@ -170,9 +183,13 @@ class MeshBackend:
         agent_radius: float = 0.15,
         max_room_height: float = 3.5,
         category_map: dict[str, str] | None = None,
+        recipe: str = "paper",
     ):
         if room_method not in ROOM_METHODS:
             raise ValueError(f"room_method must be one of {ROOM_METHODS}, got {room_method!r}")
+        if recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+        self.recipe = recipe
         self.settings = settings or CaptureSettings()
         self.room_method = room_method
         self.render_backend = render_backend
@@ -202,6 +219,11 @@ class MeshBackend:
         labels = None
         if scene.semantic_glb is not None and scene.semantic_txt is not None:
             labels = semantic_face_labels(mesh, load_house(scene.semantic_glb), read_semantic_txt(scene.semantic_txt))
+        if self.recipe == "released":
+            house = _House(scene, mesh, labels, [], [], [])
+            house.rooms = self._released_rooms(house)
+            self._house = house
+            return house
         # analysis samples: spacing cell/2, not thinned, so floor cells are covered
         spacing = self.grid_cell / 2.0
         oversample = 2.0
@@ -276,13 +298,42 @@ class MeshBackend:
                                   spec=grid.spec, candidates=cells, footprint=foot, z_range=(grid.level_z - 0.2, top)))
         return rooms
 
+    def _released_rooms(self, house: _House) -> list[Room]:
+        """Rooms and camera spots of the released recipe (module docstring)."""
+        face_room = node_room_ids(house.mesh)
+        tri = house.mesh.vertices[house.mesh.faces]
+        # rooms in the order their first mesh comes in the file (the script iterates the GLB's meshes)
+        rank = _gltf_mesh_rank(house.scene.glb, [p.name.split("|", 1)[-1] for p in house.mesh.parts])
+        ids = np.unique(face_room)
+        order = sorted(ids, key=lambda rid: rank[house.mesh.face_part[face_room == rid]].min())
+        boxes = [(tri[face_room == rid].reshape(-1, 3).min(0), tri[face_room == rid].reshape(-1, 3).max(0)) for rid in order]
+        owner: dict[int, list[np.ndarray]] = {}
+        for k, (lo, hi) in enumerate(boxes):
+            axes = [np.arange(lo[a] + RELEASED_GRID, hi[a] - RELEASED_GRID, RELEASED_GRID) for a in range(3)]
+            grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+            for g in grid:
+                j = next(j for j, (l2, h2) in enumerate(boxes) if np.all((l2 < g) & (g < h2)))
+                owner.setdefault(j, []).append(g)
+        rooms = []
+        for k, rid in enumerate(order):
+            if k not in owner:
+                continue  # a box under 1 m on some axis holds no grid point
+            spot = np.mean(owner[k], axis=0)
+            name = "ungrouped" if rid < 0 else f"group{rid // 1000}_sub{rid % 1000}"
+            rooms.append(Room(house.scene, name, "released", len(rooms), float(boxes[k][0][2]), spot[:2],
+                              faces=face_room == rid, extra={"spot": spot}))
+        return rooms
+
     # -- capture -------------------------------------------------------------
     def camera_position(self, room: Room) -> np.ndarray:
         """[3] GLB world: the room's cell centre moved by the first jitter (up to
         ``settings.jitter`` per axis) that stays on a candidate cell, at camera
-        height above the floor."""
+        height above the floor; released recipe: the room's grid mean moved by
+        a uniform +-jitter on every axis."""
         s = self.settings
         rng = room_rng(s.seed, room.scene.scene_id, room.room_id, 1)
+        if room.method == "released":
+            return np.asarray(room.extra["spot"], np.float64) + rng.uniform(-s.jitter, s.jitter, 3)
         xy = np.asarray(room.camera_xy, dtype=np.float64)
         if s.jitter > 0 and room.spec is not None:
             tries = xy + jitter_offsets(rng, s.jitter, 32)
@@ -375,6 +426,26 @@ class TextureShader:
             bary = barycentric(pts, self.mesh.vertices[self.mesh.faces[faces]])
             rgb[hit] = self.mesh.colors_at(faces, bary)
         return rgb.reshape(height, width, 3)
+
+
+def _gltf_mesh_rank(path: Path, geom_names: list[str]) -> np.ndarray:
+    """int [parts]: position of each part's mesh in the GLB's ``meshes`` list
+    (read from the JSON chunk only); the part order when that cannot be read."""
+    import json
+    import struct
+
+    fallback = np.arange(len(geom_names))
+    try:
+        with open(path, "rb") as f:
+            magic, _, _ = struct.unpack("<4sII", f.read(12))
+            length, kind = struct.unpack("<I4s", f.read(8))
+            if magic != b"glTF" or kind != b"JSON":
+                return fallback
+            names = [m.get("name", "") for m in json.loads(f.read(length)).get("meshes", [])]
+    except (OSError, ValueError, struct.error):
+        return fallback
+    pos = {n: i for i, n in reversed(list(enumerate(names)))}
+    return np.array([pos.get(n, len(names) + i) for i, n in enumerate(geom_names)])
 
 
 def room_point_cloud(mesh: HouseMesh, room: Room, settings: CaptureSettings, labels: Optional[FaceLabels] = None,

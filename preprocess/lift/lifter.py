@@ -14,6 +14,15 @@ z-depth with a confidence, intrinsics and camera-to-world poses in one common
 the scene is ``target_height`` metres tall, floor found by RANSAC and moved to
 z = 0 with normal +z, points unprojected from confident depth, voxel
 subsampled, coloured from the images, normals by PCA facing the cameras.
+
+Recipes (``LiftOptions.recipe``): "paper" is the above (the paper's text:
+depth head, 50th-percentile confidence, correspondences by the build's
+cross-view depth check). "released" follows Pointcept's released
+``preprocessing/concerto/re10k`` script: the point head's world points
+(``LiftedViews.points``; unprojected depth when the lifter has none), every
+pixel with confidence > 0, no subsampling, and each point paired with its own
+pixel only (``scene.meta["correspondences"]`` with
+``meta["correspondence_mode"] = "stored"``, which the build uses as they are).
 """
 from __future__ import annotations
 
@@ -42,6 +51,7 @@ class LiftedViews:
     pose: np.ndarray
     names: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    points: Optional[np.ndarray] = None  # float32 [S,H,W,3] point-head world points (same frame as pose)
 
     def __len__(self) -> int:
         return int(self.rgb.shape[0])
@@ -103,7 +113,7 @@ class VGGTLifter:
     name = "vggt"
 
     def __init__(self, model=None, checkpoint: str = "facebook/VGGT-1B", device: Optional[str] = None,
-                 autocast_dtype=None):
+                 autocast_dtype=None, point_head: bool = False):
         import torch
 
         if device is None:
@@ -115,6 +125,7 @@ class VGGTLifter:
             model = load_vggt(checkpoint, device=self.device)
         self.model = model.to(self.device).eval()
         self.autocast_dtype = autocast_dtype
+        self.point_head = point_head  # also return the point head's world points and their confidence
 
     def lift(self, images, K=None, pose=None, depth=None) -> LiftedViews:
         import torch
@@ -123,7 +134,7 @@ class VGGTLifter:
         rgb = preprocess_for_vggt(list(images), cfg.img_size, cfg.patch_size)
         x = torch.from_numpy(rgb).to(self.device).permute(0, 3, 1, 2).float().div(255.0)
         with torch.inference_mode():
-            out = self.model(x, with_points=False, autocast_dtype=self.autocast_dtype)
+            out = self.model(x, with_points=self.point_head, autocast_dtype=self.autocast_dtype)
         S, h, w = rgb.shape[:3]
         enc = out.pose_enc[0].double().cpu().numpy()
         fov = enc[:, 7:]
@@ -134,8 +145,12 @@ class VGGTLifter:
         c = out.depth_conf[0].float().cpu().numpy()
         d = np.where(np.isfinite(d) & (d > 0), d, np.nan).astype(np.float32)
         poses = geometry.extrinsic_to_pose(extr)
+        points = None
+        if self.point_head:
+            points = out.world_points[0].float().cpu().numpy()
+            c = out.world_points_conf[0].float().cpu().numpy()
         return LiftedViews(rgb=rgb, depth=d, conf=c.astype(np.float32), K=Kp.astype(np.float32),
-                           pose=poses.astype(np.float32), meta={"lifter": self.name})
+                           pose=poses.astype(np.float32), meta={"lifter": self.name}, points=points)
 
 
 class GivenDepthLifter:
@@ -158,6 +173,8 @@ class GivenDepthLifter:
 
 
 # --- views -> scene ---------------------------------------------------------------
+
+RECIPES = ("paper", "released")
 
 @dataclass
 class LiftOptions:
@@ -186,6 +203,14 @@ class LiftOptions:
     normal_backend: str = "auto"
     visibility_eps: float = geometry.DEPTH_EPS
     seed: int = 0
+    recipe: str = "paper"  # "paper" | "released" (see the module docstring)
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
+        if self.recipe == "released":  # the released script's fixed choices
+            self.conf_threshold, self.conf_percentile, self.voxel_size, self.max_points = None, None, None, None
+            self.height_percentile = 0.0
 
 
 def _visible_count(points: np.ndarray, frame: Frame, eps: float) -> int:
@@ -219,7 +244,10 @@ def scene_from_views(views: LiftedViews, scene_id: str, source: str, options: Op
     key = f"{source}/{scene_id}"
     S, H, W = views.depth.shape
     depth = views.depth.astype(np.float64)
-    keep = align.confidence_mask(views.conf, o.conf_threshold, o.conf_percentile) & np.isfinite(depth) & (depth > 0)
+    if o.recipe == "released":  # every pixel with confidence > 0
+        keep = np.isfinite(views.conf) & (views.conf > 0) & np.isfinite(depth) & (depth > 0)
+    else:
+        keep = align.confidence_mask(views.conf, o.conf_threshold, o.conf_percentile) & np.isfinite(depth) & (depth > 0)
     if not keep.any():
         raise LiftError(key, "confidence", "no depth pixel passes the confidence threshold")
     depth = np.where(keep, depth, np.nan)
@@ -227,7 +255,12 @@ def scene_from_views(views: LiftedViews, scene_id: str, source: str, options: Op
     # 1. world -> first camera, z up
     T = align.first_camera_zup(views.pose[0])
     poses = geometry.transform_poses(T, views.pose.astype(np.float64))
-    per_view = [geometry.unproject_depth(depth[i], views.K[i], poses[i]) for i in range(S)]
+    if o.recipe == "released" and views.points is not None:  # the point head, not the depth head
+        keep &= np.isfinite(views.points).all(-1)
+        per_view = [geometry.transform_points(T, views.points[i].reshape(-1, 3).astype(np.float64)).reshape(H, W, 3)
+                    for i in range(S)]
+    else:
+        per_view = [geometry.unproject_depth(depth[i], views.K[i], poses[i]) for i in range(S)]
     masks = [keep[i] for i in range(S)]
     pts = np.concatenate([p[m] for p, m in zip(per_view, masks)])
 
@@ -277,8 +310,16 @@ def scene_from_views(views: LiftedViews, scene_id: str, source: str, options: Op
     scene_meta = dict(meta or {})
     scene_meta.update(
         lifter=views.meta.get("lifter", "?"), scale=s, world_transform=T.tolist(), floor=floor_info,
-        view_overlap=view_overlap(kept_view_points, frames, o.visibility_eps).tolist(),
+        view_overlap=view_overlap(kept_view_points, frames, o.visibility_eps).tolist(), recipe=o.recipe,
     )
+    if o.recipe == "released":  # each point with the pixel it came from, and nothing else
+        from preprocess.records import Correspondence
+
+        v, pix = src_view[idx], src_pix[idx]
+        scene_meta["correspondence_mode"] = "stored"
+        scene_meta["correspondences"] = {
+            names[i]: Correspondence(point_index=np.nonzero(v == i)[0].astype(np.int32),
+                                     pixel=pix[v == i][:, ::-1].astype(np.uint16)) for i in range(S)}
     scene = Scene(scene_id=scene_id, source=source,
                   points=PointCloud(coord=coord.astype(np.float32), color=color.astype(np.uint8), normal=normal),
                   frames=frames, content_hash=content_hash, meta=scene_meta)

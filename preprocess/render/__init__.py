@@ -12,8 +12,8 @@ Backends (imported only when used, so this package needs no OpenGL):
   open3d   - o3d.t.geometry.RaycastingScene ray casting, CPU
   embree   - trimesh + embreex ``intersects_first``, CPU
   pyrender - OpenGL rasterisation, OSMesa on CPU or EGL on GPU machines
-``auto`` takes the first usable backend of ``AUTO_ORDER`` (fastest first, as
-measured by benchmarks/bench_render.py on this machine kind).
+``auto`` takes the first usable backend of ``AUTO_ORDER`` (exact depth first,
+then speed, as measured by benchmarks/bench_render.py on this machine kind).
 """
 from __future__ import annotations
 
@@ -33,7 +33,10 @@ _BACKENDS = {
     "embree": ("preprocess.render.backend_embree", "EmbreeRenderer"),
     "pyrender": ("preprocess.render.backend_pyrender", "PyrenderRenderer"),
 }
-AUTO_ORDER = ("pyrender", "open3d", "embree")  # measured: benchmarks/bench_render.py
+# open3d first: exact ray-cast depth at 0.96-1.08x the raw cast_rays time (small and
+# 371k-face rooms), where pyrender's 24-bit depth buffer is approximate and it was
+# 0.2x-3x the raw cast time depending on mesh size (benchmarks/bench_render.py).
+AUTO_ORDER = ("open3d", "pyrender", "embree")
 BACKENDS = tuple(_BACKENDS)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 import numpy as np
 import trimesh
@@ -33,6 +34,23 @@ def select_gl_platform() -> str:
     return os.environ.get("PYOPENGL_PLATFORM", "")
 
 
+# One OffscreenRenderer (and its OpenGL context) per thread and image size, kept
+# for the life of the process: creating it costs 0.6-0.8 s on OSMesa, which a
+# build would otherwise pay for every scene. A context is only ever current in
+# the thread that made it, hence per thread. pyrender drops the previous
+# scene's buffers from the context when it renders a new scene.
+_CONTEXTS = threading.local()
+
+
+def _offscreen(pyrender, width: int, height: int):
+    pool = getattr(_CONTEXTS, "renderers", None)
+    if pool is None:
+        pool = _CONTEXTS.renderers = {}
+    if (width, height) not in pool:
+        pool[(width, height)] = pyrender.OffscreenRenderer(viewport_width=width, viewport_height=height)
+    return pool[(width, height)]
+
+
 class PyrenderRenderer(MeshRenderer):
     name = "pyrender"
 
@@ -48,8 +66,6 @@ class PyrenderRenderer(MeshRenderer):
         self._scene.add(pyrender.Mesh(primitives=[_primitive(pyrender, mesh)]))
         self._corners = trimesh.bounds.corners(mesh.bounds)
         self._camera_node = None
-        self._renderer = None
-        self._size = None
 
     def _render(self, K, pose, width, height) -> RenderedView:
         pr = self._pyrender
@@ -65,25 +81,18 @@ class PyrenderRenderer(MeshRenderer):
         if self._camera_node is not None:
             self._scene.remove_node(self._camera_node)
         self._camera_node = self._scene.add(camera, pose=opencv_to_opengl_pose(pose))
-        if self._size != (width, height):
-            if self._renderer is not None:
-                self._renderer.delete()
-            self._renderer = pr.OffscreenRenderer(viewport_width=width, viewport_height=height)
-            self._size = (width, height)
+        renderer = _offscreen(pr, width, height)
         # Always the unlit colour pass: pyrender's DEPTH_ONLY pass ignores
         # SKIP_CULL_FACES and double-sided materials and culls back faces, which
         # the ray casters (and scanned meshes with mixed winding) need to keep.
-        color, depth = self._renderer.render(self._scene, flags=pr.RenderFlags.SKIP_CULL_FACES | pr.RenderFlags.FLAT)
+        color, depth = renderer.render(self._scene, flags=pr.RenderFlags.SKIP_CULL_FACES | pr.RenderFlags.FLAT)
         rgb = np.ascontiguousarray(color[..., :3], dtype=np.uint8) if self.with_color else None
         depth = np.asarray(depth, dtype=np.float32).copy()
         depth[depth <= 0] = np.nan
         return RenderedView(depth=depth, rgb=rgb)
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.delete()
-            self._renderer = None
-            self._size = None
+        """Nothing to free: the OpenGL context is kept for the next scene (see ``_offscreen``)."""
 
 
 def _primitive(pyrender, mesh: trimesh.Trimesh):

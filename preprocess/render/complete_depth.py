@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from tqdm.auto import tqdm
 
 from preprocess.render import make_renderer
@@ -21,7 +23,8 @@ def complete_depth(scene: Scene, backend: str = "auto", render_rgb: bool | None 
     """Return a new Scene whose frames all have depth.
 
     Frames with ``depth is None`` get z-depth (float32 m, NaN = no surface)
-    rendered from ``scene.mesh_path``, which is loaded once. With ``render_rgb``
+    rendered from ``scene.mesh_path``, which is loaded once; pixels listed in
+    ``scene.meta["invalid_pixels"][frame name]`` (bool [H,W]) get NaN. With ``render_rgb``
     (default: ``scene.meta.get("render_rgb", False)``) their rgb is replaced by
     the mesh's rendered colour too. Frames that already have depth are kept as
     they are. Raises SceneRenderError naming the scene and the mesh file or frame.
@@ -46,7 +49,11 @@ def complete_depth(scene: Scene, backend: str = "auto", render_rgb: bool | None 
                 view = renderer.render(frame.K, frame.pose, frame.width, frame.height)
             except CameraError as exc:
                 raise SceneRenderError(scene.key, f"frames[{i}:{frame.name}]", str(exc)) from exc
-            changes = {"depth": view.depth}
+            depth = view.depth
+            invalid = (scene.meta.get("invalid_pixels") or {}).get(frame.name)
+            if invalid is not None:  # e.g. ScanNet++ anonymisation masks: no depth, so no correspondences
+                depth = np.where(invalid, np.nan, depth).astype(np.float32)
+            changes = {"depth": depth}
             if render_rgb:
                 changes["rgb"] = view.rgb
             frames[i] = dataclasses.replace(frame, **changes)

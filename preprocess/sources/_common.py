@@ -143,6 +143,18 @@ def read_rgb(path: Path, scene: str) -> np.ndarray:
     return decode_rgb(Path(path).read_bytes(), scene, str(path))
 
 
+def read_gray(path: Path, scene: str) -> np.ndarray:
+    """uint8 [H,W] from a one-channel image file (e.g. a mask PNG)."""
+    from PIL import Image
+
+    require_file(scene, path, "mask image")
+    try:
+        with Image.open(path) as im:
+            return np.ascontiguousarray(np.asarray(im.convert("L"), dtype=np.uint8))
+    except Exception as exc:
+        raise SourceError(scene, str(path), f"cannot decode image ({type(exc).__name__}: {exc})") from exc
+
+
 def read_uint16_png(path: Path, scene: str) -> np.ndarray:
     """Raw values of a single-channel 16-bit PNG as uint16 [H,W]."""
     from PIL import Image

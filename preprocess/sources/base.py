@@ -119,7 +119,19 @@ def _import_builtin_sources() -> None:
 
 def hash_files(paths: Iterable[str | Path], extra: str = "", chunk: int = 1 << 20) -> str:
     """sha1 over the bytes of ``paths`` (in the given order) and ``extra`` (e.g.
-    the adapter's options). Used as a scene's content hash."""
+    the adapter's options). Used as a scene's content hash. Inside a
+    ``hash_cache.stat_hash_cache`` block, files whose stat is unchanged since
+    they were last hashed are not read again (same digest)."""
+    from preprocess.sources.hash_cache import active_cache
+
+    paths = list(paths)
+    cache = active_cache()
+    if cache is not None:
+        return cache.digest(paths, extra, lambda: _sha1_files(paths, extra, chunk))
+    return _sha1_files(paths, extra, chunk)
+
+
+def _sha1_files(paths: list, extra: str, chunk: int) -> str:
     h = hashlib.sha1()
     h.update(extra.encode())
     for p in paths:

@@ -14,6 +14,14 @@ when annotations exist) and four views from one spot (random initial yaw, 90
 degrees apart, the spot a navigable room cell jittered by up to 0.25 m), with
 depth already rendered. See ``preprocess.habitat`` for how rooms are found.
 
+``recipe`` (default "released"): "released" follows Pointcept's released
+``preprocessing/concerto/hm3d`` script (rooms = the GLB's geometry groups,
+camera at the mean of a 0.5 m grid inside the room's box, +-``jitter`` on all
+axes, no navigability check; always the mesh backend, ``room_method`` and
+``camera_height`` unused); "paper" follows the paper's text (semantic regions,
+``camera_height`` 1.5 m above a navigable cell, horizontal jitter, habitat's
+navmesh snapping when the habitat backend is used).
+
 ``discover`` has to find the rooms (it loads each house once); the room list is
 cached as JSON in ``cache_dir`` under the house's content hash, so later
 discoveries are cheap. A house that cannot be read still yields one ref,
@@ -62,6 +70,7 @@ class HM3DSource(AdapterBase):
         "category_map": None,  # tsv: raw_category, category, mpcat40
         "scene_dataset_config": None,  # habitat backend
         "cache_dir": "~/.cache/concerto/hm3d_rooms",  # None = no room-list cache
+        "recipe": "released",  # "released" (Pointcept's released script) | "paper"
     }
 
     def __init__(self, path, name: Optional[str] = None, **options):
@@ -69,6 +78,12 @@ class HM3DSource(AdapterBase):
         o = self.options
         if o["backend"] not in ("auto", "mesh", "habitat"):
             raise ValueError(f"source '{self.name}' (hm3d): option backend must be auto|mesh|habitat, got {o['backend']!r}")
+        if o["recipe"] not in ("released", "paper"):
+            raise ValueError(f"source '{self.name}' (hm3d): option recipe must be released|paper, got {o['recipe']!r}")
+        if o["recipe"] == "released":
+            if o["backend"] == "habitat":
+                raise ValueError(f"source '{self.name}' (hm3d): recipe 'released' places cameras without habitat; use backend mesh")
+            o["backend"] = "mesh"
         if o["backend"] == "auto":
             # the backend changes the images, so it is part of the options (and hashes)
             o["backend"] = "habitat" if habitat_available() else "mesh"
@@ -134,11 +149,13 @@ class HM3DSource(AdapterBase):
             if o["backend"] == "habitat":
                 from preprocess.habitat import MeshBackend
 
-                mesh = MeshBackend(self.settings(), room_method=o["room_method"], render_backend=o["render_backend"], category_map=cmap)
+                mesh = MeshBackend(self.settings(), room_method=o["room_method"], render_backend=o["render_backend"],
+                                   category_map=cmap, recipe=o["recipe"])
                 cache["backend"] = make_capture_backend("habitat", self.settings(), scene_dataset_config=o["scene_dataset_config"], mesh_backend=mesh)
             else:
                 cache["backend"] = make_capture_backend("mesh", self.settings(), room_method=o["room_method"],
-                                                        render_backend=o["render_backend"], category_map=cmap)
+                                                        render_backend=o["render_backend"], category_map=cmap,
+                                                        recipe=o["recipe"])
         return cache["backend"]
 
     # ---------------------------------------------------------------- discovery

@@ -9,7 +9,7 @@ Layout (Pointcept's ``pointcept/datasets/preprocessing/concerto/*`` output)::
                            segment*.npy       int [N] or [N,k]    (optional; first column used)
                            instance.npy       int [N] or [N,k]    (optional)
     <root>/images/<split>/<scene>/color/<frame>.png|jpg
-                                  depth/<frame>.png               (optional, uint16, depth_scale units per metre, 0 = none)
+                                  depth/<frame>.png               (optional, uint16, depth_scale units per metre, 0 / 65535 = none)
                                   pose/<frame>.npy                [4,4] camera-to-world, OpenCV axes
                                   intrinsic/<frame>.npy | intrinsic/intrinsic.npy   [3,3] or [4,4] (one shared file allowed)
                                   correspondence/<frame>.npy      float [M,3] rows (u = column, v = row, point index);
@@ -21,8 +21,34 @@ A scene may sit deeper than one level (Structured3D: ``<split>/scene_XXXXX/room_
 its id joins the parts with "_". Colour images may sit in a sub-folder
 (Structured3D ``color/prsp``); panoramas (``color/pano``) are skipped (not pinhole).
 ARKitScenes correspondences are named by timestamp without the video id; that is
-handled. Pointcept's S3DIS output stores world-to-camera matrices in ``pose/``:
-read it with ``pose_convention="world_to_camera"``.
+handled.
+
+Layouts (option ``layout``, default "auto": detected per scene) where Concerto's
+scripts (``pointcept/datasets/preprocessing/concerto/<dataset>``) depart from
+the generic one above:
+
+- "scannetpp": ``color/DSC<k>.JPG`` with ``pose/<i>.npy`` and ``intrinsic/<i>.npy``
+  named by the image's index ``i`` in the (numerically sorted) colour folder. The
+  saved K is COLMAP's (pixel centres at +0.5): 0.5 px is taken off cx and cy.
+- "structured3d": ``color/prsp/<i>.png``; the saved pose is
+  ``[[R, t], [0, 1]] @ P`` with R, t the camera in Concerto's y-up world and P the
+  y/z swap (determinant -1), and ``coord.npy`` / ``normal.npy`` are the
+  Structured3D world (metres) with x and y swapped (a mirror). The reader
+  swaps x/y back (the scene is in the Structured3D world, z up, as the
+  ``structured3d`` source gives it) and rebuilds the rigid OpenCV
+  camera-to-world pose. K (principal point W/2, as Concerto backprojected its
+  points) is kept. Concerto writes K and pose for every view that loads but
+  colour only for views that keep points, numbered 0..n-1 for n kept views, so
+  after a view that loaded but kept nothing the cameras sit at higher indices
+  and the last ones are not saved at all. Each image is matched to the first
+  following pose file whose camera reprojects the image's stored
+  correspondences onto their pixels; an image whose camera was not saved is
+  skipped (``meta["skipped_frames"]``); an image without correspondences is an
+  error.
+- "s3dis": ``<root>/Area_<N>/<room>/coord.npy`` and one folder per 2D-3D-S camera,
+  ``images/Area_<N>/<room>/<camera>/{color,depth,pose,intrinsic,correspondence}``,
+  ``pose/<i>.npy`` = world-to-camera (2D-3D-S ``camera_rt_matrix``) by frame-number
+  index, depth in 1/512 m. Frames are named ``<camera>/<image stem>``.
 
 The stored correspondences are kept in ``scene.meta["correspondences"]``
 ({frame name: preprocess.records.Correspondence}) so a build can reuse them when
@@ -55,6 +81,15 @@ from preprocess.sources.base import SceneRef, SourceError, register_source
 from preprocess.atomic_file import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPG", ".PNG")
+LAYOUTS = ("auto", "generic", "scannetpp", "structured3d", "s3dis")
+_DSLR_NAME = re.compile(r"^DSC\d+\.JPG$")
+_S3DIS_RGB_NAME = re.compile(r"^camera_[0-9A-Za-z]+_.+_frame_\d+_domain_rgb\.png$")
+# Concerto's Structured3D script: P swaps y and z (its pose is T_yup @ P); its y-up world is
+# Y = S s with s the Structured3D world; a camera's local axes (front, up, right) = A @ OpenCV axes
+_S3D_P = np.array([[1, 0, 0], [0, 0, 1], [0, 1, 0]], np.float64)
+_S3D_S = np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]], np.float64)
+_S3D_A = np.array([[0, 0, 1], [0, -1, 0], [1, 0, 0]], np.float64)
+_DEPTH_SCALE = {"s3dis": 512.0}  # 2D-3D-S depth PNGs are copied as they are
 _SEGMENT_KEYS = ("segment20", "segment", "segment25", "segment200")
 
 
@@ -73,18 +108,22 @@ def _load_npy(path: Path, scene: str) -> np.ndarray:
 class PointceptSource(AdapterBase):
     """Options: frame_skip (1), splits (None = every top-level folder except
     images/ and splits/), segment_key (None = first of segment20, segment,
-    segment25, segment200), depth_scale (1000 units per metre), read_depth (True),
-    pose_convention ("camera_to_world" | "world_to_camera"), hash_mode ("stat")."""
+    segment25, segment200), depth_scale (None = 1000 units per metre, 512 for
+    the s3dis layout), read_depth (True), pose_convention (None = per layout;
+    "camera_to_world" | "world_to_camera" for the generic layout), layout
+    ("auto" | "generic" | "scannetpp" | "structured3d" | "s3dis"), hash_mode ("stat")."""
 
-    OPTIONS = {"splits": None, "segment_key": None, "depth_scale": 1000.0, "read_depth": True,
-               "pose_convention": "camera_to_world"}
+    OPTIONS = {"splits": None, "segment_key": None, "depth_scale": None, "read_depth": True,
+               "pose_convention": None, "layout": "auto"}
 
     def __init__(self, path, name=None, **options):
         super().__init__(path, name, **options)
-        if self.options["pose_convention"] not in ("camera_to_world", "world_to_camera"):
+        if self.options["pose_convention"] not in (None, "camera_to_world", "world_to_camera"):
             raise ValueError(f"source '{self.name}' (pointcept): pose_convention must be camera_to_world or world_to_camera")
-        if float(self.options["depth_scale"]) <= 0:
+        if self.options["depth_scale"] is not None and float(self.options["depth_scale"]) <= 0:
             raise ValueError(f"source '{self.name}' (pointcept): depth_scale must be positive")
+        if self.options["layout"] not in LAYOUTS:
+            raise ValueError(f"source '{self.name}' (pointcept): layout must be one of {LAYOUTS}, got {self.options['layout']!r}")
 
     # ------------------------------------------------------------------ discovery
     def _splits(self) -> list[str]:
@@ -125,17 +164,64 @@ class PointceptSource(AdapterBase):
         if ref.scene_id not in scenes:
             raise SourceError(key, str(self.path), "scene folder (with coord.npy) not found")
         split, rel = scenes[ref.scene_id]
-        points = self._points(self.path / split / rel, key)
-        frames, corrs, skipped, depth_unused = self._frames(self.path / "images" / split / rel, key, len(points))
+        groups = self._image_groups(self.path / "images" / split / rel)
+        layout = self._layout(groups, key)
+        points = self._points(self.path / split / rel, key, mirrored=layout == "structured3d")
+        frames, corrs, skipped, depth_unused = [], {}, [], []
+        for g, prefix in groups:
+            f, c, s, d = self._frames(g, prefix, layout, key, points.coord)
+            frames += f
+            corrs.update(c)
+            skipped += s
+            depth_unused += d
         scene = Scene(
             scene_id=ref.scene_id, source=self.name, points=points, frames=frames, mesh_path=None,
             content_hash=ref.content_hash,
-            meta={"dataset": "pointcept", "split": split, "correspondences": corrs, "skipped_frames": skipped,
-                  "depth_size_mismatch": depth_unused},
+            meta={"dataset": "pointcept", "layout": layout, "split": split, "correspondences": corrs,
+                  "skipped_frames": skipped, "depth_size_mismatch": depth_unused},
         )
         return scene.validate()
 
-    def _points(self, d: Path, key: str) -> PointCloud:
+    # ------------------------------------------------------------------ layouts
+    @staticmethod
+    def _image_groups(d: Path) -> list[tuple[Path, str]]:
+        """Folders holding a color/ folder, with the frame-name prefix: the scene's
+        image folder itself, or (Concerto's S3DIS) one sub-folder per camera."""
+        if (d / "color").is_dir():
+            return [(d, "")]
+        if not d.is_dir():
+            return []
+        return [(c, f"{c.name}/") for c in sorted(d.iterdir()) if (c / "color").is_dir()]
+
+    @staticmethod
+    def _color_files(g: Path) -> list[Path]:
+        """Pinhole colour images, in natural order (panoramas skipped)."""
+        return sorted(
+            (p for p in (g / "color").rglob("*") if p.suffix in IMAGE_SUFFIXES and "pano" not in p.relative_to(g / "color").parts),
+            key=lambda p: _natural_key(p.relative_to(g / "color").as_posix()),
+        )
+
+    def _layout(self, groups: list[tuple[Path, str]], key: str) -> str:
+        if self.options["layout"] != "auto":
+            return self.options["layout"]
+        if not groups:
+            return "generic"
+        g, prefix = groups[0]
+        files = self._color_files(g)
+        first = g / "pose" / "0.npy"
+        if (g / "color" / "prsp").is_dir() and first.is_file():
+            pose = _load_npy(first, key).astype(np.float64)
+            if pose.shape == (4, 4) and np.isfinite(pose).all() and np.linalg.det(pose[:3, :3]) < 0:
+                return "structured3d"  # the y/z swap Concerto multiplies in
+        if not files or (g / "pose" / f"{files[0].stem}.npy").is_file():
+            return "generic"  # poses named like the images
+        if prefix and all(_S3DIS_RGB_NAME.match(f.name) for f in files):
+            return "s3dis"
+        if all(_DSLR_NAME.match(f.name) for f in files):
+            return "scannetpp"
+        return "generic"
+
+    def _points(self, d: Path, key: str, mirrored: bool = False) -> PointCloud:
         coord = _load_npy(d / "coord.npy", key)
         if coord.ndim != 2 or coord.shape[1] != 3 or len(coord) == 0:
             raise SourceError(key, str(d / "coord.npy"), f"expected [N,3] coordinates, got shape {list(coord.shape)}")
@@ -158,6 +244,9 @@ class PointceptSource(AdapterBase):
         elif color.dtype != np.uint8:
             color = np.clip(np.round(color), 0, 255).astype(np.uint8)
         normal = per_point("normal", 3)
+        if mirrored:  # Concerto's Structured3D world has x and y swapped: swap them back
+            coord = coord[:, [1, 0, 2]]
+            normal = None if normal is None else normal[:, [1, 0, 2]]
         normal = estimate_normals(coord) if normal is None else normal.astype(np.float32)
         seg_key = self.options["segment_key"] or next((k for k in _SEGMENT_KEYS if (d / f"{k}.npy").is_file()), None)
         segment = per_point(seg_key, None) if seg_key else None
@@ -169,80 +258,146 @@ class PointceptSource(AdapterBase):
             arr = arr.reshape(n, -1)[:, 0].astype(np.int64)
             return np.where(arr < 0, -1, arr).astype(np.int32)
 
-        return PointCloud(coord=coord.astype(np.float32), color=color, normal=normal,
+        return PointCloud(coord=np.ascontiguousarray(coord, np.float32), color=color, normal=normal,
                           segment=labels(segment), instance=labels(instance))
 
-    def _frames(self, d: Path, key: str, num_points: int):
-        if not (d / "color").is_dir():
-            return [], {}, [], []
-        color_files = sorted(
-            (p for p in (d / "color").rglob("*") if p.suffix in IMAGE_SUFFIXES and "pano" not in p.relative_to(d / "color").parts),
-            key=lambda p: _natural_key(p.relative_to(d / "color").as_posix()),
-        )
-        color_files = color_files[:: self.frame_skip]
-        shared_K = self._shared_intrinsic(d, key)
-        frames, corrs, skipped, depth_mismatch = [], {}, [], []
+    # ------------------------------------------------------------------ cameras
+    def _camera(self, g: Path, stem: str, index: int, layout: str, key: str, shared_K) -> tuple[Path, np.ndarray, np.ndarray]:
+        """(pose file, camera-to-world float64 [4,4] (may be non-finite), K float64
+        [3,3]) of one image: by name (generic) or by index (Concerto's layouts)."""
+        name = stem if layout == "generic" else str(index)
+        pose_path = g / "pose" / f"{name}.npy"
+        if not pose_path.is_file():
+            raise SourceError(key, str(pose_path), f"missing pose for colour image {stem}")
+        pose = _load_npy(pose_path, key).astype(np.float64)
+        if pose.shape != (4, 4):
+            raise SourceError(key, str(pose_path), f"pose must be [4,4], got {list(pose.shape)}")
+        K_path = g / "intrinsic" / f"{name}.npy"
+        if K_path.is_file():
+            K = _load_npy(K_path, key)
+        elif shared_K is not None:
+            K, K_path = shared_K
+        else:
+            raise SourceError(key, str(K_path), f"missing intrinsics for colour image {stem}")
+        K = np.asarray(K, np.float64)
+        if K.shape not in ((3, 3), (4, 4)):
+            raise SourceError(key, str(K_path), f"intrinsics must be [3,3] or [4,4], got {list(K.shape)}")
+        K = K[:3, :3].copy()
+        if not np.isfinite(pose).all():
+            return pose_path, pose, K
+        convention = self.options["pose_convention"] or ("world_to_camera" if layout == "s3dis" else "camera_to_world")
+        if layout == "structured3d":
+            # saved T = [[R_yup, t_yup], [0, 1]] @ P  ->  OpenCV camera-to-world in the Structured3D world
+            out = np.eye(4)
+            out[:3, :3] = _S3D_S.T @ pose[:3, :3] @ _S3D_P @ _S3D_A
+            out[:3, 3] = _S3D_S.T @ pose[:3, 3]
+            pose = out
+        elif convention == "world_to_camera":
+            pose = rigid_inverse(pose)
+        if layout == "scannetpp":
+            K[0, 2] -= 0.5  # COLMAP's pixel centres are at +0.5
+            K[1, 2] -= 0.5
+        return pose_path, pose, K
+
+    def _structured3d_index(self, g: Path, color_files: list[Path], key: str, coord: np.ndarray) -> list[Optional[int]]:
+        """Pose/intrinsic file index of each colour image of Concerto's Structured3D
+        output, None when its camera was not saved. The script saves K and pose
+        number i for the i-th view that loaded and colour number i for the i-th
+        view that kept points, as many of each as there are colour images: after a
+        view that loaded but kept nothing, every colour image's camera sits at a
+        higher index and the last ones are lost. Each image is matched to the first
+        following file whose camera reprojects its stored correspondences."""
+        n_pose = len(list((g / "pose").glob("*.npy")))
+        out, j = [], 0
         for cf in color_files:
-            sub = cf.relative_to(d / "color").parent  # "" or e.g. "prsp"
+            arr, path = self._correspondence_array(g, cf.relative_to(g / "color").parent, cf.stem, key)
+            if arr is None or (len(arr) == 1 and (arr == -1).all()):
+                raise SourceError(key, str(cf), f"{n_pose} pose files for {len(color_files)} colour images and no "
+                                  "correspondences to tell which pose is this image's (Concerto's index shift)")
+            idx = arr[:50, 2].astype(np.int64)
+            if (idx < 0).any() or (idx >= len(coord)).any():
+                raise SourceError(key, str(path), "correspondence has point indices out of range")
+            k = j
+            while k < n_pose:
+                _, pose, K = self._camera(g, cf.stem, k, "structured3d", key, None)
+                if np.isfinite(pose).all() and _reprojects(coord[idx], arr[:50, :2], K, pose):
+                    break
+                k += 1
+            out.append(k if k < n_pose else None)
+            j = k + 1 if k < n_pose else j
+        return out
+
+    def _frames(self, g: Path, prefix: str, layout: str, key: str, coord: np.ndarray):
+        all_files = self._color_files(g)
+        index = (self._structured3d_index(g, all_files, key, coord) if layout == "structured3d"
+                 else list(range(len(all_files))))
+        chosen = list(range(len(all_files)))[:: self.frame_skip]
+        shared_K = self._shared_intrinsic(g, key) if layout == "generic" else None
+        depth_scale = float(self.options["depth_scale"] or _DEPTH_SCALE.get(layout, 1000.0))
+        frames, corrs, skipped, depth_mismatch = [], {}, [], []
+        for i in chosen:
+            cf = all_files[i]
+            sub = cf.relative_to(g / "color").parent  # "" or e.g. "prsp"
             stem = cf.stem
-            name = (sub / stem).as_posix()
-            pose_path = d / "pose" / f"{stem}.npy"
-            if not pose_path.is_file():
-                raise SourceError(key, str(pose_path), f"missing pose for colour image {cf.name}")
-            pose = _load_npy(pose_path, key).astype(np.float64)
-            if pose.shape != (4, 4):
-                raise SourceError(key, str(pose_path), f"pose must be [4,4], got {list(pose.shape)}")
-            if self.options["pose_convention"] == "world_to_camera" and np.isfinite(pose).all():
-                pose = rigid_inverse(pose)
+            name = prefix + (sub / stem).as_posix()
+            if index[i] is None:
+                skipped.append(name)  # its camera was never saved (Concerto's index shift)
+                continue
+            pose_path, pose, K = self._camera(g, stem, index[i], layout, key, shared_K)
             if not np.isfinite(pose).all():
                 skipped.append(name)
                 continue
             if not pose_is_valid(pose):
                 raise SourceError(key, str(pose_path), "not a rigid camera-to-world transform")
             pose[:3, :3] = orthonormalize(pose[:3, :3])  # float32 files lose digits
-            K_path = d / "intrinsic" / f"{stem}.npy"
-            if K_path.is_file():
-                K = _load_npy(K_path, key)
-            elif shared_K is not None:
-                K = shared_K
-            else:
-                raise SourceError(key, str(K_path), f"missing intrinsics for colour image {cf.name}")
-            K = np.asarray(K, np.float64)[:3, :3].astype(np.float32)
             rgb = read_rgb(cf, key)
             depth = None
-            depth_path = d / "depth" / sub / f"{stem}.png"
+            depth_path = self._depth_path(g, sub, stem, layout)
             if self.options["read_depth"] and depth_path.is_file():
                 raw = read_uint16_png(depth_path, key)
                 if raw.shape == rgb.shape[:2]:
-                    depth = depth_from_raw(raw, float(self.options["depth_scale"]), invalid=(0, 65535))
+                    depth = depth_from_raw(raw, depth_scale, invalid=(0, 65535))
                 else:
                     # Pointcept's ScanNet output keeps the 640x480 sensor depth next to
                     # 1296x968 colour: another camera, not a resize, so it is not used
                     depth_mismatch.append(name)
-            frames.append(Frame(name=name, rgb=rgb, K=K, pose=pose.astype(np.float32), depth=depth))
-            corr = self._correspondence(d, sub, stem, key, num_points, rgb.shape[:2])
+            frames.append(Frame(name=name, rgb=rgb, K=K.astype(np.float32), pose=pose.astype(np.float32), depth=depth))
+            corr = self._correspondence(g, sub, stem, key, len(coord), rgb.shape[:2])
             if corr is not None:
                 corrs[name] = corr
         return frames, corrs, skipped, depth_mismatch
 
-    def _shared_intrinsic(self, d: Path, key: str) -> Optional[np.ndarray]:
+    @staticmethod
+    def _depth_path(g: Path, sub: Path, stem: str, layout: str) -> Path:
+        if layout == "s3dis":  # 2D-3D-S names: ..._domain_rgb.png -> ..._domain_depth.png
+            return g / "depth" / sub / f"{stem[: -len('_rgb')]}_depth.png"
+        return g / "depth" / sub / f"{stem}.png"
+
+    def _shared_intrinsic(self, d: Path, key: str) -> Optional[tuple[np.ndarray, Path]]:
+        """(K, its file) when one intrinsics file serves every image."""
         kd = d / "intrinsic"
         if not kd.is_dir():
             return None
         if (kd / "intrinsic.npy").is_file():
-            return _load_npy(kd / "intrinsic.npy", key)
+            return _load_npy(kd / "intrinsic.npy", key), kd / "intrinsic.npy"
         files = list(kd.glob("*.npy"))
-        return _load_npy(files[0], key) if len(files) == 1 else None
+        return (_load_npy(files[0], key), files[0]) if len(files) == 1 else None
 
-    def _correspondence(self, d: Path, sub: Path, stem: str, key: str, n: int, hw) -> Optional[Correspondence]:
+    def _correspondence_array(self, d: Path, sub: Path, stem: str, key: str):
         names = [stem] + ([stem.split("_", 1)[1]] if "_" in stem else [])  # ARKitScenes drops the video id
         folders = [d / "correspondence", d / "correspondence" / f"{sub.name}_correspondence", d / "correspondence" / sub]
         path = next((f / f"{nm}.npy" for f in folders for nm in names if (f / f"{nm}.npy").is_file()), None)
         if path is None:
-            return None
+            return None, None
         arr = _load_npy(path, key)
         if arr.ndim != 2 or arr.shape[1] != 3:
             raise SourceError(key, str(path), f"correspondence must be [M,3] (u, v, point index), got {list(arr.shape)}")
+        return arr, path
+
+    def _correspondence(self, d: Path, sub: Path, stem: str, key: str, n: int, hw) -> Optional[Correspondence]:
+        arr, path = self._correspondence_array(d, sub, stem, key)
+        if arr is None:
+            return None
         if len(arr) == 1 and (arr == -1).all():
             return Correspondence.empty()
         idx = arr[:, 2].astype(np.int64)
@@ -251,6 +406,17 @@ class PointceptSource(AdapterBase):
         if (idx < 0).any() or (idx >= n).any() or (u < 0).any() or (u >= w).any() or (v < 0).any() or (v >= h).any():
             raise SourceError(key, str(path), "correspondence has point indices or pixels out of range")
         return Correspondence(point_index=idx.astype(np.int32), pixel=np.stack([u, v], 1).astype(np.uint16))
+
+
+def _reprojects(points: np.ndarray, pixels: np.ndarray, K: np.ndarray, pose: np.ndarray, tol: float = 1.0) -> bool:
+    """Whether the camera (K, camera-to-world pose) sees ``points`` [M,3] at
+    ``pixels`` [M,2] (u, v) within ``tol`` px (median)."""
+    w2c = rigid_inverse(pose)
+    xc = points.astype(np.float64) @ w2c[:3, :3].T + w2c[:3, 3]
+    if (xc[:, 2] <= 0).any():
+        return False
+    uv = (xc @ K.T)[:, :2] / xc[:, 2:3]
+    return bool(np.median(np.linalg.norm(uv - pixels, axis=1)) < tol)
 
 
 # ---------------------------------------------------------------------- export

@@ -33,7 +33,15 @@ to [-180, 180) (the reference does not wrap).
 
 Each group becomes one scene ``<clip_id>-g<k>``, lifted by a ``Lifter``
 (``VGGTLifter`` by default; ``GivenDepthLifter`` when depth comes with the data)
-and normalised by ``preprocess.lift.lifter.scene_from_views``. The content hash
+and normalised by ``preprocess.lift.lifter.scene_from_views``.
+
+``recipe`` (default "released"): "released" follows Pointcept's released
+``preprocessing/concerto/re10k`` script: VGGT's point head, confidence > 0,
+no subsampling, each point paired with its own pixel only (the lifting options
+conf_threshold, conf_percentile, voxel_size, max_points are then not used);
+"paper" follows the paper's text: depth head, the 50th-percentile confidence
+(``conf_percentile``), voxel subsampling, and correspondences by the build's
+cross-view depth check. The content hash
 covers the camera file, the group's frames (and depth files) and the options.
 """
 from __future__ import annotations
@@ -190,9 +198,10 @@ class Re10kSource(AdapterBase):
     Options: split, lifter ("vggt", "given-depth" or a ``Lifter`` object),
     checkpoint and device (for "vggt"), num_views, view_gap_min/max (frames
     between neighbouring views, 15/135), overlap_min/max (score range, 5/40),
-    groups_per_clip, seed, and the lifting options of ``LiftOptions``
-    (conf_threshold, conf_percentile, target_height, height_percentile,
-    voxel_size, max_points, require_floor). ``frame_skip`` keeps every Nth
+    groups_per_clip, seed, recipe ("released" | "paper"), and the lifting
+    options of ``LiftOptions`` (conf_threshold, conf_percentile, target_height,
+    height_percentile, voxel_size, max_points, require_floor; the "released"
+    recipe fixes the confidence and subsampling ones). ``frame_skip`` keeps every Nth
     camera-file row before selection (gaps then count kept rows)."""
 
     OPTIONS = {
@@ -201,7 +210,7 @@ class Re10kSource(AdapterBase):
         "groups_per_clip": 1, "seed": 123,
         "conf_threshold": None, "conf_percentile": 50.0, "target_height": 3.0, "height_percentile": 0.0,
         "voxel_size": 0.02,
-        "max_points": 200_000, "require_floor": True,
+        "max_points": 200_000, "require_floor": True, "recipe": "released",
     }
 
     def __init__(self, path, name=None, **options):
@@ -210,6 +219,10 @@ class Re10kSource(AdapterBase):
         if isinstance(lifter, str) and lifter not in ("vggt", "given-depth"):
             raise ValueError(f"source '{self.name}' (re10k): option lifter must be 'vggt', 'given-depth' or a Lifter, got {lifter!r}")
         self._lifter = None if isinstance(lifter, str) else lifter
+        from preprocess.lift.lifter import RECIPES
+
+        if self.options["recipe"] not in RECIPES:
+            raise ValueError(f"source '{self.name}' (re10k): option recipe must be one of {RECIPES}, got {self.options['recipe']!r}")
         self._groups: dict[str, list[list[int]]] = {}
 
     def __getstate__(self):  # a loaded network is not shipped to workers
@@ -317,7 +330,8 @@ class Re10kSource(AdapterBase):
             if self.options["lifter"] == "given-depth":
                 self._lifter = GivenDepthLifter()
             else:
-                self._lifter = VGGTLifter(checkpoint=self.options["checkpoint"], device=self.options["device"])
+                self._lifter = VGGTLifter(checkpoint=self.options["checkpoint"], device=self.options["device"],
+                                          point_head=self.options["recipe"] == "released")
         return self._lifter
 
     def lift_options(self):
@@ -327,7 +341,7 @@ class Re10kSource(AdapterBase):
         return LiftOptions(conf_threshold=o["conf_threshold"], conf_percentile=o["conf_percentile"],
                            target_height=o["target_height"], height_percentile=float(o["height_percentile"]),
                            voxel_size=o["voxel_size"], max_points=o["max_points"],
-                           require_floor=o["require_floor"], seed=int(o["seed"]))
+                           require_floor=o["require_floor"], seed=int(o["seed"]), recipe=o["recipe"])
 
     def load(self, ref: SceneRef) -> Scene:
         from preprocess.lift.lifter import LiftError, scene_from_views

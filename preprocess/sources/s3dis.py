@@ -14,7 +14,13 @@ Images and meshes (option ``images_root``, 2D-3D-S "noXYZ")::
     (Area 5 is split in 2D-3D-S into area_5a and area_5b.)
 
 Poses are in the S3DIS point-cloud frame (z up) and OpenCV camera axes, as
-Pointcept's Concerto preprocessing uses them. The area meshes are stored y-up
+Pointcept's Concerto preprocessing uses them. Area 5's images come in two
+2D-3D-S parts: area_5a's poses are in the Area_5 frame, area_5b's are registered
+to the 5b model; the adapter moves them (and the 5b mesh) into the Area_5 frame
+with Pointcept's fixed 5b -> 5a transform. The known bad byte of
+``Area_5/office_19/Annotations/ceiling_1.txt`` is repaired on read (replaced by
+'0', as Pointcept's README fixes it by hand) with a ``RepairedFileWarning``
+naming the file; any other malformed file is an error. The area meshes are stored y-up
 (mesh (x, y, z) = cloud (x, z, -y)), and area_5b's mesh additionally needs
 Pointcept's fixed transform to join area_5a. For rendering, the adapter crops
 the area mesh to the room (cloud bounding box + ``mesh_margin``), converts it
@@ -27,10 +33,13 @@ e.g. "stairs", become clutter) and instances are the annotation files.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
+import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -53,15 +62,47 @@ S3DIS_CLASSES = ("ceiling", "floor", "wall", "beam", "column", "window", "door",
 MESH_TO_CLOUD = np.array([[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], np.float64)
 # area_5b's mesh into area_5a's mesh frame (from Pointcept's Concerto S3DIS preprocessing)
 AREA_5B_TO_5A = np.array([[0, 0, -1, -4.09703582], [0, 1, 0, 0], [1, 0, 0, -6.22617759], [0, 0, 0, 1]], np.float64)
+# the same move for area_5b's camera poses, which are registered to the 5b model (in the z-up cloud axes)
+AREA_5B_POSES_TO_AREA_5 = MESH_TO_CLOUD @ AREA_5B_TO_5A @ np.linalg.inv(MESH_TO_CLOUD)
 _RGB_NAME = re.compile(r"^camera_(?P<cam>[0-9A-Za-z]+)_(?P<room>.+)_frame_(?P<frame>\d+)_domain_rgb\.png$")
 
 
+class RepairedFileWarning(UserWarning):
+    """A known defect of the official download was repaired on read."""
+
+
+# Files of Stanford3dDataset_v1.2 with a known bad byte inside a number (Pointcept's
+# README: Area_5/office_19 ceiling, line 323474, "103.0?0000" for "103.000000").
+KNOWN_BAD_BYTES = ("Area_5/office_19/Annotations/ceiling_1.txt",)
+_NUMBER_BYTES = frozenset(b"0123456789.-+eE \t\r\n")
+
+
+def _repair_known_defect(path: Path, scene: str) -> Optional[np.ndarray]:
+    """The points of a known-defective file with each bad byte replaced by '0'
+    (a warning names the file and the lines), or None if ``path`` is not one."""
+    if not any(path.as_posix().endswith(k) for k in KNOWN_BAD_BYTES):
+        return None
+    data = bytearray(path.read_bytes())
+    bad = [i for i, b in enumerate(data) if b not in _NUMBER_BYTES]
+    if not bad or len(bad) > 16:
+        return None  # not the known defect: let the caller report it
+    lines = sorted({data.count(b"\n", 0, i) + 1 for i in bad})
+    for i in bad:
+        data[i] = ord("0")
+    warnings.warn(f"scene '{scene}': {path}: repaired {len(bad)} bad byte(s) on line(s) {lines} "
+                  "(a known defect of Stanford3dDataset_v1.2)", RepairedFileWarning, stacklevel=3)
+    return np.loadtxt(io.BytesIO(bytes(data)), dtype=np.float64, ndmin=2)
+
+
 def read_object_txt(path: Path, scene: str) -> np.ndarray:
-    """float64 [N,6] (x y z r g b) from an S3DIS annotation file."""
+    """float64 [N,6] (x y z r g b) from an S3DIS annotation file; the known bad
+    byte of Area_5/office_19's ceiling is repaired with a warning."""
     try:
         arr = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except ValueError as exc:  # e.g. Area_5/office_19 ceiling has a corrupt number in v1.2
-        raise SourceError(scene, str(path), f"malformed point line ({exc})") from exc
+    except ValueError as exc:
+        arr = _repair_known_defect(Path(path), scene)
+        if arr is None:
+            raise SourceError(scene, str(path), f"malformed point line ({exc})") from exc
     if arr.size == 0:
         return np.zeros((0, 6))
     if arr.shape[1] < 6:
@@ -103,8 +144,8 @@ class S3DISSource(AdapterBase):
         cands = [root / f"area_{n}", root / f"area_{n}a", root / f"area_{n}b"]
         return [c for c in cands if c.is_dir()]
 
-    def _frame_files(self, room_dir: Path) -> list[tuple[str, Path, Path, Path]]:
-        """(frame name, rgb, pose json, depth png) of the room's images, sorted,
+    def _frame_files(self, room_dir: Path) -> list[tuple[str, Path, Path, Path, bool]]:
+        """(frame name, rgb, pose json, depth png, from area_5b) of the room's images, sorted,
         every frame_skip-th."""
         if self.options["images_root"] is None:
             return []
@@ -120,7 +161,8 @@ class S3DISSource(AdapterBase):
                     continue
                 stem = p.name[: -len("_rgb.png")]
                 found.append(((m["cam"], int(m["frame"])), f"{m['cam']}_frame_{m['frame']}", p,
-                              adir / "data" / "pose" / f"{stem}_pose.json", adir / "data" / "depth" / f"{stem}_depth.png"))
+                              adir / "data" / "pose" / f"{stem}_pose.json", adir / "data" / "depth" / f"{stem}_depth.png",
+                              adir.name.endswith("5b")))
         found.sort(key=lambda t: t[0])
         return [t[1:] for t in found][:: self.frame_skip]
 
@@ -133,7 +175,7 @@ class S3DISSource(AdapterBase):
         refs = []
         for sid, room in self._rooms().items():
             files = sorted((room / "Annotations").glob("*.txt"))
-            for _, rgb, pose, depth in self._frame_files(room):
+            for _, rgb, pose, depth, _ in self._frame_files(room):
                 files += [rgb, pose] + ([depth] if self.options["use_sensor_depth"] else [])
             files += self._area_mesh_files(room.parent.name)
             refs.append(self.ref(sid, [f for f in files if f.is_file()]))
@@ -148,12 +190,14 @@ class S3DISSource(AdapterBase):
         room = rooms[ref.scene_id]
         points = self._points(room, key)
         frames, skipped = [], []
-        for name, rgb_path, pose_path, depth_path in self._frame_files(room):
+        for name, rgb_path, pose_path, depth_path, in_5b in self._frame_files(room):
             if not pose_path.is_file():
                 skipped.append(name)  # 2D-3D-S has a few images without pose; Pointcept skips them too
                 continue
             rgb = read_rgb(rgb_path, key)
             K, pose = self._camera(pose_path, key)
+            if in_5b:  # registered to the 5b model: move into the Area_5 frame, as its mesh is
+                pose = (AREA_5B_POSES_TO_AREA_5 @ pose.astype(np.float64)).astype(np.float32)
             depth = None
             if self.options["use_sensor_depth"]:
                 raw = read_uint16_png(depth_path, key)

@@ -16,6 +16,11 @@ frame count; per frame: float32[16] camera-to-world, uint64 colour and depth
 timestamps, uint64 colour and depth byte sizes, the two payloads. Poses are in
 OpenCV camera axes already; lost-tracking frames carry -inf and are skipped.
 
+Labels: "scannet20" (NYU40 ids of the labels PLY -> 20 benchmark classes),
+"scannet200" (each aggregation group's raw label -> category id through
+``scannetv2-labels.combined.tsv`` -> 200 benchmark classes, as Pointcept's
+ScanNet preprocessing does), "nyu40" or "none".
+
 Frames are the colour images at full resolution with the colour intrinsics.
 Depth is left None for the renderer (the paper renders ScanNet depth from the
 mesh); ``use_sensor_depth=True`` instead reads the sensor depth and reprojects it
@@ -48,6 +53,20 @@ from preprocess.sources.base import SceneRef, SourceError, register_source
 
 # NYU40 ids of the 20 ScanNet benchmark classes, in benchmark order.
 SCANNET20_NYU40_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33, 34, 36, 39)
+# ScanNet category ids ("id" column of scannetv2-labels.combined.tsv) of the 200
+# ScanNet200 benchmark classes, in benchmark order (the benchmark's definition).
+SCANNET200_IDS = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 21, 22, 23, 24, 26, 27, 28, 29, 31, 32, 33, 34,
+    35, 36, 38, 39, 40, 41, 42, 44, 45, 46, 47, 48, 49, 50, 51, 52, 54, 55, 56, 57, 58, 59, 62, 63, 64, 65, 66, 67,
+    68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 82, 84, 86, 87, 88, 89, 90, 93, 95, 96, 97, 98, 99, 100, 101,
+    102, 103, 104, 105, 106, 107, 110, 112, 115, 116, 118, 120, 121, 122, 125, 128, 130, 131, 132, 134, 136, 138,
+    139, 140, 141, 145, 148, 154, 155, 156, 157, 159, 161, 163, 165, 166, 168, 169, 170, 177, 180, 185, 188, 191,
+    193, 195, 202, 208, 213, 214, 221, 229, 230, 232, 233, 242, 250, 261, 264, 276, 283, 286, 300, 304, 312, 323,
+    325, 331, 342, 356, 370, 392, 395, 399, 408, 417, 488, 540, 562, 570, 572, 581, 609, 748, 776, 1156, 1163, 1164,
+    1165, 1166, 1167, 1168, 1169, 1170, 1171, 1172, 1173, 1174, 1175, 1176, 1178, 1179, 1180, 1181, 1182, 1183,
+    1184, 1185, 1186, 1187, 1188, 1189, 1190, 1191,
+)
+LABEL_MAP_NAME = "scannetv2-labels.combined.tsv"
 
 _COLOR_COMPRESSION = {-1: "unknown", 0: "raw", 1: "png", 2: "jpeg"}
 _DEPTH_COMPRESSION = {-1: "unknown", 0: "raw_ushort", 1: "zlib_ushort", 2: "occi_ushort"}
@@ -180,9 +199,41 @@ def scannet20_from_nyu40(nyu40: np.ndarray) -> np.ndarray:
     return out
 
 
-def instances_from_aggregation(num_points: int, segs_path: Path, agg_path: Path, scene: str) -> np.ndarray:
-    """int32 [N] instance id per vertex (the aggregation's group ``id``), -1 where
-    no group claims the vertex's over-segment."""
+def read_label_map(path: Path, scene: str) -> dict[str, int]:
+    """{raw_category: id} from ScanNet's scannetv2-labels.combined.tsv."""
+    require_file(scene, path, "label map scannetv2-labels.combined.tsv")
+    lines = path.read_text().splitlines()
+    head = lines[0].split("\t") if lines else []
+    if "raw_category" not in head or "id" not in head:
+        raise SourceError(scene, str(path), "expected a tab-separated header with 'id' and 'raw_category'")
+    i_id, i_raw = head.index("id"), head.index("raw_category")
+    out = {}
+    for n, ln in enumerate(lines[1:], 2):
+        tok = ln.split("\t")
+        if len(tok) <= max(i_id, i_raw):
+            continue
+        try:
+            out[tok[i_raw]] = int(tok[i_id])
+        except ValueError as exc:
+            raise SourceError(scene, f"{path}:{n}", f"id is not an integer ({tok[i_id]!r})") from exc
+    return out
+
+
+def scannet200_from_aggregation(num_points: int, segs_path: Path, agg_path: Path, label_map: dict[str, int],
+                                scene: str) -> np.ndarray:
+    """int32 [N] ScanNet200 class index per vertex: each segment group's raw
+    label -> category id (label map) -> index in SCANNET200_IDS; -1 for other
+    categories and vertices of no group (later groups win, as Pointcept's
+    preprocessing writes them)."""
+    seg_indices, pairs = _segment_groups(num_points, segs_path, agg_path, scene, with_labels=True)
+    lut = {cid: i for i, cid in enumerate(SCANNET200_IDS)}
+    out = np.full(num_points, -1, np.int32)
+    for _, segs, label in pairs:
+        out[np.isin(seg_indices, segs)] = lut.get(label_map.get(label, 0), -1)
+    return out
+
+
+def _segment_groups(num_points: int, segs_path: Path, agg_path: Path, scene: str, with_labels: bool = False):
     try:
         seg_indices = np.asarray(json.loads(segs_path.read_text())["segIndices"], np.int64)
     except (ValueError, KeyError, TypeError) as exc:
@@ -191,11 +242,19 @@ def instances_from_aggregation(num_points: int, segs_path: Path, agg_path: Path,
         raise SourceError(scene, str(segs_path), f"segIndices has {len(seg_indices)} entries, mesh has {num_points} vertices")
     try:
         groups = json.loads(agg_path.read_text())["segGroups"]
-        pairs = [(int(g["id"]), np.asarray(g["segments"], np.int64)) for g in groups]
+        pairs = [(int(g["id"]), np.asarray(g["segments"], np.int64), str(g["label"]) if with_labels else None)
+                 for g in groups]
     except (ValueError, KeyError, TypeError) as exc:
         raise SourceError(scene, str(agg_path), f"malformed aggregation json ({type(exc).__name__}: {exc})") from exc
+    return seg_indices, pairs
+
+
+def instances_from_aggregation(num_points: int, segs_path: Path, agg_path: Path, scene: str) -> np.ndarray:
+    """int32 [N] instance id per vertex (the aggregation's group ``id``), -1 where
+    no group claims the vertex's over-segment."""
+    seg_indices, pairs = _segment_groups(num_points, segs_path, agg_path, scene)
     instance = np.full(num_points, -1, np.int32)
-    for gid, segs in pairs:
+    for gid, segs, _ in pairs:
         instance[np.isin(seg_indices, segs)] = gid
     return instance
 
@@ -203,14 +262,21 @@ def instances_from_aggregation(num_points: int, segs_path: Path, agg_path: Path,
 @register_source("scannet")
 class ScanNetSource(AdapterBase):
     """Options: frame_skip (1), use_sensor_depth (False), labels ("scannet20" |
-    "nyu40" | "none"), hash_mode ("stat")."""
+    "scannet200" | "nyu40" | "none"), label_map (None: <path>/scannetv2-labels.combined.tsv,
+    or its parent's; used by scannet200), hash_mode ("stat")."""
 
-    OPTIONS = {"use_sensor_depth": False, "labels": "scannet20"}
+    OPTIONS = {"use_sensor_depth": False, "labels": "scannet20", "label_map": None}
 
     def __init__(self, path, name=None, **options):
         super().__init__(path, name, **options)
-        if self.options["labels"] not in ("scannet20", "nyu40", "none"):
-            raise ValueError(f"source '{self.name}' (scannet): option labels must be scannet20, nyu40 or none, got {self.options['labels']!r}")
+        if self.options["labels"] not in ("scannet20", "scannet200", "nyu40", "none"):
+            raise ValueError(f"source '{self.name}' (scannet): option labels must be scannet20, scannet200, nyu40 or none, got {self.options['labels']!r}")
+
+    def _label_map_path(self) -> Path:
+        if self.options["label_map"] is not None:
+            return Path(self.options["label_map"])
+        cands = [self.path / LABEL_MAP_NAME, self.path.parent / LABEL_MAP_NAME]
+        return next((c for c in cands if c.is_file()), cands[0])
 
     def _scene_dirs(self) -> list[Path]:
         roots = [self.path / "scans", self.path / "scans_test"]
@@ -229,8 +295,9 @@ class ScanNetSource(AdapterBase):
 
     def discover(self) -> list[SceneRef]:
         refs = []
+        extra = [self._label_map_path()] if self.options["labels"] == "scannet200" else []
         for d in self._scene_dirs():
-            files = [p for p in self._files(d).values() if p.is_file()]
+            files = [p for p in list(self._files(d).values()) + extra if p.is_file()]
             refs.append(self.ref(d.name, files))
         return refs
 
@@ -247,7 +314,11 @@ class ScanNetSource(AdapterBase):
         require_file(key, files["sens"], "RGB-D stream .sens")
         points, _ = point_cloud_from_ply(files["mesh"], key)
         n = len(points)
-        if self.options["labels"] != "none" and files["labels"].is_file():
+        if self.options["labels"] == "scannet200":
+            if files["segs"].is_file() and files["aggregation"].is_file():
+                label_map = read_label_map(self._label_map_path(), key)
+                points.segment = scannet200_from_aggregation(n, files["segs"], files["aggregation"], label_map, key)
+        elif self.options["labels"] != "none" and files["labels"].is_file():
             props = read_ply(files["labels"], key)["vertex"]
             if "label" not in props:
                 raise SourceError(key, str(files["labels"]), "no per-vertex 'label' property")

@@ -6,18 +6,29 @@
         dslr/colmap/images.txt                        poses: "IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME"
                                                       (world-to-camera, OpenCV axes) + one POINTS2D line each
         dslr/colmap/cameras.txt                       the (fisheye) camera of the raw images
-        dslr/resized_undistorted_images/<NAME>        undistorted pinhole images   (option image_dir)
+        dslr/undistorted_images/<NAME>                undistorted pinhole images   (option image_dir)
+        dslr/undistorted_anon_masks/<stem>.png        their anonymisation masks, 255 = keep, 0 = masked (option mask_dir)
         dslr/nerfstudio/transforms_undistorted.json   their pinhole fl_x, fl_y, cx, cy, w, h (option transforms)
         dslr/resized_images/<NAME>                    fisheye images, used if the above are absent
+        dslr/resized_anon_masks/<stem>.png            their masks (option distorted_mask_dir)
 
 The raw DSLR images are fisheye (OPENCV_FISHEYE). Preferred: the undistorted
 pinhole images and their intrinsics made by the ScanNet++ toolkit
-(``dslr/undistort.py``, OpenCV convention). Without the transforms file, the
+(``dslr/undistort.py`` with its default config writes ``undistorted_images``,
+``undistorted_anon_masks`` and ``nerfstudio/transforms_undistorted.json``;
+OpenCV convention). Without the transforms file, the
 undistorted folder's intrinsics come from ``cameras.txt`` if its model is
 pinhole. Without the undistorted folder, the fisheye ``dslr/resized_images``
 are undistorted here (numpy, ``_undistort.py``) to a pinhole camera with the
 calibrated K. COLMAP puts pixel centres at +0.5: its K is shifted to OpenCV's
 integer centres.
+
+Anonymisation masks (faces, screens blurred in the images) are honoured:
+the masked pixels of a frame are listed in ``scene.meta["invalid_pixels"]``
+({frame name: bool [H,W], True = masked}) and get NaN depth when depth is
+rendered (``preprocess.render.complete_depth``), so they get no
+correspondences. An undistorted mask counts every pixel below 255 as masked,
+as the toolkit thresholds it.
 
 Depth is left None for the renderer (the paper renders ScanNet++ depth from the
 mesh). Semantic labels need the benchmark's class mapping and are not read;
@@ -38,6 +49,7 @@ from preprocess.sources._common import (
     intrinsics,
     point_cloud_from_ply,
     pose_from_world_to_camera,
+    read_gray,
     read_rgb,
     require_dir,
     require_file,
@@ -128,13 +140,16 @@ def scale_intrinsics(K: np.ndarray, hw_from: tuple[int, int], hw_to: tuple[int, 
 
 @register_source("scannetpp")
 class ScanNetPPSource(AdapterBase):
-    """Options: frame_skip (1), image_dir ("resized_undistorted_images"),
-    transforms ("nerfstudio/transforms_undistorted.json"), distorted_image_dir
+    """Options: frame_skip (1), image_dir ("undistorted_images", the toolkit's
+    default), mask_dir ("undistorted_anon_masks"), transforms
+    ("nerfstudio/transforms_undistorted.json"), distorted_image_dir
     ("resized_images"; used, and undistorted here, only when image_dir is
-    absent); folders relative to dslr/. hash_mode ("stat")."""
+    absent), distorted_mask_dir ("resized_anon_masks"), use_masks (True);
+    folders relative to dslr/. hash_mode ("stat")."""
 
-    OPTIONS = {"image_dir": "resized_undistorted_images", "transforms": "nerfstudio/transforms_undistorted.json",
-               "distorted_image_dir": "resized_images"}
+    OPTIONS = {"image_dir": "undistorted_images", "mask_dir": "undistorted_anon_masks",
+               "transforms": "nerfstudio/transforms_undistorted.json",
+               "distorted_image_dir": "resized_images", "distorted_mask_dir": "resized_anon_masks", "use_masks": True}
 
     def _scenes(self) -> dict[str, Path]:
         root = self.path / "data" if (self.path / "data").is_dir() else self.path
@@ -146,8 +161,9 @@ class ScanNetPPSource(AdapterBase):
         return {"mesh": d / "scans" / "mesh_aligned_0.05.ply", "segs": d / "scans" / "segments.json",
                 "anno": d / "scans" / "segments_anno.json", "images_txt": dslr / "colmap" / "images.txt",
                 "cameras_txt": dslr / "colmap" / "cameras.txt", "transforms": dslr / self.options["transforms"],
-                "image_dir": dslr / self.options["image_dir"],
-                "distorted_dir": dslr / self.options["distorted_image_dir"]}
+                "image_dir": dslr / self.options["image_dir"], "mask_dir": dslr / self.options["mask_dir"],
+                "distorted_dir": dslr / self.options["distorted_image_dir"],
+                "distorted_mask_dir": dslr / self.options["distorted_mask_dir"]}
 
     @staticmethod
     def _images_dir(files: dict[str, Path]) -> tuple[Path, bool]:
@@ -163,9 +179,12 @@ class ScanNetPPSource(AdapterBase):
         for sid, d in self._scenes().items():
             f = self._files(d)
             hashed = [f[k] for k in ("mesh", "segs", "anno", "images_txt", "cameras_txt", "transforms") if f[k].is_file()]
-            img_dir, _ = self._images_dir(f)
+            img_dir, distorted = self._images_dir(f)
             if img_dir.is_dir():
                 hashed += sorted(p for p in img_dir.iterdir() if p.is_file())
+            mask_dir = f["distorted_mask_dir" if distorted else "mask_dir"]
+            if self.options["use_masks"] and mask_dir.is_dir():
+                hashed += sorted(p for p in mask_dir.iterdir() if p.is_file())
             refs.append(self.ref(sid, hashed))
         return refs
 
@@ -187,7 +206,8 @@ class ScanNetPPSource(AdapterBase):
             pinhole = read_transforms_intrinsics(files["transforms"], key)
         else:
             cams = read_colmap_cameras(files["cameras_txt"], key)
-        frames, skipped = [], []
+        frames, skipped, invalid = [], [], {}
+        mask_dir = files["distorted_mask_dir" if distorted else "mask_dir"]
         for name in names:
             pose, cam_id = poses[name]
             if not (img_dir / name).is_file():
@@ -207,16 +227,33 @@ class ScanNetPPSource(AdapterBase):
             if rgb.shape[:2] != hw:
                 # resized images with full-size intrinsics: scale K to the image
                 K, hw = scale_intrinsics(K, hw, rgb.shape[:2]), rgb.shape[:2]
+            mask_path = mask_dir / f"{Path(name).stem}.png"
+            masked = None
+            if self.options["use_masks"] and mask_path.is_file():
+                masked = self._mask(mask_path, key, rgb.shape[:2], K if distorted else None, cam if distorted else None)
             if distorted:
                 rgb = undistort_image(rgb, K.astype(np.float64), cam.model, cam.params)
+            if masked is not None and masked.any():
+                invalid[Path(name).stem] = masked
             frames.append(Frame(name=Path(name).stem, rgb=rgb, K=K.copy(), pose=pose.copy(), depth=None))
         if names and not frames:
             raise SourceError(key, str(img_dir / names[0]), f"none of the {len(names)} images listed in images.txt exist")
         scene = Scene(scene_id=ref.scene_id, source=self.name, points=points, frames=frames, mesh_path=files["mesh"],
                       content_hash=ref.content_hash,
                       meta={"dataset": "scannetpp", "frame_skip": self.frame_skip, "undistorted_here": distorted,
-                            "skipped_frames": skipped})
+                            "skipped_frames": skipped, "invalid_pixels": invalid})
         return scene.validate()
+
+    @staticmethod
+    def _mask(path: Path, key: str, hw: tuple[int, int], K=None, cam=None) -> np.ndarray:
+        """bool [H,W], True = masked (anonymised), from a toolkit mask (255 = keep);
+        undistorted like its image when K and the distorted camera are given."""
+        m = read_gray(path, key)
+        if m.shape != hw:
+            raise SourceError(key, str(path), f"mask is {m.shape[1]}x{m.shape[0]}, image is {hw[1]}x{hw[0]}")
+        if cam is not None:
+            m = undistort_image(np.repeat(m[..., None], 3, 2), K.astype(np.float64), cam.model, cam.params)[..., 0]
+        return m < 255
 
     @staticmethod
     def _instances(n: int, files: dict[str, Path], key: str) -> np.ndarray:

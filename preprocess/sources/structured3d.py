@@ -11,16 +11,22 @@ read in place, nothing extracted) or an extracted copy:
                              view direction, up direction, half-angles of the
                              horizontal / vertical field of view (radians)
 
-Conversion (matches the dataset's own ``misc/utils.parse_camera_info``): camera
+Conversion (the dataset's own ``misc/utils.parse_camera_info``): camera
 x = towards x up (right), y = -up (down), z = towards; fx = (W/2) / tan(xfov),
-fy = (H/2) / tan(yfov), principal point (W/2, H/2).
+fy = (H/2) / tan(yfov). The dataset's principal point (W/2, H/2) is the image
+centre with pixel edges at integers; with this project's pixel centres at
+integers the centre is ((W-1)/2, (H-1)/2), which is what K holds.
 
 The dataset ships no mesh or point cloud, so the room's point cloud is the
 union of its perspective depth maps unprojected to the world (as Pointcept's
 Concerto preprocessing does), coloured from the images, labelled from
 semantic.png mapped to the 25 Structured3D benchmark classes, with normals from
-neighbouring pixels. Depth is taken as given (the paper uses it directly).
-Panoramas are not read (they are not pinhole images).
+neighbouring pixels. Pixels whose semantic id is 0 (no label) give no point, as
+in Concerto's preprocessing (``keep_unlabelled=True`` keeps them as -1). Depth is
+taken as given (the paper uses it directly). Panoramas are not read (they are
+not pinhole images). Scenes the dataset's ``metadata/errata.txt`` lists as
+invalid are skipped (``skip_errata``); its room entries concern the layout
+annotations, which are not read here, so those rooms are kept.
 """
 from __future__ import annotations
 
@@ -39,6 +45,10 @@ from preprocess.scene import Frame, PointCloud, Scene
 from preprocess.sources._common import AdapterBase, decode_rgb, depth_from_raw, intrinsics, require_file
 from preprocess.sources.base import SceneRef, SourceError, hash_files, register_source
 
+# Scenes listed as invalid in Structured3D's metadata/errata.txt.
+ERRATA_INVALID_SCENES = frozenset({"scene_01155", "scene_01714", "scene_01816", "scene_03398", "scene_01192",
+                                   "scene_01852"})
+
 # NYU40 ids of the 25 Structured3D benchmark classes (Pointcept's order).
 STRUCTURED3D_25_NYU40_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 14, 15, 16, 17, 18, 19, 22, 24, 25, 32, 34, 35, 38, 39, 40)
 
@@ -54,8 +64,9 @@ def camera_from_structured3d(values: np.ndarray, width: int, height: int) -> tup
     down = np.cross(towards, right)  # = -up made orthogonal to towards
     pose = np.eye(4)
     pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = right, down, towards, eye
-    cx, cy = width / 2.0, height / 2.0
-    K = intrinsics(cx / np.tan(values[9]), cy / np.tan(values[10]), cx, cy)
+    # focal from the half-width and the half-angle; centre at (W-1)/2 for integer pixel centres
+    K = intrinsics((width / 2.0) / np.tan(values[9]), (height / 2.0) / np.tan(values[10]),
+                   (width - 1) / 2.0, (height - 1) / 2.0)
     return K, pose.astype(np.float32)
 
 
@@ -155,9 +166,10 @@ class Structured3DSource(AdapterBase):
     """Options: frame_skip (1), min_view_cosine (0.15: drop points seen at
     grazing angles, where depth edges smear), voxel_size (None: keep every
     pixel's point; else keep one point per voxel of this size in metres),
+    keep_unlabelled (False: semantic 0 pixels give no point), skip_errata (True),
     hash_mode ("stat"; ignored for zips, whose CRCs are content hashes)."""
 
-    OPTIONS = {"min_view_cosine": 0.15, "voxel_size": None}
+    OPTIONS = {"min_view_cosine": 0.15, "voxel_size": None, "keep_unlabelled": False, "skip_errata": True}
 
     def _files(self) -> DatasetFiles:
         cache = self.cache()
@@ -166,7 +178,8 @@ class Structured3DSource(AdapterBase):
         return cache["files"]
 
     def _rooms(self) -> dict[str, tuple[str, str]]:
-        return {f"{scene}_room_{room}": (scene, room) for scene, room in sorted(self._files().rooms)}
+        skip = ERRATA_INVALID_SCENES if self.options["skip_errata"] else frozenset()
+        return {f"{scene}_room_{room}": (scene, room) for scene, room in sorted(self._files().rooms) if scene not in skip}
 
     def _positions(self, scene: str, room: str) -> list[tuple[str, dict[str, str]]]:
         positions = self._files().rooms[(scene, room)]
@@ -236,17 +249,18 @@ class Structured3DSource(AdapterBase):
             no_normal = ~np.isfinite(cosine)
             nrm[no_normal] = ray[no_normal]
             keep = np.isfinite(depth) & (no_normal | (cosine >= float(self.options["min_view_cosine"])))
-            coords.append(pts[keep])
-            colors.append(rgb[keep])
-            normals.append(nrm[keep])
             data, where = read(entries, pos, "semantic.png", required=False)
+            sem = None
             if data is not None:
                 sem = _decode_labels(data, key, where)
                 if sem.shape != depth.shape:
                     raise SourceError(key, where, f"semantic is {list(sem.shape)}, depth is {list(depth.shape)}")
-                labels.append(nyu40_to_structured3d25(sem)[keep])
-            else:
-                labels.append(np.full(int(keep.sum()), -1, np.int32))
+                if not self.options["keep_unlabelled"]:
+                    keep &= sem > 0  # Concerto drops unlabelled pixels
+            coords.append(pts[keep])
+            colors.append(rgb[keep])
+            normals.append(nrm[keep])
+            labels.append(nyu40_to_structured3d25(sem)[keep] if sem is not None else np.full(int(keep.sum()), -1, np.int32))
         if not frames:
             raise SourceError(key, f"{self.path}/{room_dir}", "room has no perspective views")
         coord = np.concatenate(coords)
