@@ -134,19 +134,38 @@ def test_loader_from_s3_gives_the_local_batches_with_bounded_cache(s3_server, s3
     """Two DataLoader workers stream from s3:// (batched reads, the next batch
     prefetched) and produce exactly the batches of the same store on disk; the
     chunk cache stays within CONCERTO_STORE_CACHE_MB."""
-    from concerto.data import ShardLoader
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
     from pipelines.store.location import CACHE_ENV
     from testkit.pretrain_store import write_store
-    from tests.test_data_loader import SPEC, _same
 
     local = write_store(tmp_path / "s", shard_sizes=(3, 2), n_points=800, without_images=1)
     server_fs = s3_server.filesystem()
     server_fs.put(local + "/", s3_url.removeprefix("s3://"), recursive=True)
-    disk = list(ShardLoader(local, SPEC, batch_size=2, num_workers=2, seed=3).epoch())
-    s3 = list(ShardLoader(s3_url, SPEC, batch_size=2, num_workers=2, seed=3).epoch())
-    assert len(s3) == len(disk) > 2
-    for a, b in zip(s3, disk):
-        _same(a, b)
+    # A fresh interpreter: DataLoader's forked workers exit with code 1 in a
+    # process that has run prefect_test_harness (the flow tests run earlier in
+    # the suite), whatever the store.
+    script = textwrap.dedent(f"""
+        import json
+        from concerto.data import ShardLoader
+        from tests.test_data_loader import SPEC, _same
+        disk = list(ShardLoader({local!r}, SPEC, batch_size=2, num_workers=2, seed=3).epoch())
+        s3 = list(ShardLoader({s3_url!r}, SPEC, batch_size=2, num_workers=2, seed=3).epoch())
+        assert len(s3) == len(disk), (len(s3), len(disk))
+        for a, b in zip(s3, disk):
+            _same(a, b)
+        print(json.dumps({{"batches": len(s3)}}))
+    """)
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["batches"] > 2
 
     # in-process: prefetch then get_many returns what per-item reads return
     monkeypatch.setenv(CACHE_ENV, "0.5")
