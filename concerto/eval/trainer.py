@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from concerto.eval.metrics import confusion_matrix, metrics_from_confusion
 from concerto.eval.seg_transforms import Sample, voting_fragments, train_sample
+from concerto.train.metrics import RunLog
 
 
 @dataclass
@@ -265,18 +266,15 @@ def train_step(s: FitState, data: FitData) -> float:
 # ----------------------------------------------------------------------------- logging
 
 
-class FitLog:
-    """Rank 0's tensorboard scalars (``<output>/tb``: train/loss, train/lr) and progress bar; other ranks log nothing."""
+class FitLog(RunLog):
+    """Pretraining's RunLog (rank 0 only) with this loop's tags (``<output>/tb``: train/loss, train/lr)
+    and ``desc`` as the progress bar's label."""
 
     def __init__(self, output: Path, rank: int, desc: str, start: int, total: int, log_every: int, progress: bool):
-        self.log_every, self.writer, self.bar = max(log_every, 1), None, None
-        if rank != 0:
-            return
-        from torch.utils.tensorboard import SummaryWriter
-
-        output.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(output / "tb"))
-        if progress:
+        if rank == 0:
+            output.mkdir(parents=True, exist_ok=True)
+        super().__init__(output, rank, max(log_every, 1), start, total, progress=False)
+        if rank == 0 and progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True)
@@ -289,12 +287,6 @@ class FitLog:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.4f}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
 
 
 # ----------------------------------------------------------------------------- loop
