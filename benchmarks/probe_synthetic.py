@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,34 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from concerto.eval.linear_probe import format_table, run_probe  # noqa: E402
 from concerto.eval.pictures import save_feature_pictures, save_similarity_picture  # noqa: E402
 from concerto.inference import load, random_encoder  # noqa: E402
-from testkit.room_store import build_room_store  # noqa: E402
+from testkit.room_store import add_room_benchmark_args, rooms_and_encoder  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="runs/probe")
-    ap.add_argument("--data", default=None, help="existing labelled store (default: build one under --out)")
-    ap.add_argument("--scenes", type=int, default=8)
-    ap.add_argument("--points", type=int, default=20_000)
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--checkpoint", default=None, help="use this encoder instead of pretraining one")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=30)
+    ap = add_room_benchmark_args(argparse.ArgumentParser(), out="runs/probe", epochs=30)
     ap.add_argument("--pictures", default=None, help="folder for the PNGs (default <out>/pictures)")
     args = ap.parse_args()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    url = args.data or build_room_store(out / "rooms", num_scenes=args.scenes, points_per_scene=args.points,
-                                        progress=True)
-    checkpoint = args.checkpoint
-    train_seconds = None
-    if checkpoint is None:
-        run = out / "pretrain"
-        t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "concerto.train", "--data", url, "--config", "tiny",
-                        "--steps", str(args.steps), "--output", str(run), "--resume"], check=True)
-        train_seconds = time.perf_counter() - t
-        checkpoint = str(run)
+    url, checkpoint, train_seconds = rooms_and_encoder(args, progress=True)
     trained = load(checkpoint)
     rows = []
     for seed in args.seeds:

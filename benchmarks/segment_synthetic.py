@@ -26,35 +26,20 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from concerto.eval.report import markdown_table, read_results, summarise  # noqa: E402
-from testkit.room_store import build_room_store  # noqa: E402
+from testkit.room_store import add_room_benchmark_args, rooms_and_encoder  # noqa: E402
 
 MODES = ("linear", "decoder", "full", "lora")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="runs/segbench")
-    ap.add_argument("--data", default=None, help="existing labelled store (default: build one under --out)")
-    ap.add_argument("--scenes", type=int, default=8)
-    ap.add_argument("--points", type=int, default=20_000)
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--checkpoint", default=None, help="use this encoder instead of pretraining one")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap = add_room_benchmark_args(argparse.ArgumentParser(), out="runs/segbench", epochs=10)
     ap.add_argument("--modes", nargs="+", default=list(MODES))
-    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--max-points", type=int, default=8192)
     ap.add_argument("--test-augs", default="none", choices=("none", "full"))
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    url = args.data or build_room_store(out / "rooms", num_scenes=args.scenes, points_per_scene=args.points)
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        run = out / "pretrain"
-        subprocess.run([sys.executable, "-m", "concerto.train", "--data", url, "--config", "tiny",
-                        "--steps", str(args.steps), "--output", str(run), "--resume", "--no-progress"], check=True)
-        checkpoint = str(run)
+    url, checkpoint, _ = rooms_and_encoder(args)
     results = out / "results.jsonl"
     t0 = time.perf_counter()
     for seed in args.seeds:

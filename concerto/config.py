@@ -166,8 +166,11 @@ class DataConfig:
 
 @dataclass
 class RunConfig:
-    steps: int = 100000  # optimiser steps; all schedules span these
-    epochs: int = 100  # released: 100 (Sonata 200); see steps_for_epochs
+    # optimiser steps; all schedules span these. None: ``epochs`` passes over the
+    # store's samples at the global batch (concerto.batching.steps_for_epochs), as
+    # the released configs count, resolved when the run starts
+    steps: Optional[int] = None
+    epochs: int = 100  # released: 100 (Sonata 200)
     save_every: int = 1000
     log_every: int = 10
     seed: int = 0

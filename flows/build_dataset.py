@@ -43,6 +43,7 @@ from typing import Any, Optional
 import flows  # noqa: F401  (Prefect defaults before prefect is imported)
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
 from prefect.context import FlowRunContext
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.cache_policies import NO_CACHE
@@ -146,8 +147,8 @@ _driver_options = dict(cache_policy=NO_CACHE, persist_result=False)
 # The steps of pipelines.build_run as Prefect tasks (same names as before the
 # loop moved to pipelines.build_run).
 @task(name="discover-scenes", task_run_name="discover-{spec.source_name}", **_task_options)
-def discover_scenes(spec: SourceSpec) -> list[SceneRef]:
-    return discover_step(spec, get_run_logger())
+def discover_scenes(spec: SourceSpec, store: str | None = None) -> list[SceneRef]:
+    return discover_step(spec, store, get_run_logger())
 
 
 @task(name="build-batch", task_run_name="build-batch-{index:04d}", **_task_options)
@@ -215,14 +216,19 @@ def publish_artifacts(summary: dict) -> None:
 
 
 def check_quarantine(summary: dict, fail_on_quarantine: bool, logger=None) -> None:
-    """``fail_on_quarantine``: raise, naming the scenes; the message is also logged as an
-    error so ``prefect deployment run --watch`` (which streams the run's logs) shows it."""
+    """``fail_on_quarantine``: raise, naming the scenes. The message also goes out as
+    an event of the run (``build-dataset.quarantined``, the message as its resource
+    name): ``prefect deployment run --watch`` streams a run's events always, its logs
+    only when the server streams logs out."""
     if fail_on_quarantine and summary["quarantined"]:
         shown = "; ".join(f"{q['key']} ({q['stage']}: {q['message'][:120]})" for q in summary["quarantined"][:5])
         message = (f"{len(summary['quarantined'])} scenes quarantined in {summary['store']} "
                    f"(v{summary['manifest_version']}): {shown}")
         if logger is not None:
             logger.error("fail_on_quarantine: %s", message)
+        emit_event(event="build-dataset.quarantined",
+                   resource={"prefect.resource.id": f"concerto.store.{summary['store']}",
+                             "prefect.resource.name": message})
         raise QuarantineError(message)
 
 

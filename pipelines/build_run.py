@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import json
 import logging
 import queue
@@ -30,6 +31,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Protocol, Sequence
 
 from pipelines.build import (
@@ -54,6 +56,8 @@ from pipelines.build import (
 from pipelines.quarantine import SceneFailure, refresh_after_discovery, update_quarantine, write_build_report
 from pipelines.store import Plan, StoreLocation, gc, latest_version, load_manifest
 from pipelines.store.lease import build_lease
+from pipelines.store.location import StoreLocation
+from preprocess.sources.hash_cache import stat_hash_cache
 from preprocess.sources.base import SceneRef
 
 log = logging.getLogger("pipelines.build")
@@ -94,10 +98,16 @@ def call_with_retries(fn: Callable, *args, retries: int = RETRIES, backoff_s: fl
 # ----------------------------------------------------------------------------- steps
 
 
-def discover_step(spec: SourceSpec, logger: logging.Logger | None = None) -> list[SceneRef]:
-    """List one source's scenes (cheap; no heavy loading)."""
+def discover_step(spec: SourceSpec, store: str | None = None, logger: logging.Logger | None = None) -> list[SceneRef]:
+    """List one source's scenes (cheap; no heavy loading). With a local ``store``,
+    files whose stat did not change since the last run are not hashed again
+    (``<store>/cache/file_hashes-<source>.json``, see ``preprocess.sources.hash_cache``)."""
     t = time.perf_counter()
-    refs = spec.make().discover()
+    cache = contextlib.nullcontext()
+    if store is not None and StoreLocation.of(store).is_local:
+        cache = stat_hash_cache(Path(StoreLocation.of(store).path("cache", f"file_hashes-{spec.source_name}.json")))
+    with cache:
+        refs = spec.make().discover()
     (logger or log).info("source '%s' (%s at %s): %d scenes in %.1f s", spec.source_name, spec.kind, spec.path,
                          len(refs), time.perf_counter() - t)
     return refs
@@ -164,7 +174,7 @@ class BuildSteps:
     through the executor (they must pickle for a process pool or Dask); the
     others run in the driver, in order. The flow passes Prefect tasks here."""
 
-    discover: Callable[[SourceSpec], list[SceneRef]] = partial(call_with_retries, discover_step)
+    discover: Callable[..., list[SceneRef]] = partial(call_with_retries, discover_step)
     build_batch: Callable[..., BatchResult] = partial(call_with_retries, build_batch_step)
     gc: Callable[[str, float], dict] = gc_step
     plan: Callable[..., Plan] = plan_step
@@ -312,7 +322,7 @@ def discover_sources(store: Store, specs: Sequence[SourceSpec], executor: Execut
     """{spec: refs} of the sources whose discovery worked, and a "source/*"
     failure for each one that did not (the build goes on without it). Updates
     the quarantine report (see ``refresh_after_discovery``)."""
-    futures = {spec: executor.submit(discover, spec) for spec in specs}
+    futures = {spec: executor.submit(discover, spec, store) for spec in specs}
     refs_of: dict[SourceSpec, list[SceneRef]] = {}
     failures: list[SceneFailure] = []
     for spec, fut in futures.items():

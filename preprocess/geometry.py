@@ -238,7 +238,7 @@ def depth_check(
     then point. Work and memory are B x C float64: callers chunk.
     """
     proj = np.asarray(proj, np.float64)
-    B, C = proj.shape[0], points.shape[0]
+    C = points.shape[0]
     # Homogeneous image coordinates of every point in every frame, [B, 3, C];
     # float64 so that pixel rounding and the eps test match a per-point
     # evaluation. einsum, not BLAS: a k=3 product through multithreaded BLAS

@@ -48,3 +48,38 @@ def build_room_store(root: Union[str, Path], num_scenes: int = 8, seed: int = 0,
     info = ShardWriter(url).write(scenes)
     commit(url, None, [info], note="labelled procedural rooms")
     return url
+
+
+def add_room_benchmark_args(ap, out: str, epochs: int):
+    """The arguments the synthetic-room evaluation benchmarks share."""
+    ap.add_argument("--out", default=out)
+    ap.add_argument("--data", default=None, help="existing labelled store (default: build one under --out)")
+    ap.add_argument("--scenes", type=int, default=8)
+    ap.add_argument("--points", type=int, default=20_000)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--checkpoint", default=None, help="use this encoder instead of pretraining one")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=epochs)
+    return ap
+
+
+def rooms_and_encoder(args, progress: bool = False) -> tuple[str, str, "float | None"]:
+    """(store URL, checkpoint, pretraining seconds): the rooms store (built under
+    ``args.out`` unless ``args.data``) and a tiny encoder pretrained on it for
+    ``args.steps`` steps (resumed if already there) unless ``args.checkpoint``."""
+    import subprocess
+    import sys
+    import time
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    url = args.data or build_room_store(out / "rooms", num_scenes=args.scenes, points_per_scene=args.points,
+                                        progress=progress)
+    if args.checkpoint is not None:
+        return url, args.checkpoint, None
+    run = out / "pretrain"
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "concerto.train", "--data", url, "--config", "tiny", "--steps",
+                    str(args.steps), "--output", str(run), "--resume"] + ([] if progress else ["--no-progress"]),
+                   check=True)
+    return url, str(run), time.perf_counter() - t

@@ -81,8 +81,9 @@ def test_deployment_run_through_server_and_worker(tmp_path):
     opened = ShardStore.open(str(store))
     assert sorted(opened.scene_keys()) == ["demo/room000_seed4", "demo/room001_seed4"]
     # one partial version per batch of one scene, then the complete one; the failed
-    # run added nothing (its only scene was quarantined)
-    assert opened.version == 3 and opened.manifest.state == "complete"
+    # run listed no scene (its only scene was quarantined)
+    # (the failed run's complete version records its source, whose scene failed)
+    assert opened.version == 4 and opened.manifest.state == "complete" and set(opened.manifest.sources) == {"demo", "bad"}
     assert list(load_quarantine(store)) == [f"bad/{ref.scene_id}"]
     reports = sorted((store / "reports").glob("build-v*.json"))
     assert len(reports) == 2 and sorted(json.loads(r.read_text())["scenes"]["processed"] for r in reports) == [0, 2]

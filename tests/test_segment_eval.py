@@ -69,6 +69,11 @@ def test_voting_fragments_cover_every_point_once_per_augmentation():
     keep = np.array([5, 17, 2999])
     s = train_sample(coord, color, normal, np.arange(3000) % 4, 0.1, np.random.default_rng(1), 10_000, keep=keep)
     assert set(keep) <= set(s.index.tolist()) and s.label.shape == s.index.shape
+    # kept rows take their voxel's place: still one point per voxel (the sparse conv needs it)
+    for seed in range(20):
+        s3 = train_sample(coord, color, normal, np.arange(3000) % 4, 0.1, np.random.default_rng(seed), 10_000,
+                          keep=np.arange(0, 3000, 7))
+        assert len(np.unique(s3.grid_coord, axis=0)) == len(s3.coord)
     s2 = train_sample(coord, color, normal, np.arange(3000) % 4, 0.1, np.random.default_rng(1), 10_000, keep=keep)
     np.testing.assert_array_equal(s.coord, s2.coord)  # a function of the generator
 

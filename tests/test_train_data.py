@@ -65,3 +65,13 @@ def test_bad_data_version_is_one_clear_error(store_url, tmp_path, capsys):
     assert "--data-version" in capsys.readouterr().err
     assert run(store_url, tmp_path / "r", "--data-version", "7") == 2
     assert "manifest version 7 not found" in capsys.readouterr().err
+
+
+def test_steps_from_epochs_when_unset(store_url, tmp_path, capsys):
+    """run.steps null: run.epochs passes over the store's samples (the released configs count epochs)."""
+    out = tmp_path / "run"
+    assert run(store_url, out, "--set", "run.steps=null", "--set", "run.epochs=1", "--set", "data.batch_size=1") == 0
+    printed = capsys.readouterr().out
+    assert "run.steps = 3: 1 epochs over 3 samples" in printed
+    assert json.loads((out / "config.json").read_text())["run"]["steps"] == 3
+    assert (out / "checkpoints" / "step_00000003").is_dir()

@@ -85,8 +85,10 @@ def train_sample(coord: np.ndarray, color: np.ndarray, normal: np.ndarray, label
                  elastic: tuple = ELASTIC) -> Sample:
     """One augmented, grid-sampled, cropped training sample (see module doc).
 
-    ``keep``: input rows that dropout and grid sampling must not remove (the
-    labelled points of a limited-annotation run, as Pointcept's ``sampled_index``).
+    ``keep``: input rows that dropout must not remove and grid sampling prefers in
+    their voxel (the labelled points of a limited-annotation run, as Pointcept's
+    ``sampled_index``; Pointcept adds them as extra points in occupied voxels,
+    which our sparse convolutions cannot take: one point per voxel).
     """
     index = np.arange(len(coord))
     coord = center_shift(coord).astype(np.float64)
@@ -115,14 +117,15 @@ def train_sample(coord: np.ndarray, color: np.ndarray, normal: np.ndarray, label
         for granularity, magnitude in elastic:
             coord = elastic_distortion(coord, granularity, magnitude, rng)
     col = _chromatic(color[index], rng)
-    # grid sampling: a random point per voxel (plus the kept rows)
+    # grid sampling: a random point per voxel; a voxel holding a kept row keeps
+    # that row instead (one point per voxel: the sparse convolutions need unique
+    # voxels; two kept rows in one voxel keep the first of the permutation)
     key, cell = _voxels(coord, grid_size)
     perm = rng.permutation(len(coord))
-    _, first = np.unique(key[perm], return_index=True)
-    sel = perm[first]
     if keep is not None:
-        sel = np.union1d(sel, np.nonzero(np.isin(index, keep))[0])
-    sel = np.sort(sel)
+        perm = perm[np.argsort(~np.isin(index[perm], keep), kind="stable")]
+    _, first = np.unique(key[perm], return_index=True)
+    sel = np.sort(perm[first])
     if len(sel) > max_points:  # sphere crop around a random point
         c = coord[sel][rng.integers(len(sel))]
         sel = sel[np.argsort(np.square(coord[sel] - c).sum(1), kind="stable")[:max_points]]

@@ -30,7 +30,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
 from concerto.eval.data_efficient import Selection, make_selection
@@ -79,6 +78,68 @@ def export_segmentor(model, class_names, path: Path) -> Path:
     return atomic_write(path, lambda p: torch.save(obj, p))
 
 
+def choose_selection(labels: dict, recorded: Path, data: str, rank: int, resume: bool, selection_file: Optional[str],
+                     selection_seed: int, scene_fraction: Optional[float], points_per_scene: Optional[int]) -> Selection:
+    """The training scenes and labelled points: a ``--selection`` file, this run's own record ``recorded``
+    on resume, or a fresh seeded selection of ``labels`` ({train key: [N]}). Rank 0 records a data-efficient
+    or reused selection at ``recorded``."""
+    if selection_file is not None:
+        selection = Selection.from_dict(json.loads(Path(selection_file).read_text()))
+    elif resume and recorded.is_file():
+        selection = Selection.from_dict(json.loads(recorded.read_text()))
+    else:
+        selection = make_selection(labels, selection_seed, scene_fraction, points_per_scene)
+    unknown = [k for k in selection.scenes if k not in labels]
+    if unknown:
+        raise ProbeError(f"selection names scenes that are not training scenes of '{data}': {unknown[:3]}")
+    if rank == 0 and (scene_fraction is not None or points_per_scene is not None or selection_file is not None):
+        selection.save(recorded)
+    return selection
+
+
+def protocol_of(selection: Selection) -> str:
+    """The data-efficient protocol in words ("scenes 10%, 100 points"; empty for all labels)."""
+    protocol = []
+    if selection.scene_fraction is not None:
+        protocol.append(f"scenes {100 * selection.scene_fraction:g}%")
+    if selection.points_per_scene is not None:
+        protocol.append(f"{selection.points_per_scene} points")
+    return ", ".join(protocol)
+
+
+def result_record(settings: dict, class_names, model, world: int, split_keys: dict, selection: Optional[Selection],
+                  loop: LoopConfig, lora: Optional[dict], summary: dict, val) -> dict:
+    """``result.json``: ``settings`` (dataset ... config), classes, parameter counts, split keys, the selection
+    (digests only; None off rank 0), loop and LoRA settings, training summary, held-out SegMetrics ``val``."""
+    num_classes = len(class_names)
+    return settings | {
+        "class_names": class_names, "num_classes": num_classes,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "parameters": sum(p.numel() for p in model.parameters()), "world_size": world, "split_keys": split_keys,
+        "selection": None if selection is None else {k: v for k, v in selection.to_dict().items() if k != "points"},
+        "loop": vars(loop).copy(), "lora": lora, "train": summary, "val": val.to_dict(class_names),
+        "mIoU": val.to_dict()["mIoU"], "mAcc": val.to_dict()["mAcc"], "allAcc": val.to_dict()["allAcc"],
+    }
+
+
+def write_outputs(result: dict, model, out: Path, step: int, results: Optional[str]) -> None:
+    """Rank 0: ``result.json``, ``segmentor.pth``, the held-out metrics as tensorboard scalars at ``step``,
+    and a row appended to ``results`` (when given)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    write_json(out / "result.json", result)
+    export_segmentor(model, result["class_names"], out / "segmentor.pth")
+    with SummaryWriter(str(out / "tb")) as w:
+        for m in ("mIoU", "mAcc", "allAcc"):
+            if result[m] is not None:
+                w.add_scalar(f"val/{m}", result[m], step)
+    if results is not None:
+        from concerto.eval.report import append_result
+
+        append_result(results, {k: result[k] for k in ("dataset", "split", "mode", "checkpoint", "protocol",
+                                                       "seed", "mIoU", "mAcc", "allAcc")} | {"output": str(out)})
+
+
 def run_segment(data: str, checkpoint: str, mode: str, output: str, loop: LoopConfig, config: str = "tiny",
                 val_fraction: float = 0.25, split_seed: int = 0, train_split: str = "train", val_split: str = "val",
                 scene_fraction: Optional[float] = None, points_per_scene: Optional[int] = None,
@@ -98,72 +159,32 @@ def run_segment(data: str, checkpoint: str, mode: str, output: str, loop: LoopCo
     out = Path(output)
     scenes, names, info = load_scenes(data, max_scenes)
     class_names = class_names_for(scenes, names)
-    num_classes = len(class_names)
     train_keys, val_keys, split_name = split_for(scenes, info, val_fraction, split_seed, train_split, val_split)
     by_key = {s.key: s for s in scenes}
     labels = {k: by_key[k].label for k in train_keys}
-    recorded = out / "selection.json"
-    if selection_file is not None:
-        selection = Selection.from_dict(json.loads(Path(selection_file).read_text()))
-    elif resume and recorded.is_file():
-        selection = Selection.from_dict(json.loads(recorded.read_text()))
-    else:
-        selection = make_selection(labels, selection_seed, scene_fraction, points_per_scene)
-    unknown = [k for k in selection.scenes if k not in labels]
-    if unknown:
-        raise ProbeError(f"selection names scenes that are not training scenes of '{data}': {unknown[:3]}")
-    if rank == 0 and (scene_fraction is not None or points_per_scene is not None or selection_file is not None):
-        selection.save(recorded)
-    train_scenes = [by_key[k] for k in selection.scenes]
+    selection = choose_selection(labels, out / "selection.json", data, rank, resume, selection_file, selection_seed,
+                                 scene_fraction, points_per_scene)
     train_labels = {k: selection.mask_labels(k, labels[k]) for k in selection.scenes}
-    keep = selection.points
-
-    encoder = load_encoder(checkpoint, config, loop.seed)
-    model = build_segmentor(encoder, mode, num_classes, seed=loop.seed, drop_path=drop_path, lora_rank=lora_rank,
-                            lora_alpha=lora_alpha, lora_targets=lora_targets, lora_dropout=lora_dropout,
-                            decoder=decoder).to(device)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total_params = sum(p.numel() for p in model.parameters())
+    model = build_segmentor(load_encoder(checkpoint, config, loop.seed), mode, len(class_names), seed=loop.seed,
+                            drop_path=drop_path, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets,
+                            lora_dropout=lora_dropout, decoder=decoder).to(device)
     torch.manual_seed(loop.seed)
-    summary = fit(model, train_scenes, train_labels, loop, out, rank, world, device, resume=resume,
-                  stop_after=stop_after, keep=keep, progress=progress,
+    summary = fit(model, [by_key[k] for k in selection.scenes], train_labels, loop, out, rank, world, device,
+                  resume=resume, stop_after=stop_after, keep=selection.points, progress=progress,
                   extra_state={"selection": selection.to_dict() if selection.points is None else None})
     if summary["step"] < summary["total_steps"]:
         return {"stopped_at": summary["step"]}
-    val = evaluate(model, [by_key[k] for k in val_keys], num_classes, rank, world, loop.test_augs,
+    val = evaluate(model, [by_key[k] for k in val_keys], len(class_names), rank, world, loop.test_augs,
                    loop.max_fragments, device)
-    protocol = []
-    if selection.scene_fraction is not None:
-        protocol.append(f"scenes {100 * selection.scene_fraction:g}%")
-    if selection.points_per_scene is not None:
-        protocol.append(f"{selection.points_per_scene} points")
-    result = {
-        "dataset": dataset_name or str(data), "split": split_name, "mode": mode, "checkpoint": str(checkpoint),
-        "protocol": ", ".join(protocol), "seed": loop.seed, "config": config if checkpoint == "random" else None,
-        "class_names": class_names, "num_classes": num_classes,
-        "trainable_parameters": trainable, "parameters": total_params, "world_size": world,
-        "split_keys": {"train": train_keys, "val": val_keys}, "selection": selection.to_dict() if rank == 0 else None,
-        "loop": vars(loop).copy(), "lora": {"rank": lora_rank, "alpha": lora_alpha, "targets": list(lora_targets),
-                                            "dropout": lora_dropout} if mode == "lora" else None,
-        "train": summary, "val": val.to_dict(class_names),
-        "mIoU": val.to_dict()["mIoU"], "mAcc": val.to_dict()["mAcc"], "allAcc": val.to_dict()["allAcc"],
-    }
-    if result["selection"] and "points" in result["selection"]:
-        result["selection"] = {k: v for k, v in result["selection"].items() if k != "points"}  # digests only
+    settings = {"dataset": dataset_name or str(data), "split": split_name, "mode": mode, "checkpoint": str(checkpoint),
+                "protocol": protocol_of(selection), "seed": loop.seed,
+                "config": config if checkpoint == "random" else None}
+    lora = {"rank": lora_rank, "alpha": lora_alpha, "targets": list(lora_targets),
+            "dropout": lora_dropout} if mode == "lora" else None
+    result = result_record(settings, class_names, model, world, {"train": train_keys, "val": val_keys},
+                           selection if rank == 0 else None, loop, lora, summary, val)
     if rank == 0:
-        write_json(out / "result.json", result)
-        export_segmentor(model, class_names, out / "segmentor.pth")
-        from torch.utils.tensorboard import SummaryWriter
-
-        with SummaryWriter(str(out / "tb")) as w:
-            for m in ("mIoU", "mAcc", "allAcc"):
-                if result[m] is not None:
-                    w.add_scalar(f"val/{m}", result[m], summary["step"])
-        if results is not None:
-            from concerto.eval.report import append_result
-
-            append_result(results, {k: result[k] for k in ("dataset", "split", "mode", "checkpoint", "protocol",
-                                                           "seed", "mIoU", "mAcc", "allAcc")} | {"output": str(out)})
+        write_outputs(result, model, out, summary["step"], results)
     return result
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from concerto.eval.metrics import confusion_matrix, metrics_from_confusion
 from concerto.eval.seg_transforms import Sample, voting_fragments, train_sample
+from concerto.train.metrics import RunLog
 
 
 @dataclass
@@ -123,6 +124,171 @@ def param_groups(model: torch.nn.Module, lr: float, block_scale: float) -> list[
     return groups
 
 
+# ----------------------------------------------------------------------------- state set-up
+
+
+@dataclass
+class FitState:
+    """What one ``fit`` call carries from step to step; ``step`` counts optimiser steps done."""
+
+    model: torch.nn.Module  # a Segmentor
+    optimizer: torch.optim.Optimizer
+    cfg: LoopConfig
+    rank: int
+    world: int
+    device: torch.device
+    total: int  # steps of the whole run (every epoch)
+    step: int = 0
+    trainable: list = field(default_factory=list)  # parameters with requires_grad, in model order
+
+
+@dataclass
+class FitData:
+    """The training scenes of a run and what augmentation must respect."""
+
+    scenes: Sequence  # LabelledScene
+    labels: dict  # {key: int [N]}, -1 = unlabelled
+    keep: Optional[dict]  # {key: point rows augmentation must keep} (limited annotations) or None
+    grid_size: float  # m, the encoder's voxel size
+
+
+def build_fit_state(model, num_scenes: int, cfg: LoopConfig, ckpt_root: Path, rank: int, world: int, device,
+                    resume: bool) -> FitState:
+    """AdamW over the trainable parameters; restored from the latest checkpoint when ``resume`` finds one."""
+    total = cfg.epochs * steps_per_epoch(num_scenes, cfg.batch_size, world)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.block_lr_scale), lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    s = FitState(model, optimizer, cfg, rank, world, device, total)
+    if resume:
+        restore_latest(s, ckpt_root)
+    s.trainable = [p for p in model.parameters() if p.requires_grad]
+    return s
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def sync_ranks(world: int) -> None:
+    """Barrier over the ``world`` ranks of the run (none for one process)."""
+    if world > 1:
+        dist.barrier()
+
+
+def restore_latest(s: FitState, ckpt_root: Path) -> None:
+    """Model, optimiser, step and this rank's RNG state of the latest checkpoint under ``ckpt_root`` (if any);
+    refuses one saved with another number of ranks or by another mode."""
+    from concerto.train.checkpoint import latest_training_state, load_training_state, set_rng_state
+
+    path = latest_training_state(ckpt_root)
+    if path is None:
+        return
+    state, rng = load_training_state(path, s.rank)
+    if state.get("world_size", 1) != s.world:
+        raise RuntimeError(f"resume from '{path}': saved with {state.get('world_size')} ranks, running with {s.world}")
+    if state.get("mode") != s.model.mode:
+        raise RuntimeError(f"resume from '{path}': saved by mode {state.get('mode')!r}, running {s.model.mode!r}")
+    s.model.load_state_dict(state["model"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.step = int(state["step"])
+    if rng is not None:
+        set_rng_state(rng)
+
+
+def save_checkpoint(s: FitState, ckpt_root: Path, extra_state: Optional[dict]) -> None:
+    """Collective: ``<ckpt_root>/step_*/`` at ``s.step`` (rank 0's state plus every rank's RNG state)."""
+    from concerto.train.checkpoint import save_training_state
+
+    state = None
+    if s.rank == 0:
+        state = dict(step=s.step, model=s.model.state_dict(), optimizer=s.optimizer.state_dict(), world_size=s.world,
+                     mode=s.model.mode, loop=asdict(s.cfg), **(extra_state or {}))
+    save_training_state(ckpt_root, s.step, state, s.rank, lambda: sync_ranks(s.world))
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def step_samples(data: FitData, cfg: LoopConfig, step: int, rank: int, world: int) -> list[Sample]:
+    """This rank's augmented samples of ``step``; slot i draws from a generator of (seed, step, rank, i)."""
+    samples = []
+    for slot, i in enumerate(scenes_of_step(len(data.scenes), step, rank, world, cfg.batch_size, cfg.seed)):
+        s = data.scenes[i]
+        rng = np.random.default_rng([cfg.seed, step, rank, slot])
+        samples.append(train_sample(s.coord, s.color, s.normal, data.labels[s.key], data.grid_size, rng,
+                                    cfg.max_points, None if data.keep is None else data.keep.get(s.key)))
+    return samples
+
+
+def forward_loss(s: FitState, batch: dict) -> torch.Tensor:
+    """Scalar loss of one packed batch; drop-path and curve shuffling draw from a generator of (seed, step, rank)."""
+    gen = torch.Generator().manual_seed(s.cfg.seed * 7919 + s.step * 31 + s.rank)
+    logits = s.model(batch["coord"], batch["feat"], batch["grid_coord"], batch["offset"], generator=gen)
+    return segmentation_loss(logits, batch["label"], s.cfg.lovasz_weight)
+
+
+def average_gradients(trainable: list, loss: torch.Tensor, world: int) -> float:
+    """Average the gradients of ``trainable`` over ranks, in place; returns the loss averaged likewise."""
+    loss_value = torch.tensor([float(loss.detach())], dtype=torch.float64)
+    if world > 1:
+        for p in trainable:
+            if p.grad is None:  # a parameter this rank's batch did not reach still joins the all_reduce
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad /= world
+        dist.all_reduce(loss_value)
+        loss_value /= world
+    return float(loss_value)
+
+
+def train_step(s: FitState, data: FitData) -> float:
+    """One optimiser step (advances ``s.step``): one-cycle lr, reseeded torch RNG, forward, backward,
+    gradients averaged over ranks, clipping; returns the loss averaged over ranks."""
+    from concerto.schedules import one_cycle_factor
+
+    factor = one_cycle_factor(s.step, s.total, s.cfg.pct_start)
+    for g in s.optimizer.param_groups:
+        g["lr"] = g["max_lr"] * factor
+    torch.manual_seed(s.cfg.seed * 1_000_003 + s.step * 1009 + s.rank)
+    batch = pack(step_samples(data, s.cfg, s.step, s.rank, s.world), s.device)
+    loss = forward_loss(s, batch)
+    s.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    loss_value = average_gradients(s.trainable, loss, s.world)
+    if s.cfg.clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_(s.trainable, s.cfg.clip_grad)
+    s.optimizer.step()
+    s.step += 1
+    if not math.isfinite(loss_value):
+        raise RuntimeError(f"step {s.step}: non-finite loss {loss_value}")
+    return loss_value
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+class FitLog(RunLog):
+    """Pretraining's RunLog (rank 0 only) with this loop's tags (``<output>/tb``: train/loss, train/lr)
+    and ``desc`` as the progress bar's label."""
+
+    def __init__(self, output: Path, rank: int, desc: str, start: int, total: int, log_every: int, progress: bool):
+        if rank == 0:
+            output.mkdir(parents=True, exist_ok=True)
+        super().__init__(output, rank, max(log_every, 1), start, total, progress=False)
+        if rank == 0 and progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True)
+
+    def log(self, step: int, loss: float, lr: float, end: int) -> None:
+        """Scalars every ``log_every`` steps and at ``end``; the bar every step."""
+        if self.writer is not None and (step % self.log_every == 0 or step == end):
+            self.writer.add_scalar("train/loss", loss, step)
+            self.writer.add_scalar("train/lr", lr, step)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+
+
 # ----------------------------------------------------------------------------- loop
 
 
@@ -135,101 +301,22 @@ def fit(model, train_scenes: Sequence, labels: dict, cfg: LoopConfig, output: Pa
     ``stop_after``: leave after that many steps of this call (checkpoint written), as if killed.
     Returns {"step", "total_steps", "last_loss", "seconds"}.
     """
-    from concerto.train.checkpoint import latest_training_state, load_training_state, save_training_state, set_rng_state
-    from concerto.schedules import one_cycle_factor
-
     output = Path(output)
     ckpt_root = output / "checkpoints"
-    grid_size = float(model.backbone.config.grid_size)
-    total = cfg.epochs * steps_per_epoch(len(train_scenes), cfg.batch_size, world)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.block_lr_scale), lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
-    step = 0
-    if resume and (path := latest_training_state(ckpt_root)) is not None:
-        state, rng = load_training_state(path, rank)
-        if state.get("world_size", 1) != world:
-            raise RuntimeError(f"resume from '{path}': saved with {state.get('world_size')} ranks, running with {world}")
-        if state.get("mode") != model.mode:
-            raise RuntimeError(f"resume from '{path}': saved by mode {state.get('mode')!r}, running {model.mode!r}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        if rng is not None:
-            set_rng_state(rng)
-    writer = None
-    if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-
-        output.mkdir(parents=True, exist_ok=True)
-        writer = SummaryWriter(str(output / "tb"))
-
-    def barrier():
-        if world > 1:
-            dist.barrier()
-
-    def checkpoint(at: int) -> None:
-        state = None
-        if rank == 0:
-            state = dict(step=at, model=model.state_dict(), optimizer=optimizer.state_dict(), world_size=world,
-                         mode=model.mode, loop=asdict(cfg), **(extra_state or {}))
-        save_training_state(ckpt_root, at, state, rank, barrier)
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    end = total if stop_after is None else min(total, step + stop_after)
-    bar = None
-    if rank == 0 and progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, initial=step, desc=f"{model.mode}", dynamic_ncols=True)
+    data = FitData(train_scenes, labels, keep, float(model.backbone.config.grid_size))
+    s = build_fit_state(model, len(train_scenes), cfg, ckpt_root, rank, world, device, resume)
+    log = FitLog(output, rank, str(model.mode), s.step, s.total, cfg.log_every, progress)
+    end = s.total if stop_after is None else min(s.total, s.step + stop_after)
     t0 = time.perf_counter()
     last = float("nan")
     model.train()
-    while step < end:
-        factor = one_cycle_factor(step, total, cfg.pct_start)
-        for g in optimizer.param_groups:
-            g["lr"] = g["max_lr"] * factor
-        torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
-        samples = []
-        for slot, i in enumerate(scenes_of_step(len(train_scenes), step, rank, world, cfg.batch_size, cfg.seed)):
-            s = train_scenes[i]
-            rng = np.random.default_rng([cfg.seed, step, rank, slot])
-            samples.append(train_sample(s.coord, s.color, s.normal, labels[s.key], grid_size, rng, cfg.max_points,
-                                        None if keep is None else keep.get(s.key)))
-        batch = pack(samples, device)
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + step * 31 + rank)
-        logits = model(batch["coord"], batch["feat"], batch["grid_coord"], batch["offset"], generator=gen)
-        loss = segmentation_loss(logits, batch["label"], cfg.lovasz_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        loss_value = torch.tensor([float(loss.detach())], dtype=torch.float64)
-        if world > 1:
-            for p in trainable:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
-                p.grad /= world
-            dist.all_reduce(loss_value)
-            loss_value /= world
-        if cfg.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad)
-        optimizer.step()
-        step += 1
-        last = float(loss_value)
-        if not math.isfinite(last):
-            raise RuntimeError(f"step {step}: non-finite loss {last}")
-        if writer is not None and (step % max(cfg.log_every, 1) == 0 or step == end):
-            writer.add_scalar("train/loss", last, step)
-            writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{last:.4f}")
-        if (cfg.save_every and step % cfg.save_every == 0) or step == end:
-            checkpoint(step)
-    if bar is not None:
-        bar.close()
-    if writer is not None:
-        writer.close()
-    return {"step": step, "total_steps": total, "last_loss": last, "seconds": round(time.perf_counter() - t0, 2)}
+    while s.step < end:
+        last = train_step(s, data)
+        log.log(s.step, last, s.optimizer.param_groups[0]["lr"], end)
+        if (cfg.save_every and s.step % cfg.save_every == 0) or s.step == end:
+            save_checkpoint(s, ckpt_root, extra_state)
+    log.close()
+    return {"step": s.step, "total_steps": s.total, "last_loss": last, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 @torch.no_grad()

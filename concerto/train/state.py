@@ -128,14 +128,29 @@ def choose_data_version(cfg: PretrainConfig, data: Any, saved: Optional[dict], r
     return started
 
 
-def check_data(data: Any, version: Optional[int]) -> None:
-    """Fail fast on an unusable store, before the models are built."""
+def check_data(data: Any, version: Optional[int]) -> int:
+    """Fail fast on an unusable store, before the models are built; returns its sample count."""
     from concerto.data import check_store, open_store
 
-    if isinstance(data, (str, Path)):
-        check_store(open_store(str(data), version), str(data))
-    else:
-        check_store(data, type(data).__name__)
+    store = open_store(str(data), version) if isinstance(data, (str, Path)) else data
+    check_store(store, str(data) if isinstance(data, (str, Path)) else type(data).__name__)
+    return len(store)
+
+
+def resolve_steps(cfg: PretrainConfig, saved: Optional[dict], n_samples: int, world: int, rank: int) -> None:
+    """``run.steps`` None: the steps the run started with on resume, else ``run.epochs``
+    passes over ``n_samples`` at the global batch (printed once)."""
+    if cfg.run.steps is not None:
+        return
+    started = (saved or {}).get("config", {}).get("run", {}).get("steps")
+    if started is not None:
+        cfg.run.steps = int(started)
+        return
+    from concerto.batching import steps_for_epochs
+
+    cfg.run.steps = steps_for_epochs(n_samples, cfg, world)
+    if rank == 0:
+        print(f"run.steps = {cfg.run.steps}: {cfg.run.epochs} epochs over {n_samples} samples", flush=True)
 
 
 # ----------------------------------------------------------------------------- models
@@ -303,10 +318,10 @@ def build_state(cfg: PretrainConfig, data: Any, output: Path, resume: bool) -> T
     if cfg.run.num_threads > 0:
         torch.set_num_threads(cfg.run.num_threads)
     saved, saved_rng, path = read_resume(output, rank, world) if resume else (None, None, None)
+    version = choose_data_version(cfg, data, saved, rank)
+    resolve_steps(cfg, saved, check_data(data, version), world, rank)
     if saved is not None:
         check_resume_config(cfg, saved, path)
-    version = choose_data_version(cfg, data, saved, rank)
-    check_data(data, version)
     torch.manual_seed(cfg.run.seed)  # identical initialisation on every rank
     image_encoder = build_image_encoder(cfg).to(device) if cfg.cross_modal.weight > 0 else None
     student, teacher = build_student_teacher(cfg, image_encoder, device)

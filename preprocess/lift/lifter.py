@@ -234,6 +234,107 @@ def view_overlap(points_per_view: Sequence[np.ndarray], frames: Sequence[Frame],
     return out
 
 
+def _confident_depth(views: LiftedViews, o: LiftOptions, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels the recipe keeps: bool [S,H,W], and depth float64 [S,H,W] (the
+    views' units) NaN outside them. "released": every pixel with confidence
+    > 0; "paper": ``align.confidence_mask``. Both need finite depth > 0.
+    Raises LiftError (step "confidence") when no pixel is kept."""
+    depth = views.depth.astype(np.float64)
+    if o.recipe == "released":  # every pixel with confidence > 0
+        keep = np.isfinite(views.conf) & (views.conf > 0) & np.isfinite(depth) & (depth > 0)
+    else:
+        keep = align.confidence_mask(views.conf, o.conf_threshold, o.conf_percentile) & np.isfinite(depth) & (depth > 0)
+    if not keep.any():
+        raise LiftError(key, "confidence", "no depth pixel passes the confidence threshold")
+    return keep, np.where(keep, depth, np.nan)
+
+
+def _view_points(views: LiftedViews, depth: np.ndarray, keep: np.ndarray, T: np.ndarray, poses: np.ndarray,
+                 recipe: str) -> tuple[np.ndarray, np.ndarray]:
+    """Kept pixels as points float64 [N,3] in the frame ``T`` [4,4] maps the
+    views' world to (``poses`` [S,4,4] camera-to-world are already there),
+    ordered by view then row-major pixel; and ``keep`` bool [S,H,W] narrowed to
+    pixels with a finite point. "released" with a point head: its world points;
+    otherwise ``depth`` [S,H,W] unprojected."""
+    S, H, W = depth.shape
+    if recipe == "released" and views.points is not None:  # the point head, not the depth head
+        keep = keep & np.isfinite(views.points).all(-1)
+        per_view = [geometry.transform_points(T, views.points[i].reshape(-1, 3).astype(np.float64)).reshape(H, W, 3)
+                    for i in range(S)]
+    else:
+        per_view = [geometry.unproject_depth(depth[i], views.K[i], poses[i]) for i in range(S)]
+    return np.concatenate([p[m] for p, m in zip(per_view, keep)]), keep
+
+
+def _height_transform(z: np.ndarray, o: LiftOptions) -> tuple[float, np.ndarray]:
+    """(scale s, similarity [4,4]) taking point heights ``z`` [N] to a scene
+    ``o.target_height`` metres tall with its lowest point at z = 0."""
+    s = align.height_scale(z, o.target_height, o.height_percentile)
+    return s, geometry.similarity(scale=s, t=(0.0, 0.0, -s * z.min()))
+
+
+def _floor_transform(pts: np.ndarray, o: LiftOptions, key: str) -> tuple[Optional[np.ndarray], Optional[dict]]:
+    """Rigid [4,4] moving the RANSAC floor of ``pts`` [N,3] (metres, z up) to
+    z = 0 with normal +z, and {angle_deg, inliers}; (None, None) when floor
+    alignment is off, or no floor is found and ``o.require_floor`` is False
+    (else LiftError, step "floor alignment")."""
+    if not o.align_floor:
+        return None, None
+    try:
+        Tf, fit = align.floor_alignment(pts, lowest_fraction=o.floor_lowest_fraction, threshold=o.floor_threshold,
+                                        iterations=o.floor_iterations, max_angle_deg=o.floor_max_angle_deg, seed=o.seed)
+    except align.FloorNotFound as e:
+        if o.require_floor:
+            raise LiftError(key, "floor alignment", str(e)) from e
+        return None, None
+    return Tf, dict(angle_deg=fit.angle_deg, inliers=int(len(fit.inliers)))
+
+
+def _moved(Tx: np.ndarray, T: np.ndarray, pts: np.ndarray, poses: np.ndarray):
+    """Apply ``Tx`` [4,4] after the world transform ``T`` [4,4], to points
+    [N,3] and camera-to-world poses [S,4,4]: (Tx @ T, points, poses)."""
+    return Tx @ T, geometry.transform_points(Tx, pts), geometry.transform_poses(Tx, poses)
+
+
+def _pixel_sources(conf: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each kept point came from, in ``_view_points`` order: view index
+    int [N], pixel int [N,2] (row, col) and its confidence [N], from ``conf``
+    and ``keep`` [S,H,W]."""
+    src_view = np.concatenate([np.full(int(m.sum()), i) for i, m in enumerate(keep)])
+    src_pix = np.concatenate([np.argwhere(m) for m in keep])  # (row, col)
+    return src_view, src_pix, np.concatenate([c[m] for c, m in zip(conf, keep)])
+
+
+def _subsample(pts: np.ndarray, conf: np.ndarray, o: LiftOptions) -> np.ndarray:
+    """Sorted indices into ``pts`` [N,3] (metres) kept: one per ``o.voxel_size``
+    voxel (most confident first, by ``conf`` [N]), then at most ``o.max_points``
+    drawn with ``default_rng(o.seed)``."""
+    idx = align.voxel_subsample(pts, o.voxel_size, priority=conf) if o.voxel_size else np.arange(len(pts))
+    if o.max_points is not None and len(idx) > o.max_points:
+        rng = np.random.default_rng(o.seed)
+        idx = np.sort(rng.choice(idx, o.max_points, replace=False))
+    return idx
+
+
+def _frames(views: LiftedViews, poses: np.ndarray, depth: np.ndarray, names: Sequence[str]) -> list[Frame]:
+    """One Frame per view: float32 K, float32 camera-to-world pose (``poses``
+    [S,4,4], rotations re-orthonormalised in place after the float math) and
+    depth [S,H,W] in metres."""
+    poses[:, :3, :3] = geometry.orthonormalize(poses[:, :3, :3])
+    return [Frame(name=names[i], rgb=np.ascontiguousarray(views.rgb[i]), K=views.K[i].astype(np.float32),
+                  pose=poses[i].astype(np.float32), depth=depth[i].astype(np.float32)) for i in range(len(views))]
+
+
+def _stored_correspondences(names: Sequence[str], view: np.ndarray, pix: np.ndarray) -> dict:
+    """{frame name: Correspondence} pairing each point (index into the scene's
+    points) with the pixel it came from: ``view`` int [N], ``pix`` [N,2]
+    (row, col) -> stored (u = column, v = row)."""
+    from preprocess.records import Correspondence
+
+    return {names[i]: Correspondence(point_index=np.nonzero(view == i)[0].astype(np.int32),
+                                     pixel=pix[view == i][:, ::-1].astype(np.uint16)) for i in range(len(names))}
+
+
 def scene_from_views(views: LiftedViews, scene_id: str, source: str, options: Optional[LiftOptions] = None,
                      content_hash: str = "", meta: Optional[dict] = None) -> Scene:
     """Lifted views -> validated Scene (frames carry rgb, K, pose, depth in metres).
@@ -242,84 +343,31 @@ def scene_from_views(views: LiftedViews, scene_id: str, source: str, options: Op
     left or no floor is found (with ``require_floor``)."""
     o = options or LiftOptions()
     key = f"{source}/{scene_id}"
-    S, H, W = views.depth.shape
-    depth = views.depth.astype(np.float64)
-    if o.recipe == "released":  # every pixel with confidence > 0
-        keep = np.isfinite(views.conf) & (views.conf > 0) & np.isfinite(depth) & (depth > 0)
-    else:
-        keep = align.confidence_mask(views.conf, o.conf_threshold, o.conf_percentile) & np.isfinite(depth) & (depth > 0)
-    if not keep.any():
-        raise LiftError(key, "confidence", "no depth pixel passes the confidence threshold")
-    depth = np.where(keep, depth, np.nan)
-
-    # 1. world -> first camera, z up
-    T = align.first_camera_zup(views.pose[0])
+    keep, depth = _confident_depth(views, o, key)
+    T = align.first_camera_zup(views.pose[0])  # world -> first camera, z up
     poses = geometry.transform_poses(T, views.pose.astype(np.float64))
-    if o.recipe == "released" and views.points is not None:  # the point head, not the depth head
-        keep &= np.isfinite(views.points).all(-1)
-        per_view = [geometry.transform_points(T, views.points[i].reshape(-1, 3).astype(np.float64)).reshape(H, W, 3)
-                    for i in range(S)]
-    else:
-        per_view = [geometry.unproject_depth(depth[i], views.K[i], poses[i]) for i in range(S)]
-    masks = [keep[i] for i in range(S)]
-    pts = np.concatenate([p[m] for p, m in zip(per_view, masks)])
-
-    # 2. scale: scene height -> target_height; lowest point at z = 0
-    s = align.height_scale(pts[:, 2], o.target_height, o.height_percentile)
-    Ts = geometry.similarity(scale=s, t=(0.0, 0.0, -s * pts[:, 2].min()))
-    T = Ts @ T
-    pts = geometry.transform_points(Ts, pts)
-    poses = geometry.transform_poses(Ts, poses)
+    pts, keep = _view_points(views, depth, keep, T, poses, o.recipe)
+    s, Ts = _height_transform(pts[:, 2], o)
+    T, pts, poses = _moved(Ts, T, pts, poses)
     depth = depth * s
-
-    # 3. floor
-    floor_info = None
-    if o.align_floor:
-        try:
-            Tf, fit = align.floor_alignment(pts, lowest_fraction=o.floor_lowest_fraction, threshold=o.floor_threshold,
-                                          iterations=o.floor_iterations, max_angle_deg=o.floor_max_angle_deg,
-                                          seed=o.seed)
-        except align.FloorNotFound as e:
-            if o.require_floor:
-                raise LiftError(key, "floor alignment", str(e)) from e
-        else:
-            T = Tf @ T
-            pts = geometry.transform_points(Tf, pts)
-            poses = geometry.transform_poses(Tf, poses)
-            floor_info = dict(angle_deg=fit.angle_deg, inliers=int(len(fit.inliers)))
-
-    # 4. subsample, colour, normals
-    src_view = np.concatenate([np.full(int(m.sum()), i) for i, m in enumerate(masks)])
-    src_pix = np.concatenate([np.argwhere(m) for m in masks])  # (row, col)
-    conf = np.concatenate([views.conf[i][m] for i, m in enumerate(masks)])
-    idx = align.voxel_subsample(pts, o.voxel_size, priority=conf) if o.voxel_size else np.arange(len(pts))
-    if o.max_points is not None and len(idx) > o.max_points:
-        rng = np.random.default_rng(o.seed)
-        idx = np.sort(rng.choice(idx, o.max_points, replace=False))
-    coord = pts[idx]
-    color = views.rgb[src_view[idx], src_pix[idx, 0], src_pix[idx, 1]]
-    normal = align.estimate_normals(coord, o.normal_k, viewpoints=poses[src_view[idx], :3, 3], backend=o.normal_backend)
-
-    # 5. frames (rotations re-orthonormalised after float math)
-    R = geometry.orthonormalize(poses[:, :3, :3])
-    poses[:, :3, :3] = R
-    names = views.names or [f"view{i}" for i in range(S)]
-    frames = [Frame(name=names[i], rgb=np.ascontiguousarray(views.rgb[i]), K=views.K[i].astype(np.float32),
-                    pose=poses[i].astype(np.float32), depth=depth[i].astype(np.float32)) for i in range(S)]
-    kept_view_points = [coord[src_view[idx] == i] for i in range(S)]
+    Tf, floor_info = _floor_transform(pts, o, key)
+    if Tf is not None:
+        T, pts, poses = _moved(Tf, T, pts, poses)
+    src_view, src_pix, conf = _pixel_sources(views.conf, keep)
+    idx = _subsample(pts, conf, o)
+    coord, view, pix = pts[idx], src_view[idx], src_pix[idx]
+    color = views.rgb[view, pix[:, 0], pix[:, 1]]
+    normal = align.estimate_normals(coord, o.normal_k, viewpoints=poses[view, :3, 3], backend=o.normal_backend)
+    names = views.names or [f"view{i}" for i in range(len(views))]
+    frames = _frames(views, poses, depth, names)
     scene_meta = dict(meta or {})
     scene_meta.update(
         lifter=views.meta.get("lifter", "?"), scale=s, world_transform=T.tolist(), floor=floor_info,
-        view_overlap=view_overlap(kept_view_points, frames, o.visibility_eps).tolist(), recipe=o.recipe,
+        view_overlap=view_overlap([coord[view == i] for i in range(len(views))], frames, o.visibility_eps).tolist(),
+        recipe=o.recipe,
     )
     if o.recipe == "released":  # each point with the pixel it came from, and nothing else
-        from preprocess.records import Correspondence
-
-        v, pix = src_view[idx], src_pix[idx]
-        scene_meta["correspondence_mode"] = "stored"
-        scene_meta["correspondences"] = {
-            names[i]: Correspondence(point_index=np.nonzero(v == i)[0].astype(np.int32),
-                                     pixel=pix[v == i][:, ::-1].astype(np.uint16)) for i in range(S)}
+        scene_meta.update(correspondence_mode="stored", correspondences=_stored_correspondences(names, view, pix))
     scene = Scene(scene_id=scene_id, source=source,
                   points=PointCloud(coord=coord.astype(np.float32), color=color.astype(np.uint8), normal=normal),
                   frames=frames, content_hash=content_hash, meta=scene_meta)

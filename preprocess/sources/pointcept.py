@@ -426,6 +426,100 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
+def _export_inputs(scene_or_processed: Union[Scene, ProcessedScene]) -> tuple[Scene, list, list[list[int]]]:
+    """(scene, correspondence or None per frame, frame-index groups of the
+    split file). A ProcessedScene gives its own correspondences and segments;
+    a Scene its ``meta["correspondences"]`` by frame name and consecutive
+    groups of 4 frames (as Pointcept's splits.py does)."""
+    if isinstance(scene_or_processed, ProcessedScene):
+        segments = np.asarray(scene_or_processed.segments)
+        groups = [[int(j) for j in row] for row in segments.reshape(len(segments), -1)] if segments.size else []
+        return scene_or_processed.scene, list(scene_or_processed.correspondences), groups
+    scene = scene_or_processed
+    by_name = scene.meta.get("correspondences") or {}
+    n = len(scene.frames)
+    return scene, [by_name.get(f.name) for f in scene.frames], [list(range(i, min(i + 4, n))) for i in range(0, n, 4)]
+
+
+def _scene_dirs(out_dir: Path, split: str, sid: str) -> tuple[Path, Path]:
+    """(point-cloud folder, image folder) of scene ``sid`` in ``split``."""
+    return out_dir / split / sid, out_dir / "images" / split / sid
+
+
+def _write_points(pc_dir: Path, pts: PointCloud) -> None:
+    """coord/normal float32 [N,3] (metres), color uint8 [N,3], and
+    segment/instance int32 [N] when present, as .npy files in ``pc_dir``."""
+    pc_dir.mkdir(parents=True, exist_ok=True)
+    np.save(pc_dir / "coord.npy", pts.coord.astype(np.float32))
+    np.save(pc_dir / "color.npy", pts.color.astype(np.uint8))
+    np.save(pc_dir / "normal.npy", pts.normal.astype(np.float32))
+    if pts.segment is not None:
+        np.save(pc_dir / "segment.npy", pts.segment.astype(np.int32))
+    if pts.instance is not None:
+        np.save(pc_dir / "instance.npy", pts.instance.astype(np.int32))
+
+
+def _frame_file_names(frames: list[Frame]) -> list[str]:
+    """File-safe frame names, a repeated one suffixed with its frame index."""
+    names, used = [], set()
+    for i, frame in enumerate(frames):
+        name = _safe(frame.name)
+        if name in used:
+            name = f"{name}_{i}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def _correspondence_rows(corr: Correspondence) -> np.ndarray:
+    """float64 [M,3] rows (u = column, v = row, point index); -1 * ones((1,3))
+    when the frame sees no point."""
+    if len(corr) == 0:
+        return -np.ones((1, 3))
+    return np.concatenate([corr.pixel.astype(np.float64), corr.point_index.astype(np.float64)[:, None]], axis=1)
+
+
+def _write_frame(img_dir: Path, name: str, frame: Frame, corr: Optional[Correspondence], depth_scale: float) -> None:
+    """One frame's files under ``img_dir``: color PNG, pose [4,4] float32
+    camera-to-world (OpenCV axes), intrinsic [3,3] float32, depth uint16 PNG in
+    1/depth_scale m (0 = none) if any, correspondence if any."""
+    write_rgb(img_dir / "color" / f"{name}.png", frame.rgb)
+    (img_dir / "pose").mkdir(parents=True, exist_ok=True)
+    (img_dir / "intrinsic").mkdir(parents=True, exist_ok=True)
+    np.save(img_dir / "pose" / f"{name}.npy", frame.pose.astype(np.float32))
+    np.save(img_dir / "intrinsic" / f"{name}.npy", frame.K.astype(np.float32))
+    if frame.depth is not None:
+        d = np.nan_to_num(frame.depth, nan=0.0) * depth_scale
+        write_uint16_png(img_dir / "depth" / f"{name}.png", np.clip(np.round(d), 0, 65535))
+    if corr is not None:
+        (img_dir / "correspondence").mkdir(parents=True, exist_ok=True)
+        np.save(img_dir / "correspondence" / f"{name}.npy", _correspondence_rows(corr))
+
+
+def _write_split_entries(out_dir: Path, split: str, sid: str, groups: list[list[int]], names: list[str],
+                         path_prefix: Optional[str]) -> None:
+    """Replace scene ``sid``'s entries ("<sid>_<k>", one per group of frame
+    indices) in ``<out_dir>/splits/<split>.json``, keeping other scenes'.
+    Paths are absolute, or relative to ``out_dir`` under ``path_prefix``."""
+    def shown(p: Path) -> str:
+        if path_prefix is None:
+            return str(p.resolve())
+        return str(Path(path_prefix) / p.relative_to(out_dir))
+
+    pc_dir, img_dir = _scene_dirs(out_dir, split, sid)
+    split_path = out_dir / "splits" / f"{split}.json"
+    split_path.parent.mkdir(parents=True, exist_ok=True)
+    entries = json.loads(split_path.read_text()) if split_path.is_file() else {}
+    entries = {k: v for k, v in entries.items() if not k.startswith(f"{sid}_") or not k[len(sid) + 1:].isdigit()}
+    for k, group in enumerate(groups):
+        entries[f"{sid}_{k}"] = {
+            "pointclouds": shown(pc_dir),
+            "images": [shown(img_dir / "color" / f"{names[j]}.png") for j in group],
+            "correspondences": [shown(img_dir / "correspondence" / f"{names[j]}.npy") for j in group],
+        }
+    atomic_write(split_path, lambda p: p.write_text(json.dumps(entries, indent=2)))
+
+
 def export_pointcept(
     scene_or_processed: Union[Scene, ProcessedScene],
     out_dir: Union[str, Path],
@@ -445,70 +539,14 @@ def export_pointcept(
     ``out_dir`` in the split json paths (e.g. "data/scannet", what Pointcept's
     configs expect); default: absolute paths."""
     out_dir = Path(out_dir)
-    if isinstance(scene_or_processed, ProcessedScene):
-        scene = scene_or_processed.scene
-        corr_list = list(scene_or_processed.correspondences)
-        segments = np.asarray(scene_or_processed.segments)
-        groups = [[int(j) for j in row] for row in segments.reshape(len(segments), -1)] if segments.size else []
-    else:
-        scene = scene_or_processed
-        by_name = scene.meta.get("correspondences") or {}
-        corr_list = [by_name.get(f.name) for f in scene.frames]
-        groups = [list(range(i, min(i + 4, len(scene.frames)))) for i in range(0, len(scene.frames), 4)]
+    scene, corr_list, groups = _export_inputs(scene_or_processed)
     scene.validate()
     sid = _safe(scene.scene_id)
-    pc_dir = out_dir / split / sid
-    img_dir = out_dir / "images" / split / sid
-    pc_dir.mkdir(parents=True, exist_ok=True)
-    pts = scene.points
-    np.save(pc_dir / "coord.npy", pts.coord.astype(np.float32))
-    np.save(pc_dir / "color.npy", pts.color.astype(np.uint8))
-    np.save(pc_dir / "normal.npy", pts.normal.astype(np.float32))
-    if pts.segment is not None:
-        np.save(pc_dir / "segment.npy", pts.segment.astype(np.int32))
-    if pts.instance is not None:
-        np.save(pc_dir / "instance.npy", pts.instance.astype(np.int32))
-
-    names = []
-    used = set()
+    pc_dir, img_dir = _scene_dirs(out_dir, split, sid)
+    _write_points(pc_dir, scene.points)
+    names = _frame_file_names(scene.frames)
     for i, frame in enumerate(scene.frames):
-        name = _safe(frame.name)
-        if name in used:
-            name = f"{name}_{i}"
-        used.add(name)
-        names.append(name)
-        write_rgb(img_dir / "color" / f"{name}.png", frame.rgb)
-        (img_dir / "pose").mkdir(parents=True, exist_ok=True)
-        (img_dir / "intrinsic").mkdir(parents=True, exist_ok=True)
-        np.save(img_dir / "pose" / f"{name}.npy", frame.pose.astype(np.float32))
-        np.save(img_dir / "intrinsic" / f"{name}.npy", frame.K.astype(np.float32))
-        if frame.depth is not None:
-            d = np.nan_to_num(frame.depth, nan=0.0) * depth_scale
-            write_uint16_png(img_dir / "depth" / f"{name}.png", np.clip(np.round(d), 0, 65535))
-        corr = corr_list[i] if i < len(corr_list) else None
-        if corr is not None:
-            (img_dir / "correspondence").mkdir(parents=True, exist_ok=True)
-            if len(corr) == 0:
-                arr = -np.ones((1, 3))
-            else:
-                arr = np.concatenate([corr.pixel.astype(np.float64), corr.point_index.astype(np.float64)[:, None]], axis=1)
-            np.save(img_dir / "correspondence" / f"{name}.npy", arr)
-
+        _write_frame(img_dir, names[i], frame, corr_list[i] if i < len(corr_list) else None, depth_scale)
     if write_splits and groups:
-        def shown(p: Path) -> str:
-            if path_prefix is None:
-                return str(p.resolve())
-            return str(Path(path_prefix) / p.relative_to(out_dir))
-
-        split_path = out_dir / "splits" / f"{split}.json"
-        split_path.parent.mkdir(parents=True, exist_ok=True)
-        entries = json.loads(split_path.read_text()) if split_path.is_file() else {}
-        entries = {k: v for k, v in entries.items() if not k.startswith(f"{sid}_") or not k[len(sid) + 1:].isdigit()}
-        for k, group in enumerate(groups):
-            entries[f"{sid}_{k}"] = {
-                "pointclouds": shown(pc_dir),
-                "images": [shown(img_dir / "color" / f"{names[j]}.png") for j in group],
-                "correspondences": [shown(img_dir / "correspondence" / f"{names[j]}.npy") for j in group],
-            }
-        atomic_write(split_path, lambda p: p.write_text(json.dumps(entries, indent=2)))
+        _write_split_entries(out_dir, split, sid, groups, names, path_prefix)
     return pc_dir
