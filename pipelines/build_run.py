@@ -56,7 +56,6 @@ from pipelines.build import (
 from pipelines.quarantine import SceneFailure, refresh_after_discovery, update_quarantine, write_build_report
 from pipelines.store import Plan, StoreLocation, gc, latest_version, load_manifest
 from pipelines.store.lease import build_lease
-from pipelines.store.location import StoreLocation
 from preprocess.sources.hash_cache import stat_hash_cache
 from preprocess.sources.base import SceneRef
 
@@ -511,23 +510,42 @@ def _run_locked(store, specs, gap_of, records, executor, as_completed, settings,
     removed_version = steps.remove(store, plan.removed, run_id, gone) if plan.removed else None
     elapsed["remove"] = time.perf_counter() - t
 
-    # 6. close the run with a complete version when it changed anything (or a
-    # killed run left the latest version partial)
-    latest = latest_version(store)
-    last = load_manifest(store, latest) if latest is not None else None
+    # 6. close the run with a complete version when it changed anything
     changed = done.version is not None or removed_version is not None
-    if last is not None and (changed or last.state != "complete" or any(last.sources.get(n) != r for n, r in records.items())):
-        version = steps.finish(store, run_id, records)
-    else:
-        version = latest
+    version = finish_run(store, run_id, records, changed, steps)
     elapsed["total"] = time.perf_counter() - t_start
 
+    summary = summarise(store, names, run_id, version, plan, batches, done, discover_failures, failed_sources,
+                        gc_report, elapsed)
+    summary.report = write_build_report(store, summary.as_dict())
+    logger.info("build-dataset done: v%s, %d discovered, %d skipped, %d processed, %d quarantined, %d pruned, "
+                "%d shards, %.1f s", version, summary.scenes["discovered"], len(plan.unchanged),
+                len(done.committed), len(summary.quarantined), len(plan.removed), done.shards, elapsed["total"])
+    return summary
+
+
+def finish_run(store, run_id: str, records: dict, changed: bool, steps: BuildSteps) -> int | None:
+    """The version that ends the run: a new "complete" one when the run changed
+    anything, a killed run left the latest version partial, or the source records
+    changed; else the latest (a no-op run adds no version)."""
+    latest = latest_version(store)
+    if latest is None:
+        return None
+    last = load_manifest(store, latest)
+    if changed or last.state != "complete" or any(last.sources.get(n) != r for n, r in records.items()):
+        return steps.finish(store, run_id, records)
+    return latest
+
+
+def summarise(store, names, run_id, version, plan: Plan, batches, done: _Progress, discover_failures,
+              failed_sources, gc_report: dict, elapsed: dict) -> BuildSummary:
+    """The run's summary (see ``BuildSummary``)."""
     failures = discover_failures + done.failures
-    summary = BuildSummary(
+    return BuildSummary(
         store=store.url, sources=names, run_id=run_id, manifest_version=version, base_version=plan.base_version,
-        scenes={"discovered": len(all_refs), "skipped": len(plan.unchanged), "new": len(plan.new),
-                "changed": len(plan.changed), "processed": len(done.committed), "quarantined": len(failures),
-                "removed": len(plan.removed)},
+        scenes={"discovered": len(plan.new) + len(plan.changed) + len(plan.unchanged), "skipped": len(plan.unchanged),
+                "new": len(plan.new), "changed": len(plan.changed), "processed": len(done.committed),
+                "quarantined": len(failures), "removed": len(plan.removed)},
         per_source=per_source_counts(names, plan, failures),
         removed=list(plan.removed),
         failed_sources=failed_sources,
@@ -539,11 +557,8 @@ def _run_locked(store, specs, gap_of, records, executor, as_completed, settings,
         worker_s={k: round(v, 3) for k, v in done.worker_s.items()},
         scenes_per_s=round(len(done.committed) / max(elapsed["build"] + elapsed["commit"], 1e-9), 3),
     )
-    summary.report = write_build_report(store, summary.as_dict())
-    logger.info("build-dataset done: v%s, %d discovered, %d skipped, %d processed, %d quarantined, %d pruned, "
-                "%d shards, %.1f s", version, len(all_refs), len(plan.unchanged), len(done.committed),
-                len(failures), len(plan.removed), done.shards, elapsed["total"])
-    return summary
+
+
 # ----------------------------------------------------------------------------- CLI (no Prefect)
 
 

@@ -205,47 +205,10 @@ def commit(
     if state not in STATES:
         raise ValueError(f"manifest state must be one of {STATES}, got {state!r}")
     removed_shards = set(removed_shards)
-    if base_version is None:
-        if list_versions(loc):
-            raise ManifestConflictError(f"{loc.url} already has manifest v{latest_version(loc)}; commit against it")
-        base_shards: list[ShardInfo] = []
-        base_sources: dict = {}
-    else:
-        base = load_manifest(loc, base_version)
-        base_shards, base_sources = base.shards, base.sources
-        # an old-format store changes only by a commit that retires all its old shards (a migration)
-        if {sh.id for sh in base.outdated_shards} - removed_shards:
-            raise StoreFormatError(outdated_store_message(loc.url, base))
-    removed_scenes = set(removed_scenes)
-    base_ids = {sh.id for sh in base_shards}
-    if removed_shards - base_ids:
-        raise ValueError(f"cannot remove shards not in v{base_version}: {sorted(removed_shards - base_ids)}")
-    shards: list[ShardInfo] = []
-    found = set()
-    for sh in base_shards:
-        if sh.id in removed_shards:
-            continue
-        keep = [s for s in sh.scenes if s.key not in removed_scenes]
-        found.update(s.key for s in sh.scenes if s.key in removed_scenes)
-        if keep:
-            shards.append(sh if len(keep) == len(sh.scenes) else sh.with_scenes(keep))
-    missing = removed_scenes - found - {s.key for sh in base_shards if sh.id in removed_shards for s in sh.scenes}
-    if missing:
-        raise ValueError(f"cannot remove scenes not in v{base_version}: {sorted(missing)}")
-    for sh in added_shards:
-        if sh.format != SHARD_FORMAT:
-            raise StoreFormatError(f"shard '{sh.id}' has format {sh.format!r}; only {SHARD_FORMAT!r} can be committed")
-        if sh.id in base_ids:
-            raise ValueError(f"shard '{sh.id}' is already listed in v{base_version}")
-        if not loc.exists(SHARD_DIR, sh.id, INVENTORY):  # written last by the writer
-            raise ValueError(f"shard '{sh.id}' is missing or unfinished in {loc.url}/{SHARD_DIR}")
-        shards.append(sh)
-    seen: dict[str, str] = {}
-    for sh in shards:
-        for s in sh.scenes:
-            if s.key in seen:
-                raise ValueError(f"scene '{s.key}' would be served by two shards ('{seen[s.key]}' and '{sh.id}')")
-            seen[s.key] = sh.id
+    base = _base_manifest(loc, base_version, removed_shards)
+    shards = _without(base.shards, base_version, removed_shards, set(removed_scenes))
+    shards += _checked_additions(loc, added_shards, {sh.id for sh in base.shards}, base_version)
+    _check_each_scene_once(shards)
     version = (base_version or 0) + 1
     m = Manifest(
         version=version,
@@ -255,7 +218,7 @@ def commit(
         note=note,
         run_id=run_id,
         state=state,
-        sources={k: v for k, v in {**base_sources, **(sources or {})}.items() if k not in set(drop_sources)},
+        sources={k: v for k, v in {**base.sources, **(sources or {})}.items() if k not in set(drop_sources)},
     )
     data = json.dumps(m.to_json(), indent=1).encode()
     if not loc.create_exclusive(data, MANIFEST_DIR, manifest_name(version)):
@@ -263,3 +226,59 @@ def commit(
             f"manifest v{version} already exists at {loc.url}: another writer committed first; re-plan against it"
         )
     return version
+
+
+def _base_manifest(loc: StoreLocation, base_version: int | None, removed_shards: set[str]) -> Manifest:
+    """The version a commit starts from (an empty one for a store without manifest)."""
+    if base_version is None:
+        if list_versions(loc):
+            raise ManifestConflictError(f"{loc.url} already has manifest v{latest_version(loc)}; commit against it")
+        return Manifest(version=0, parent=None, created="", shards=[])
+    base = load_manifest(loc, base_version)
+    # an old-format store changes only by a commit that retires all its old shards (a migration)
+    if {sh.id for sh in base.outdated_shards} - removed_shards:
+        raise StoreFormatError(outdated_store_message(loc.url, base))
+    return base
+
+
+def _without(shards: list[ShardInfo], base_version: int | None, removed_shards: set[str],
+             removed_scenes: set[str]) -> list[ShardInfo]:
+    """``shards`` less the removed shards and scenes; removing what is not listed is an error."""
+    unknown = removed_shards - {sh.id for sh in shards}
+    if unknown:
+        raise ValueError(f"cannot remove shards not in v{base_version}: {sorted(unknown)}")
+    out: list[ShardInfo] = []
+    for sh in shards:
+        if sh.id in removed_shards:
+            continue
+        keep = [s for s in sh.scenes if s.key not in removed_scenes]
+        if keep:
+            out.append(sh if len(keep) == len(sh.scenes) else sh.with_scenes(keep))
+    missing = removed_scenes - {s.key for sh in shards for s in sh.scenes}
+    if missing:
+        raise ValueError(f"cannot remove scenes not in v{base_version}: {sorted(missing)}")
+    return out
+
+
+def _checked_additions(loc: StoreLocation, added: Iterable[ShardInfo], base_ids: set[str],
+                       base_version: int | None) -> list[ShardInfo]:
+    """Added shards, each of the current format, new to the base and fully written."""
+    out = []
+    for sh in added:
+        if sh.format != SHARD_FORMAT:
+            raise StoreFormatError(f"shard '{sh.id}' has format {sh.format!r}; only {SHARD_FORMAT!r} can be committed")
+        if sh.id in base_ids:
+            raise ValueError(f"shard '{sh.id}' is already listed in v{base_version}")
+        if not loc.exists(SHARD_DIR, sh.id, INVENTORY):  # written last by the writer
+            raise ValueError(f"shard '{sh.id}' is missing or unfinished in {loc.url}/{SHARD_DIR}")
+        out.append(sh)
+    return out
+
+
+def _check_each_scene_once(shards: list[ShardInfo]) -> None:
+    seen: dict[str, str] = {}
+    for sh in shards:
+        for s in sh.scenes:
+            if s.key in seen:
+                raise ValueError(f"scene '{s.key}' would be served by two shards ('{seen[s.key]}' and '{sh.id}')")
+            seen[s.key] = sh.id
