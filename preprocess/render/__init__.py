@@ -32,6 +32,7 @@ _BACKENDS = {
     "open3d": ("preprocess.render.backend_open3d", "Open3DRenderer"),
     "embree": ("preprocess.render.backend_embree", "EmbreeRenderer"),
     "pyrender": ("preprocess.render.backend_pyrender", "PyrenderRenderer"),
+    "raster": ("preprocess.render.backend_raster", "RasterRenderer"),
 }
 # open3d first: exact ray-cast depth at 0.96-1.08x the raw cast_rays time (small and
 # 371k-face rooms), where pyrender's 24-bit depth buffer is approximate and it was

@@ -1,0 +1,253 @@
+"""Exact depth by rasterising face ids (OpenGL) and intersecting each pixel's ray
+with the plane of its face (numpy).
+
+The rasteriser only answers "which face is seen at this pixel centre": a
+fragment shader writes ``gl_PrimitiveID + 1`` (0 = nothing) into a 32-bit
+integer target, with a float32 depth buffer in reversed-Z (depth = znear / z,
+compared with GREATER) so the visibility test keeps float32 relative precision
+at every distance. The depth itself is then computed exactly like a ray caster
+does: the ray through K^-1 [c, r, 1] (camera z = 1) meets the plane
+``n_f . X = o_f`` of the reported face at z = (o_f - n_f . t) / (n_f . R d).
+Where the rasteriser picks the same face as a ray caster (everywhere except a
+sliver of silhouette pixels and near-coplanar overlaps) the depth equals the
+ray caster's up to float rounding; no BVH is built, so a new mesh costs only a
+buffer upload.
+
+Camera: OpenCV pinhole K mapped straight to clip space, pixel (r, c) sampled at
+window position (c + 0.5, r + 0.5); the image is read back bottom row first,
+which is then row 0, so no flip is needed. Back faces are kept (culling off),
+as the ray casters hit both sides.
+
+The OpenGL context comes from pyrender's platform classes (OSMesa on CPU
+machines, EGL with a GPU), one per thread for the life of the process; the
+platform is chosen before PyOpenGL is first imported (``select_gl_platform``).
+Needs OpenGL 3.3 and ``glClipControl`` (GL 4.5 or ARB_clip_control).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+
+import numpy as np
+import trimesh
+
+from preprocess.render.backend_pyrender import select_gl_platform
+from preprocess.render.base import MeshRenderer, RenderedView
+from preprocess.render.mesh_io import SurfaceColors
+
+_VERTEX_SHADER = """
+#version 330 core
+layout(location = 0) in vec3 position;
+uniform mat4 world_to_clip;
+void main() { gl_Position = world_to_clip * vec4(position, 1.0); }
+"""
+_FRAGMENT_SHADER = """
+#version 330 core
+out uint face_id;
+void main() { face_id = uint(gl_PrimitiveID) + 1u; }
+"""
+# Near clipping plane in metres (reversed-Z with a float depth buffer has no far
+# plane and keeps relative precision, so it can be tiny).
+ZNEAR = 1e-4
+
+
+class _Context:
+    """One OpenGL context (this thread's), its id shader and one framebuffer per image size."""
+
+    def __init__(self):
+        select_gl_platform()
+        from OpenGL import GL as gl
+
+        platform = os.environ.get("PYOPENGL_PLATFORM", "")
+        if platform == "egl":
+            from pyrender.platforms.egl import EGLPlatform as Platform
+        else:
+            from pyrender.platforms.osmesa import OSMesaPlatform as Platform
+        self.gl = gl
+        # the window itself is never drawn to: a 1x1 one, the images go to framebuffers
+        self.platform = Platform(1, 1)
+        self.platform.init_context()
+        self.platform.make_current()
+        n_ext = gl.glGetIntegerv(gl.GL_NUM_EXTENSIONS)
+        extensions = {gl.glGetStringi(gl.GL_EXTENSIONS, i) for i in range(n_ext)}
+        if b"GL_ARB_clip_control" not in extensions:
+            raise RuntimeError(f"OpenGL {gl.glGetString(gl.GL_VERSION)} lacks ARB_clip_control (reversed-Z depth)")
+        from OpenGL.GL.ARB.clip_control import glClipControl
+
+        self.clip_control = glClipControl
+        self.program = self._link()
+        self.mvp_location = gl.glGetUniformLocation(self.program, "world_to_clip")
+        self.framebuffers: dict[tuple[int, int], int] = {}
+
+    def _link(self) -> int:
+        from OpenGL.GL import shaders
+
+        gl = self.gl
+        return shaders.compileProgram(
+            shaders.compileShader(_VERTEX_SHADER, gl.GL_VERTEX_SHADER),
+            shaders.compileShader(_FRAGMENT_SHADER, gl.GL_FRAGMENT_SHADER),
+        )
+
+    def framebuffer(self, width: int, height: int) -> int:
+        gl = self.gl
+        if (width, height) not in self.framebuffers:
+            fbo = gl.glGenFramebuffers(1)
+            gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
+            ids, depth = gl.glGenRenderbuffers(2)
+            gl.glBindRenderbuffer(gl.GL_RENDERBUFFER, ids)
+            gl.glRenderbufferStorage(gl.GL_RENDERBUFFER, gl.GL_R32UI, width, height)
+            gl.glFramebufferRenderbuffer(gl.GL_FRAMEBUFFER, gl.GL_COLOR_ATTACHMENT0, gl.GL_RENDERBUFFER, ids)
+            gl.glBindRenderbuffer(gl.GL_RENDERBUFFER, depth)
+            gl.glRenderbufferStorage(gl.GL_RENDERBUFFER, gl.GL_DEPTH_COMPONENT32F, width, height)
+            gl.glFramebufferRenderbuffer(gl.GL_FRAMEBUFFER, gl.GL_DEPTH_ATTACHMENT, gl.GL_RENDERBUFFER, depth)
+            status = gl.glCheckFramebufferStatus(gl.GL_FRAMEBUFFER)
+            if status != gl.GL_FRAMEBUFFER_COMPLETE:
+                raise RuntimeError(f"OpenGL framebuffer {width}x{height} incomplete (status {status:#x})")
+            self.framebuffers[(width, height)] = fbo
+        return self.framebuffers[(width, height)]
+
+
+_CONTEXTS = threading.local()
+
+
+def _context() -> _Context:
+    ctx = getattr(_CONTEXTS, "ctx", None)
+    if ctx is None:
+        ctx = _CONTEXTS.ctx = _Context()
+    return ctx
+
+
+def world_to_clip(K: np.ndarray, pose: np.ndarray, width: int, height: int, znear: float = ZNEAR) -> np.ndarray:
+    """float64 [4,4]: world point -> clip coordinates for OpenCV ``K`` and camera-to-world
+    ``pose``, pixel (r, c) at window (c + 0.5, r + 0.5), reversed-Z depth znear / z
+    (with clip control ZERO_TO_ONE), no far plane."""
+    proj = np.zeros((4, 4))
+    proj[0, :3] = 2.0 * K[0] / width - np.array([0.0, 0.0, 1.0 - 1.0 / width])  # 2 (u + 0.5) / W - 1
+    proj[1, :3] = 2.0 * K[1] / height - np.array([0.0, 0.0, 1.0 - 1.0 / height])
+    proj[2, 3] = znear
+    proj[3, 2] = 1.0
+    view = np.eye(4)
+    view[:3, :3] = pose[:3, :3].T
+    view[:3, 3] = -pose[:3, :3].T @ pose[:3, 3]
+    return proj @ view
+
+
+class RasterRenderer(MeshRenderer):
+    name = "raster"
+
+    def __init__(self, mesh: trimesh.Trimesh, with_color: bool = True):
+        super().__init__(mesh, with_color)
+        self._ctx = _context()
+        gl = self._ctx.gl
+        self._ctx.platform.make_current()
+        vertices = np.asarray(mesh.vertices, dtype=np.float64)
+        faces = np.asarray(mesh.faces, dtype=np.int64)
+        if len(faces) >= 2**32 - 1:
+            raise ValueError(f"raster backend: {len(faces)} faces do not fit 32-bit face ids")
+        self._faces = faces
+        self._vertices = vertices
+        # plane of every face: n . X = offset (n not normalised: the ratio below does not need it)
+        a, b, c = (vertices[faces[:, i]] for i in range(3))
+        self._normal = np.cross(b - a, c - a)
+        self._offset = np.einsum("fk,fk->f", self._normal, a)
+        self._vao = gl.glGenVertexArrays(1)
+        gl.glBindVertexArray(self._vao)
+        self._buffers = gl.glGenBuffers(2)
+        gl.glBindBuffer(gl.GL_ARRAY_BUFFER, self._buffers[0])
+        positions = np.ascontiguousarray(vertices, dtype=np.float32)
+        gl.glBufferData(gl.GL_ARRAY_BUFFER, positions.nbytes, positions, gl.GL_STATIC_DRAW)
+        gl.glEnableVertexAttribArray(0)
+        gl.glVertexAttribPointer(0, 3, gl.GL_FLOAT, gl.GL_FALSE, 0, ctypes.c_void_p(0))
+        gl.glBindBuffer(gl.GL_ELEMENT_ARRAY_BUFFER, self._buffers[1])
+        indices = np.ascontiguousarray(faces, dtype=np.uint32)
+        gl.glBufferData(gl.GL_ELEMENT_ARRAY_BUFFER, indices.nbytes, indices, gl.GL_STATIC_DRAW)
+        gl.glBindVertexArray(0)
+        self._n_indices = indices.size
+        self._colors = SurfaceColors.of(mesh) if with_color else None
+        # per-face colours with a black row 0 for "nothing hit" (ids are face + 1)
+        self._face_rgb = (np.concatenate([np.zeros((1, 3), np.uint8), self._colors.face])
+                          if self._colors is not None and self._colors.face is not None else None)
+
+    def face_ids(self, K: np.ndarray, pose: np.ndarray, width: int, height: int) -> np.ndarray:
+        """uint32 [H, W]: 1 + index of the face seen at each pixel centre, 0 where none."""
+        ctx = self._ctx
+        gl = ctx.gl
+        ctx.platform.make_current()
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, ctx.framebuffer(width, height))
+        gl.glViewport(0, 0, width, height)
+        ctx.clip_control(gl.GL_LOWER_LEFT, gl.GL_ZERO_TO_ONE)
+        gl.glEnable(gl.GL_DEPTH_TEST)
+        gl.glDepthFunc(gl.GL_GREATER)
+        gl.glDisable(gl.GL_CULL_FACE)
+        gl.glDisable(gl.GL_BLEND)
+        gl.glClearBufferuiv(gl.GL_COLOR, 0, np.zeros(4, np.uint32))
+        gl.glClearBufferfv(gl.GL_DEPTH, 0, np.zeros(1, np.float32))
+        gl.glUseProgram(ctx.program)
+        mvp = np.ascontiguousarray(world_to_clip(K, pose, width, height), dtype=np.float32)
+        gl.glUniformMatrix4fv(ctx.mvp_location, 1, gl.GL_TRUE, mvp)
+        gl.glBindVertexArray(self._vao)
+        gl.glDrawElements(gl.GL_TRIANGLES, self._n_indices, gl.GL_UNSIGNED_INT, ctypes.c_void_p(0))
+        gl.glBindVertexArray(0)
+        ids = np.empty((height, width), np.uint32)
+        gl.glPixelStorei(gl.GL_PACK_ALIGNMENT, 4)
+        gl.glReadPixels(0, 0, width, height, gl.GL_RED_INTEGER, gl.GL_UNSIGNED_INT, ids)
+        return ids
+
+    def _render(self, K, pose, width, height) -> RenderedView:
+        ids = self.face_ids(K, pose, width, height).ravel()
+        hit = np.flatnonzero(ids)
+        face = ids[hit].astype(np.int64) - 1
+        # camera-frame ray d = K^-1 [c, r, 1]; world direction R d; plane n . (t + z R d) = offset
+        Kinv = np.linalg.inv(K)
+        r, c = np.divmod(hit, width)
+        R, t = pose[:3, :3], pose[:3, 3]
+        n = self._normal[face]  # [M, 3]
+        nR = n @ R  # R^T n per hit, [M, 3] (float64; k = 3 product, see below)
+        dx = Kinv[0, 0] * c + Kinv[0, 1] * r + Kinv[0, 2]
+        dy = Kinv[1, 1] * r + Kinv[1, 2]
+        denom = nR[:, 0] * dx + nR[:, 1] * dy + nR[:, 2]
+        z = (self._offset[face] - n @ t) / denom
+        depth = np.full(height * width, np.nan, np.float32)
+        depth[hit] = z
+        rgb = None
+        if self._colors is not None:
+            if self._face_rgb is not None:
+                rgb = self._face_rgb[ids]
+            else:
+                rgb = np.zeros((height * width, 3), np.uint8)
+                X = t + (z[:, None] * np.stack([dx, dy, np.ones_like(dx)], 1)) @ R.T
+                rgb[hit] = self._colors.at(self._faces, face, _barycentric(self._vertices, self._faces[face], X))
+            rgb = rgb.reshape(height, width, 3)
+        return RenderedView(depth=depth.reshape(height, width), rgb=rgb)
+
+    def close(self) -> None:
+        """Free this mesh's buffers; the context stays for the next mesh."""
+        if getattr(self, "_vao", None) is None:
+            return
+        gl = self._ctx.gl
+        self._ctx.platform.make_current()
+        gl.glDeleteBuffers(2, self._buffers)
+        gl.glDeleteVertexArrays(1, [self._vao])
+        self._vao = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the context may already be gone
+            pass
+
+
+def _barycentric(vertices: np.ndarray, tri: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """float64 [M, 3]: barycentric weights of points X [M, 3] in triangles tri [M, 3] (vertex ids)."""
+    a, b, c = (vertices[tri[:, i]] for i in range(3))
+    v0, v1, v2 = b - a, c - a, X - a
+    d00 = np.einsum("mk,mk->m", v0, v0)
+    d01 = np.einsum("mk,mk->m", v0, v1)
+    d11 = np.einsum("mk,mk->m", v1, v1)
+    d20 = np.einsum("mk,mk->m", v2, v0)
+    d21 = np.einsum("mk,mk->m", v2, v1)
+    den = d00 * d11 - d01 * d01
+    v = (d11 * d20 - d01 * d21) / den
+    w = (d00 * d21 - d01 * d20) / den
+    return np.stack([1.0 - v - w, v, w], 1)
