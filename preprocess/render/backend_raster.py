@@ -26,6 +26,7 @@ Needs OpenGL 3.3 and ``glClipControl`` (GL 4.5 or ARB_clip_control).
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import threading
 
@@ -147,10 +148,16 @@ class RasterRenderer(MeshRenderer):
             raise ValueError(f"raster backend: {len(faces)} faces do not fit 32-bit face ids")
         self._faces = faces
         self._vertices = vertices
-        # plane of every face: n . X = offset (n not normalised: the ratio below does not need it)
+        # Plane of every face, n . X = offset (n not normalised: only ratios are used), as
+        # float64 columns [n_x, n_y, n_z, offset] x (1 + F); column 0 (id 0, nothing hit)
+        # gives NaN depth.
         a, b, c = (vertices[faces[:, i]] for i in range(3))
-        self._normal = np.cross(b - a, c - a)
-        self._offset = np.einsum("fk,fk->f", self._normal, a)
+        normal = np.cross(b - a, c - a)
+        self._planes = np.empty((4, len(faces) + 1))
+        self._planes[:3, 0], self._planes[3, 0] = 0.0, np.nan
+        self._planes[:3, 1:] = normal.T
+        self._planes[3, 1:] = np.einsum("fk,fk->f", normal, a)
+        self._coef = np.empty_like(self._planes)
         self._vao = gl.glGenVertexArrays(1)
         gl.glBindVertexArray(self._vao)
         self._buffers = gl.glGenBuffers(2)
@@ -196,30 +203,50 @@ class RasterRenderer(MeshRenderer):
 
     def _render(self, K, pose, width, height) -> RenderedView:
         ids = self.face_ids(K, pose, width, height).ravel()
-        hit = np.flatnonzero(ids)
-        face = ids[hit].astype(np.int64) - 1
-        # camera-frame ray d = K^-1 [c, r, 1]; world direction R d; plane n . (t + z R d) = offset
-        Kinv = np.linalg.inv(K)
-        r, c = np.divmod(hit, width)
-        R, t = pose[:3, :3], pose[:3, 3]
-        n = self._normal[face]  # [M, 3]
-        nR = n @ R  # R^T n per hit, [M, 3] (float64; k = 3 product, see below)
-        dx = Kinv[0, 0] * c + Kinv[0, 1] * r + Kinv[0, 2]
-        dy = Kinv[1, 1] * r + Kinv[1, 2]
-        denom = nR[:, 0] * dx + nR[:, 1] * dy + nR[:, 2]
-        z = (self._offset[face] - n @ t) / denom
-        depth = np.full(height * width, np.nan, np.float32)
-        depth[hit] = z
+        z = self._depth(ids, K, pose, width, height)
         rgb = None
         if self._colors is not None:
             if self._face_rgb is not None:
-                rgb = self._face_rgb[ids]
+                rgb = np.take(self._face_rgb, ids, axis=0)
             else:
                 rgb = np.zeros((height * width, 3), np.uint8)
-                X = t + (z[:, None] * np.stack([dx, dy, np.ones_like(dx)], 1)) @ R.T
+                hit = np.flatnonzero(ids)
+                face = ids[hit].astype(np.int64) - 1
+                c, r = _pixel_grid(width, height)
+                d = np.stack([c[hit], r[hit], np.ones(len(hit))], 1) @ (pose[:3, :3] @ np.linalg.inv(K)).T
+                X = pose[:3, 3] + z[hit, None] * d
                 rgb[hit] = self._colors.at(self._faces, face, _barycentric(self._vertices, self._faces[face], X))
             rgb = rgb.reshape(height, width, 3)
-        return RenderedView(depth=depth.reshape(height, width), rgb=rgb)
+        return RenderedView(depth=z.astype(np.float32).reshape(height, width), rgb=rgb)
+
+    def _depth(self, ids: np.ndarray, K, pose, width, height) -> np.ndarray:
+        """float64 [H*W] z-depth of each pixel's ray on the plane of face ``ids - 1`` (NaN for id 0).
+
+        The ray X = t + z R K^-1 [c, r, 1] meets n . X = offset at
+        z = (offset - n . t) / (n^T R K^-1 [c, r, 1]) = num / (A c + B r + C); per frame
+        (A, B, C, num) of every face is one 4x4 map of its plane, then four gathers by
+        id. Written per component: a [F,4] x [4,4] product through multithreaded BLAS
+        took 50 ms here against 2 ms.
+        """
+        M = np.zeros((4, 4))
+        M[:3, :3] = pose[:3, :3] @ np.linalg.inv(K)
+        M[:3, 3] = -pose[:3, 3]
+        M[3, 3] = 1.0
+        P, coef = self._planes, self._coef
+        for j in range(4):
+            out = coef[j]
+            np.multiply(P[0], M[0, j], out=out)
+            for i in range(1, 4):
+                if M[i, j] != 0.0:
+                    out += P[i] * M[i, j]
+        A, B, C, num = (np.take(coef[j], ids) for j in range(4))
+        c, r = _pixel_grid(width, height)
+        A *= c
+        B *= r
+        A += B
+        A += C
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.divide(num, A, out=num)
 
     def close(self) -> None:
         """Free this mesh's buffers; the context stays for the next mesh."""
@@ -236,6 +263,15 @@ class RasterRenderer(MeshRenderer):
             self.close()
         except Exception:  # interpreter shutdown: the context may already be gone
             pass
+
+
+@functools.lru_cache(maxsize=4)
+def _pixel_grid(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """float64 [H*W] column and row of every pixel, row-major (read-only, cached)."""
+    r, c = np.divmod(np.arange(width * height, dtype=np.float64), width)
+    c.setflags(write=False)
+    r.setflags(write=False)
+    return c, r
 
 
 def _barycentric(vertices: np.ndarray, tri: np.ndarray, X: np.ndarray) -> np.ndarray:
