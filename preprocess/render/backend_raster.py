@@ -45,8 +45,9 @@ void main() { gl_Position = world_to_clip * vec4(position, 1.0); }
 """
 _FRAGMENT_SHADER = """
 #version 330 core
+uniform uint first_id;  // 1 + index of the draw call's first face
 out uint face_id;
-void main() { face_id = uint(gl_PrimitiveID) + 1u; }
+void main() { face_id = first_id + uint(gl_PrimitiveID); }
 """
 # Near clipping plane in metres (reversed-Z with a float depth buffer has no far
 # plane and keeps relative precision, so it can be tiny).
@@ -79,6 +80,7 @@ class _Context:
         self.clip_control = glClipControl
         self.program = self._link()
         self.mvp_location = gl.glGetUniformLocation(self.program, "world_to_clip")
+        self.first_id_location = gl.glGetUniformLocation(self.program, "first_id")
         self.framebuffers: dict[tuple[int, int], int] = {}
 
     def _link(self) -> int:
@@ -140,23 +142,38 @@ class RasterRenderer(MeshRenderer):
     def __init__(self, mesh: trimesh.Trimesh, with_color: bool = True):
         super().__init__(mesh, with_color)
         self._ctx = _context()
+        self._thread = threading.get_ident()
         gl = self._ctx.gl
         self._ctx.platform.make_current()
         vertices = np.asarray(mesh.vertices, dtype=np.float64)
         faces = np.asarray(mesh.faces, dtype=np.int64)
         if len(faces) >= 2**32 - 1:
             raise ValueError(f"raster backend: {len(faces)} faces do not fit 32-bit face ids")
-        self._faces = faces
+        # Faces are drawn grouped by grid cell so that cells outside the view frustum
+        # are skipped (llvmpipe transforms every submitted vertex on one thread);
+        # every per-face table below is in this order, ``_order`` maps back.
+        # corners as [3, F] per vertex slot: component rows stay contiguous below
+        vt, ft = np.ascontiguousarray(vertices.T), np.ascontiguousarray(faces.T)
+        a, b, c = (np.stack([vt[k].take(ft[i]) for k in range(3)]) for i in range(3))
+        self._order, self._cells, self._cell_box = _spatial_cells(a, b, c)
+        self._faces = faces[self._order]
         self._vertices = vertices
         # Plane of every face, n . X = offset (n not normalised: only ratios are used), as
-        # float64 columns [n_x, n_y, n_z, offset] x (1 + F); column 0 (id 0, nothing hit)
-        # gives NaN depth.
-        a, b, c = (vertices[faces[:, i]] for i in range(3))
-        normal = np.cross(b - a, c - a)
+        # float64 rows [n_x, n_y, n_z, offset] x (1 + F) in cell order; column 0 (id 0,
+        # nothing hit) gives NaN depth.
+        e1, e2 = b - a, c - a
+        plane = np.empty((4, len(faces)))
+        for i in range(3):
+            j, k = (i + 1) % 3, (i + 2) % 3
+            np.multiply(e1[j], e2[k], out=plane[i])
+            plane[i] -= e1[k] * e2[j]
+        np.multiply(plane[0], a[0], out=plane[3])
+        plane[3] += plane[1] * a[1]
+        plane[3] += plane[2] * a[2]
         self._planes = np.empty((4, len(faces) + 1))
         self._planes[:3, 0], self._planes[3, 0] = 0.0, np.nan
-        self._planes[:3, 1:] = normal.T
-        self._planes[3, 1:] = np.einsum("fk,fk->f", normal, a)
+        for k in range(4):
+            plane[k].take(self._order, out=self._planes[k, 1:])
         self._coef = np.empty_like(self._planes)
         self._vao = gl.glGenVertexArrays(1)
         gl.glBindVertexArray(self._vao)
@@ -167,17 +184,25 @@ class RasterRenderer(MeshRenderer):
         gl.glEnableVertexAttribArray(0)
         gl.glVertexAttribPointer(0, 3, gl.GL_FLOAT, gl.GL_FALSE, 0, ctypes.c_void_p(0))
         gl.glBindBuffer(gl.GL_ELEMENT_ARRAY_BUFFER, self._buffers[1])
-        indices = np.ascontiguousarray(faces, dtype=np.uint32)
+        indices = np.ascontiguousarray(self._faces, dtype=np.uint32)
         gl.glBufferData(gl.GL_ELEMENT_ARRAY_BUFFER, indices.nbytes, indices, gl.GL_STATIC_DRAW)
         gl.glBindVertexArray(0)
         self._n_indices = indices.size
         self._colors = SurfaceColors.of(mesh) if with_color else None
         # per-face colours with a black row 0 for "nothing hit" (ids are face + 1)
-        self._face_rgb = (np.concatenate([np.zeros((1, 3), np.uint8), self._colors.face])
+        self._face_rgb = (np.concatenate([np.zeros((1, 3), np.uint8), self._colors.face[self._order]])
                           if self._colors is not None and self._colors.face is not None else None)
 
     def face_ids(self, K: np.ndarray, pose: np.ndarray, width: int, height: int) -> np.ndarray:
-        """uint32 [H, W]: 1 + index of the face seen at each pixel centre, 0 where none."""
+        """int64 [H, W]: index of the mesh face seen at each pixel centre, -1 where none."""
+        from preprocess.render.camera import check_camera
+
+        K, pose = check_camera(K, pose, width, height)
+        ids = self._sorted_ids(K, pose, int(width), int(height))
+        return np.concatenate([[-1], self._order])[ids]
+
+    def _sorted_ids(self, K: np.ndarray, pose: np.ndarray, width: int, height: int) -> np.ndarray:
+        """uint32 [H, W]: 1 + index into the cell-sorted faces seen at each pixel centre, 0 where none."""
         ctx = self._ctx
         gl = ctx.gl
         ctx.platform.make_current()
@@ -191,10 +216,13 @@ class RasterRenderer(MeshRenderer):
         gl.glClearBufferuiv(gl.GL_COLOR, 0, np.zeros(4, np.uint32))
         gl.glClearBufferfv(gl.GL_DEPTH, 0, np.zeros(1, np.float32))
         gl.glUseProgram(ctx.program)
-        mvp = np.ascontiguousarray(world_to_clip(K, pose, width, height), dtype=np.float32)
-        gl.glUniformMatrix4fv(ctx.mvp_location, 1, gl.GL_TRUE, mvp)
+        mvp = world_to_clip(K, pose, width, height)
+        gl.glUniformMatrix4fv(ctx.mvp_location, 1, gl.GL_TRUE, np.ascontiguousarray(mvp, dtype=np.float32))
         gl.glBindVertexArray(self._vao)
-        gl.glDrawElements(gl.GL_TRIANGLES, self._n_indices, gl.GL_UNSIGNED_INT, ctypes.c_void_p(0))
+        for first, count in _visible_runs(mvp, self._cells, self._cell_box):
+            # gl_PrimitiveID restarts at 0 in every draw call
+            gl.glUniform1ui(ctx.first_id_location, first + 1)
+            gl.glDrawElements(gl.GL_TRIANGLES, 3 * count, gl.GL_UNSIGNED_INT, ctypes.c_void_p(12 * first))
         gl.glBindVertexArray(0)
         ids = np.empty((height, width), np.uint32)
         gl.glPixelStorei(gl.GL_PACK_ALIGNMENT, 4)
@@ -202,7 +230,7 @@ class RasterRenderer(MeshRenderer):
         return ids
 
     def _render(self, K, pose, width, height) -> RenderedView:
-        ids = self.face_ids(K, pose, width, height).ravel()
+        ids = self._sorted_ids(K, pose, width, height).ravel()
         z = self._depth(ids, K, pose, width, height)
         rgb = None
         if self._colors is not None:
@@ -259,10 +287,57 @@ class RasterRenderer(MeshRenderer):
         self._vao = None
 
     def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: the context may already be gone
-            pass
+        # only from the thread whose context holds the buffers (a context is current in one thread)
+        if getattr(self, "_thread", None) == threading.get_ident():
+            try:
+                self.close()
+            except Exception:  # interpreter shutdown: the context may already be gone
+                pass
+
+
+def _spatial_cells(a: np.ndarray, b: np.ndarray, c: np.ndarray, faces_per_cell: int = 2048):
+    """Group faces (corners a, b, c float64 [3, F]) by the cell of a regular grid over
+    the mesh bounds holding their centroid, about ``faces_per_cell`` per cell on a
+    surface-like mesh.
+
+    Returns the face order (int64 [F], faces sorted by cell), cell starts in that
+    order (int64 [C + 1], last = F) and each cell's bounding box of its faces'
+    corners (float64 [C, 2, 3]: min, max), for frustum culling.
+    """
+    n = a.shape[1]
+    lo = np.minimum(np.minimum(a, b), c)
+    hi = np.maximum(np.maximum(a, b), c)
+    # surfaces fill ~ G^2 of G^3 cells: G = sqrt(F / faces_per_cell), at most 32^3 cells
+    g = int(np.clip(np.sqrt(n / faces_per_cell), 1, 32))
+    key = np.zeros(n, np.int16)  # < 32^3: int16, so argsort is a radix sort
+    for i in range(3):
+        centroid = a[i] + b[i] + c[i]  # 3x the centroid, against 3x the bounds
+        low, high = 3 * lo[i].min(), 3 * hi[i].max()
+        cell = ((centroid - low) * (g / max(high - low, 1e-12))).astype(np.int16)
+        np.clip(cell, 0, g - 1, out=cell)
+        key *= g
+        key += cell
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    box = np.empty((len(starts), 2, 3))
+    for i in range(3):
+        box[:, 0, i] = np.minimum.reduceat(lo[i][order], starts)
+        box[:, 1, i] = np.maximum.reduceat(hi[i][order], starts)
+    return order, np.r_[starts, n], box
+
+
+def _visible_runs(world_to_clip: np.ndarray, cells: np.ndarray, box: np.ndarray) -> list[tuple[int, int]]:
+    """(first face, face count) of each run of consecutive cells whose box is not
+    entirely outside one of the view frustum's planes (left, right, bottom, top, near)."""
+    M = world_to_clip
+    planes = np.stack([M[3] + M[0], M[3] - M[0], M[3] + M[1], M[3] - M[1], M[3] - M[2]])  # inside: p . [X, 1] >= 0
+    centre, half = (box[:, 0] + box[:, 1]) / 2, (box[:, 1] - box[:, 0]) / 2
+    # the box corner farthest inside each plane
+    reach = np.einsum("pk,ck->pc", planes[:, :3], centre) + np.einsum("pk,ck->pc", np.abs(planes[:, :3]), half)
+    visible = (reach + planes[:, 3:] >= 0).all(0)
+    edges = np.flatnonzero(np.diff(np.r_[0, visible.astype(np.int8), 0]))
+    return [(int(cells[a]), int(cells[b] - cells[a])) for a, b in zip(edges[::2], edges[1::2])]
 
 
 @functools.lru_cache(maxsize=4)
