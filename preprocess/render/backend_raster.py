@@ -35,7 +35,8 @@ import trimesh
 
 from preprocess.render.backend_pyrender import select_gl_platform
 from preprocess.render.base import MeshRenderer, RenderedView
-from preprocess.render.mesh_io import SurfaceColors
+from preprocess.render.camera import check_camera
+from preprocess.render.mesh_io import SurfaceColors, barycentric
 
 _VERTEX_SHADER = """
 #version 330 core
@@ -195,8 +196,6 @@ class RasterRenderer(MeshRenderer):
 
     def face_ids(self, K: np.ndarray, pose: np.ndarray, width: int, height: int) -> np.ndarray:
         """int64 [H, W]: index of the mesh face seen at each pixel centre, -1 where none."""
-        from preprocess.render.camera import check_camera
-
         K, pose = check_camera(K, pose, width, height)
         ids = self._sorted_ids(K, pose, int(width), int(height))
         return np.concatenate([[-1], self._order])[ids]
@@ -243,7 +242,8 @@ class RasterRenderer(MeshRenderer):
                 c, r = _pixel_grid(width, height)
                 d = np.stack([c[hit], r[hit], np.ones(len(hit))], 1) @ (pose[:3, :3] @ np.linalg.inv(K)).T
                 X = pose[:3, 3] + z[hit, None] * d
-                rgb[hit] = self._colors.at(self._faces, face, _barycentric(self._vertices, self._faces[face], X))
+                a, b, c = (self._vertices[self._faces[face, i]] for i in range(3))
+                rgb[hit] = self._colors.at(self._faces, face, barycentric(X - a, b - a, c - a))
             rgb = rgb.reshape(height, width, 3)
         return RenderedView(depth=z.astype(np.float32).reshape(height, width), rgb=rgb)
 
@@ -348,17 +348,3 @@ def _pixel_grid(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     r.setflags(write=False)
     return c, r
 
-
-def _barycentric(vertices: np.ndarray, tri: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """float64 [M, 3]: barycentric weights of points X [M, 3] in triangles tri [M, 3] (vertex ids)."""
-    a, b, c = (vertices[tri[:, i]] for i in range(3))
-    v0, v1, v2 = b - a, c - a, X - a
-    d00 = np.einsum("mk,mk->m", v0, v0)
-    d01 = np.einsum("mk,mk->m", v0, v1)
-    d11 = np.einsum("mk,mk->m", v1, v1)
-    d20 = np.einsum("mk,mk->m", v2, v0)
-    d21 = np.einsum("mk,mk->m", v2, v1)
-    den = d00 * d11 - d01 * d01
-    v = (d11 * d20 - d01 * d21) / den
-    w = (d00 * d21 - d01 * d20) / den
-    return np.stack([1.0 - v - w, v, w], 1)
