@@ -346,3 +346,17 @@ def test_raster_context_outlives_a_renderer_without_leftovers():
     assert (np.isnan(got) == np.isnan(exact)).mean() > 0.98
     both = np.isfinite(got) & np.isfinite(exact)
     np.testing.assert_allclose(got[both], exact[both], rtol=1e-6)
+
+
+def test_raster_keeps_a_few_image_sizes(monkeypatch):
+    _backend("raster")
+    from preprocess.render import backend_raster
+
+    monkeypatch.setattr(backend_raster, "KEPT_FRAMEBUFFERS", 2)
+    mesh = _to_world(_plane([0, 0, 1], [0, 0, 2.75]), _pose())
+    with R.make_renderer(mesh, backend="raster", with_color=False) as r:
+        for w, h in [(W, H), (W + 1, H), (W, H + 2), (W, H)]:
+            k = K.copy()
+            k[:2, 2] += [(w - W) / 2, (h - H) / 2]
+            np.testing.assert_allclose(r.render(k, _pose(), w, h).depth, 2.75, atol=1e-5)
+        assert len(r._ctx.framebuffers) == 2

@@ -53,6 +53,8 @@ void main() { face_id = first_id + uint(gl_PrimitiveID); }
 # Near clipping plane in metres (reversed-Z with a float depth buffer has no far
 # plane and keeps relative precision, so it can be tiny).
 ZNEAR = 1e-4
+# framebuffers kept per context, one per image size (8 bytes a pixel each)
+KEPT_FRAMEBUFFERS = 4
 
 
 class _Context:
@@ -82,7 +84,7 @@ class _Context:
         self.program = self._link()
         self.mvp_location = gl.glGetUniformLocation(self.program, "world_to_clip")
         self.first_id_location = gl.glGetUniformLocation(self.program, "first_id")
-        self.framebuffers: dict[tuple[int, int], int] = {}
+        self.framebuffers: dict[tuple[int, int], tuple[int, list[int]]] = {}  # size -> (fbo, renderbuffers)
 
     def _link(self) -> int:
         from OpenGL.GL import shaders
@@ -94,22 +96,32 @@ class _Context:
         )
 
     def framebuffer(self, width: int, height: int) -> int:
+        """The framebuffer (face ids + depth) for this image size; the last few sizes are kept."""
         gl = self.gl
-        if (width, height) not in self.framebuffers:
-            fbo = gl.glGenFramebuffers(1)
-            gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
-            ids, depth = gl.glGenRenderbuffers(2)
-            gl.glBindRenderbuffer(gl.GL_RENDERBUFFER, ids)
-            gl.glRenderbufferStorage(gl.GL_RENDERBUFFER, gl.GL_R32UI, width, height)
-            gl.glFramebufferRenderbuffer(gl.GL_FRAMEBUFFER, gl.GL_COLOR_ATTACHMENT0, gl.GL_RENDERBUFFER, ids)
-            gl.glBindRenderbuffer(gl.GL_RENDERBUFFER, depth)
-            gl.glRenderbufferStorage(gl.GL_RENDERBUFFER, gl.GL_DEPTH_COMPONENT32F, width, height)
-            gl.glFramebufferRenderbuffer(gl.GL_FRAMEBUFFER, gl.GL_DEPTH_ATTACHMENT, gl.GL_RENDERBUFFER, depth)
-            status = gl.glCheckFramebufferStatus(gl.GL_FRAMEBUFFER)
-            if status != gl.GL_FRAMEBUFFER_COMPLETE:
-                raise RuntimeError(f"OpenGL framebuffer {width}x{height} incomplete (status {status:#x})")
-            self.framebuffers[(width, height)] = fbo
-        return self.framebuffers[(width, height)]
+        key = (width, height)
+        if key in self.framebuffers:
+            self.framebuffers[key] = self.framebuffers.pop(key)  # most recently used last
+            return self.framebuffers[key][0]
+        if len(self.framebuffers) >= KEPT_FRAMEBUFFERS:  # free the least recently used size
+            fbo, renderbuffers = self.framebuffers.pop(next(iter(self.framebuffers)))
+            gl.glDeleteFramebuffers(1, [fbo])
+            gl.glDeleteRenderbuffers(2, renderbuffers)
+        fbo = gl.glGenFramebuffers(1)
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
+        ids, depth = renderbuffers = list(gl.glGenRenderbuffers(2))
+        gl.glBindRenderbuffer(gl.GL_RENDERBUFFER, ids)
+        gl.glRenderbufferStorage(gl.GL_RENDERBUFFER, gl.GL_R32UI, width, height)
+        gl.glFramebufferRenderbuffer(gl.GL_FRAMEBUFFER, gl.GL_COLOR_ATTACHMENT0, gl.GL_RENDERBUFFER, ids)
+        gl.glBindRenderbuffer(gl.GL_RENDERBUFFER, depth)
+        gl.glRenderbufferStorage(gl.GL_RENDERBUFFER, gl.GL_DEPTH_COMPONENT32F, width, height)
+        gl.glFramebufferRenderbuffer(gl.GL_FRAMEBUFFER, gl.GL_DEPTH_ATTACHMENT, gl.GL_RENDERBUFFER, depth)
+        status = gl.glCheckFramebufferStatus(gl.GL_FRAMEBUFFER)
+        if status != gl.GL_FRAMEBUFFER_COMPLETE:
+            gl.glDeleteFramebuffers(1, [fbo])
+            gl.glDeleteRenderbuffers(2, renderbuffers)
+            raise RuntimeError(f"OpenGL framebuffer {width}x{height} incomplete (status {status:#x})")
+        self.framebuffers[key] = (fbo, renderbuffers)
+        return fbo
 
 
 _CONTEXTS = threading.local()
