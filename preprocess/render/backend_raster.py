@@ -200,7 +200,6 @@ class RasterRenderer(MeshRenderer):
         indices = np.ascontiguousarray(self._faces, dtype=np.uint32)
         gl.glBufferData(gl.GL_ELEMENT_ARRAY_BUFFER, indices.nbytes, indices, gl.GL_STATIC_DRAW)
         gl.glBindVertexArray(0)
-        self._n_indices = indices.size
         self._colors = SurfaceColors.of(mesh) if with_color else None
         # per-face colours with a black row 0 for "nothing hit" (ids are face + 1)
         self._face_rgb = (np.concatenate([np.zeros((1, 3), np.uint8), self._colors.face[self._order]])
@@ -251,11 +250,12 @@ class RasterRenderer(MeshRenderer):
                 rgb = np.zeros((height * width, 3), np.uint8)
                 hit = np.flatnonzero(ids)
                 face = ids[hit].astype(np.int64) - 1
-                c, r = _pixel_grid(width, height)
-                d = np.stack([c[hit], r[hit], np.ones(len(hit))], 1) @ (pose[:3, :3] @ np.linalg.inv(K)).T
-                X = pose[:3, 3] + z[hit, None] * d
-                a, b, c = (self._vertices[self._faces[face, i]] for i in range(3))
-                rgb[hit] = self._colors.at(self._faces, face, barycentric(X - a, b - a, c - a))
+                col, row = _pixel_grid(width, height)
+                pix = np.stack([col[hit], row[hit], np.ones(len(hit))], 1)
+                # einsum, not @: a k = 3 product through multithreaded BLAS is slow here
+                X = pose[:3, 3] + z[hit, None] * np.einsum("mk,jk->mj", pix, pose[:3, :3] @ np.linalg.inv(K))
+                v0, v1, v2 = (self._vertices[self._faces[face, i]] for i in range(3))
+                rgb[hit] = self._colors.at(self._faces, face, barycentric(X - v0, v1 - v0, v2 - v0))
             rgb = rgb.reshape(height, width, 3)
         return RenderedView(depth=z.astype(np.float32).reshape(height, width), rgb=rgb)
 
