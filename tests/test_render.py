@@ -288,3 +288,75 @@ def test_pyrender_context_is_reused_across_scenes_without_leftovers():
     inside = _interior(exact, rel=0.1) & _interior(got, rel=0.1)
     assert np.array_equal(np.isnan(got[inside]), np.isnan(exact[inside]))
     assert np.isnan(got).mean() > 0.5 and np.nanmax(np.abs(got - exact)) < 1e-3
+
+
+def _open3d_view(mesh, pose, k=K, w=W, h=H):
+    """open3d's depth and primitive ids (-1 = miss) for one view."""
+    from preprocess.render.backend_open3d import Open3DRenderer
+
+    with Open3DRenderer(mesh, with_color=False) as r:
+        depth = r.render(k, pose, w, h).depth
+        import open3d as o3d
+        from preprocess.render.camera import world_rays
+
+        o, d, _ = world_rays(k, pose, w, h)
+        rays = o3d.core.Tensor(np.concatenate([o, d], 1).astype(np.float32))
+        ids = r._scene.cast_rays(rays)["primitive_ids"].numpy().astype(np.int64)
+    ids[ids == np.iinfo(np.uint32).max] = -1
+    return depth, ids.reshape(h, w)
+
+
+def test_raster_matches_the_ray_caster_face_by_face_on_a_culled_mesh():
+    """The raster backend's depth is the ray caster's (not a depth buffer's): same
+    face at every pixel but a few on depth edges, depth equal to float rounding,
+    also far away; the mesh is big enough to be split into cells for culling."""
+    _backend("raster")
+    room = generate_room(0, 2, RoomConfig(frames=2, width=W, height=H))
+    mesh = room.mesh.to_trimesh().subdivide().subdivide()
+    mesh.apply_scale(4.0)  # a 4x bigger room: depths up to ~25 m, beyond a 24-bit buffer's 1e-4 m
+    with R.make_renderer(mesh, backend="raster") as r:
+        assert len(r._cells) - 1 > 8  # really split into cells (frustum culling active)
+        for pose in room.poses:
+            pose = pose.copy()
+            pose[:3, 3] *= 4.0
+            exact, exact_ids = _open3d_view(mesh, pose, room.K)
+            view = r.render(room.K, pose, W, H)
+            ids = r.face_ids(room.K, pose, W, H)
+            assert np.nanmax(exact) > 8.0
+            same = ids == exact_ids
+            assert same.mean() > 0.99
+            np.testing.assert_allclose(view.depth[same], exact[same], rtol=1e-5)
+            assert np.array_equal(np.isnan(view.depth), ids < 0)
+            hit = same & (ids >= 0)
+            assert (view.rgb[hit] == np.asarray(mesh.visual.face_colors)[exact_ids[hit], :3]).all()
+
+
+def test_raster_context_outlives_a_renderer_without_leftovers():
+    _backend("raster")
+    with R.make_renderer(_room().mesh.to_trimesh(), backend="raster", with_color=False) as r:
+        r.render(K, _pose(), W, H)
+        ctx = r._ctx
+    plane = trimesh.Trimesh(vertices=[[-0.2, -0.2, 2.0], [0.2, -0.2, 2.0], [0.2, 0.2, 2.0], [-0.2, 0.2, 2.0]],
+                            faces=[[0, 1, 2], [0, 2, 3]], process=False)
+    with R.make_renderer(plane, backend="raster", with_color=False) as r:
+        got = r.render(K, np.eye(4), W, H).depth
+        assert r._ctx is ctx
+    exact = R.render_views(plane, K, [np.eye(4)], W, H, backend="open3d", with_color=False)[0].depth
+    assert np.isnan(got).mean() > 0.5
+    assert (np.isnan(got) == np.isnan(exact)).mean() > 0.98
+    both = np.isfinite(got) & np.isfinite(exact)
+    np.testing.assert_allclose(got[both], exact[both], rtol=1e-6)
+
+
+def test_raster_keeps_a_few_image_sizes(monkeypatch):
+    _backend("raster")
+    from preprocess.render import backend_raster
+
+    monkeypatch.setattr(backend_raster, "KEPT_FRAMEBUFFERS", 2)
+    mesh = _to_world(_plane([0, 0, 1], [0, 0, 2.75]), _pose())
+    with R.make_renderer(mesh, backend="raster", with_color=False) as r:
+        for w, h in [(W, H), (W + 1, H), (W, H + 2), (W, H)]:
+            k = K.copy()
+            k[:2, 2] += [(w - W) / 2, (h - H) / 2]
+            np.testing.assert_allclose(r.render(k, _pose(), w, h).depth, 2.75, atol=1e-5)
+        assert len(r._ctx.framebuffers) == 2

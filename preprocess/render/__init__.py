@@ -12,6 +12,8 @@ Backends (imported only when used, so this package needs no OpenGL):
   open3d   - o3d.t.geometry.RaycastingScene ray casting, CPU
   embree   - trimesh + embreex ``intersects_first``, CPU
   pyrender - OpenGL rasterisation, OSMesa on CPU or EGL on GPU machines
+  raster   - OpenGL rasterises face ids, depth = each pixel's ray on its face's
+             plane (numpy): ray-caster depth without a BVH
 ``auto`` takes the first usable backend of ``AUTO_ORDER`` (exact depth first,
 then speed, as measured by benchmarks/bench_render.py on this machine kind).
 """
@@ -32,11 +34,13 @@ _BACKENDS = {
     "open3d": ("preprocess.render.backend_open3d", "Open3DRenderer"),
     "embree": ("preprocess.render.backend_embree", "EmbreeRenderer"),
     "pyrender": ("preprocess.render.backend_pyrender", "PyrenderRenderer"),
+    "raster": ("preprocess.render.backend_raster", "RasterRenderer"),
 }
-# open3d first: exact ray-cast depth at 0.96-1.08x the raw cast_rays time (small and
-# 371k-face rooms), where pyrender's 24-bit depth buffer is approximate and it was
-# 0.2x-3x the raw cast time depending on mesh size (benchmarks/bench_render.py).
-AUTO_ORDER = ("open3d", "pyrender", "embree")
+# raster first: the ray caster's depth (same face per pixel but at a few silhouette
+# pixels) without building a BVH per mesh; open3d (exact ray casting) where OpenGL is
+# missing; pyrender's 24-bit depth buffer is approximate (benchmarks/bench_render.py,
+# bench_correspondence.py).
+AUTO_ORDER = ("raster", "open3d", "pyrender", "embree")
 BACKENDS = tuple(_BACKENDS)
 
 

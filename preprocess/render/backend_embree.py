@@ -11,7 +11,7 @@ import trimesh
 
 from preprocess.render.base import MeshRenderer, RenderedView, depth_from_hits
 from preprocess.render.camera import world_rays
-from preprocess.render.mesh_io import SurfaceColors
+from preprocess.render.mesh_io import SurfaceColors, barycentric
 
 
 class EmbreeRenderer(MeshRenderer):
@@ -44,21 +44,8 @@ class EmbreeRenderer(MeshRenderer):
         if self._colors is not None:
             rgb = np.zeros((height * width, 3), np.uint8)
             if hit.any():
-                bary = _barycentric(o + distance[hit, None] * d - self._v0[t], self._e1[t], self._e2[t])
+                bary = barycentric(o + distance[hit, None] * d - self._v0[t], self._e1[t], self._e2[t])
                 rgb[hit] = self._colors.at(self._faces, t, bary)
             rgb = rgb.reshape(height, width, 3)
         return RenderedView(depth=depth, rgb=rgb)
 
-
-def _barycentric(p: np.ndarray, e1: np.ndarray, e2: np.ndarray) -> np.ndarray:
-    """Weights [N, 3] of (v0, v1, v2) for points p - v0 in the triangles' planes."""
-    d11 = np.einsum("ij,ij->i", e1, e1)
-    d12 = np.einsum("ij,ij->i", e1, e2)
-    d22 = np.einsum("ij,ij->i", e2, e2)
-    p1 = np.einsum("ij,ij->i", p, e1)
-    p2 = np.einsum("ij,ij->i", p, e2)
-    den = d11 * d22 - d12 * d12
-    den = np.where(den == 0, 1.0, den)
-    u = (d22 * p1 - d12 * p2) / den
-    v = (d11 * p2 - d12 * p1) / den
-    return np.clip(np.stack([1.0 - u - v, u, v], axis=1), 0.0, 1.0)

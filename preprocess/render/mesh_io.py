@@ -88,3 +88,18 @@ def mesh_with_color_visual(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
         mesh = mesh.copy()
         mesh.visual = mesh.visual.to_color()
     return mesh
+
+
+def barycentric(p: np.ndarray, e1: np.ndarray, e2: np.ndarray) -> np.ndarray:
+    """Weights [N, 3] of (v0, v1, v2) for points p - v0 [N, 3] in the planes of the triangles
+    with edges e1 = v1 - v0, e2 = v2 - v0 [N, 3] (clipped to [0, 1])."""
+    d11 = np.einsum("ij,ij->i", e1, e1)
+    d12 = np.einsum("ij,ij->i", e1, e2)
+    d22 = np.einsum("ij,ij->i", e2, e2)
+    p1 = np.einsum("ij,ij->i", p, e1)
+    p2 = np.einsum("ij,ij->i", p, e2)
+    den = d11 * d22 - d12 * d12
+    den = np.where(den == 0, 1.0, den)
+    u = (d22 * p1 - d12 * p2) / den
+    v = (d11 * p2 - d12 * p1) / den
+    return np.clip(np.stack([1.0 - u - v, u, v], axis=1), 0.0, 1.0)
