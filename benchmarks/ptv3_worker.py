@@ -17,8 +17,8 @@ Official code on CPU, as INSTALL-NOTES says (plus unshuffled curves in its
 poolings, as ours gets ``orders``, so the outputs can be compared): no flash attention
 (``enable_flash=False``: its explicit softmax path), every sparse conv with
 ``ConvAlgo.Native``, and the conv bias added outside spconv (spconv fuses it in
-a CUDA-only kernel in eval). ``timm`` is not installed there (it pulls a CUDA
-torch); its DropPath is provided by a 10-line module written to a temp dir.
+a CUDA-only kernel in eval), all from ``scripts/golden/official_cpu.py``, which
+also stands in for ``timm``'s DropPath (timm pulls a CUDA torch).
 """
 from __future__ import annotations
 
@@ -27,32 +27,10 @@ import json
 import os
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-DROP_PATH_MODULE = '''
-import torch
-from torch import nn
-
-
-class DropPath(nn.Module):
-    """Stochastic depth over dim 0, scaled by 1/keep (timm's semantics)."""
-
-    def __init__(self, drop_prob=0.0, scale_by_keep=True):
-        super().__init__()
-        self.drop_prob, self.scale_by_keep = drop_prob, scale_by_keep
-
-    def forward(self, x):
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep if self.scale_by_keep else x * mask
-'''
-
 
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
@@ -63,13 +41,12 @@ def official_model(case: dict):
     root = os.environ.get("CONCERTO_OFFICIAL_SONATA")
     if not root:
         raise SystemExit("CONCERTO_OFFICIAL_SONATA is not set")
-    stub = Path(tempfile.mkdtemp(prefix="timm-stub-"))
-    (stub / "timm" / "layers").mkdir(parents=True)
-    (stub / "timm" / "__init__.py").write_text("")
-    (stub / "timm" / "layers" / "__init__.py").write_text(DROP_PATH_MODULE)
-    sys.path[:0] = [root, str(stub)]
-    import spconv.pytorch as spconv
-    from spconv.core import ConvAlgo
+    # the golden scripts' CPU stand-ins: timm's DropPath, spconv Native + bias outside in eval
+    sys.path[:0] = [root, str(Path(__file__).resolve().parents[1] / "scripts" / "golden")]
+    import official_cpu
+
+    official_cpu.stub_timm()
+    official_cpu.spconv_on_cpu()
     from sonata.model import GridPooling, PointTransformerV3
 
     keep = {
@@ -88,18 +65,6 @@ def official_model(case: dict):
             # the model does not pass shuffle_orders on to its poolings (they default to
             # shuffling); fixed curves in both implementations make the outputs comparable
             m.shuffle_orders = False
-        if isinstance(m, spconv.SubMConv3d):
-            m.algo = ConvAlgo.Native
-            if m.bias is not None:
-                bias = m.bias
-                m.bias = None
-                m.outside_bias = bias  # registered as a parameter: it still trains
-
-                def forward(x, _conv=m, _orig=m.forward):
-                    out = _orig(x)
-                    return out.replace_feature(out.features + _conv.outside_bias)
-
-                m.forward = forward
 
     def run(point: dict):
         out = model(dict(point))

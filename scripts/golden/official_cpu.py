@@ -65,15 +65,20 @@ def _knn_query(k, xyz, offset, new_xyz, new_offset):
     return torch.cat(idx).int(), torch.cat(dist)
 
 
-def setup(pointcept_root: str | Path) -> None:
-    root = Path(pointcept_root)
-    sys.path.insert(0, str(root))
+def stub_timm() -> None:
+    """``timm.layers`` with DropPath and trunc_normal_ (timm itself pulls a CUDA torch)."""
     timm = _package("timm")
     layers = types.ModuleType("timm.layers")
     layers.DropPath = DropPath
     layers.trunc_normal_ = nn.init.trunc_normal_
     sys.modules["timm.layers"] = layers
     timm.layers = layers
+
+
+def setup(pointcept_root: str | Path) -> None:
+    root = Path(pointcept_root)
+    sys.path.insert(0, str(root))
+    stub_timm()
     tr = types.ModuleType("transformers")
 
     class AutoModel:  # never loads anything: the fixture feeds the 2D features
@@ -110,7 +115,11 @@ def setup(pointcept_root: str | Path) -> None:
     sys.modules["pointcept.engines.hooks"] = hooks
 
     torch.Tensor.cuda = lambda self, *a, **k: self  # constants moved to the GPU stay here
+    spconv_on_cpu()
 
+
+def spconv_on_cpu() -> None:
+    """Every sparse conv with ``ConvAlgo.Native``; in eval the bias added outside the conv."""
     import spconv.pytorch as spconv
     from spconv.core import ConvAlgo
     from spconv.pytorch.conv import SparseConvolution
