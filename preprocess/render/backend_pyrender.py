@@ -14,6 +14,7 @@ imported.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
@@ -40,6 +41,7 @@ def select_gl_platform() -> str:
 # the thread that made it, hence per thread. pyrender drops the previous
 # scene's buffers from the context when it renders a new scene.
 _CONTEXTS = threading.local()
+_KEPT: list = []  # every kept renderer, of every thread
 
 
 def _offscreen(pyrender, width: int, height: int):
@@ -48,7 +50,21 @@ def _offscreen(pyrender, width: int, height: int):
         pool = _CONTEXTS.renderers = {}
     if (width, height) not in pool:
         pool[(width, height)] = pyrender.OffscreenRenderer(viewport_width=width, viewport_height=height)
+        if not _KEPT:
+            atexit.register(_delete_kept)
+        _KEPT.append(pool[(width, height)])
     return pool[(width, height)]
+
+
+def _delete_kept() -> None:
+    """Free the kept contexts while the interpreter is still whole: left to their
+    ``__del__`` at shutdown, PyOpenGL prints lookup failures to stdout."""
+    for renderer in _KEPT:
+        try:
+            renderer.delete()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+    _KEPT.clear()
 
 
 class PyrenderRenderer(MeshRenderer):

@@ -25,9 +25,11 @@ Needs OpenGL 3.3 and ``glClipControl`` (GL 4.5 or ARB_clip_control).
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import os
+import sys
 import threading
 
 import numpy as np
@@ -102,7 +104,7 @@ class _Context:
         if key in self.framebuffers:
             self.framebuffers[key] = self.framebuffers.pop(key)  # most recently used last
             return self.framebuffers[key][0]
-        if len(self.framebuffers) >= KEPT_FRAMEBUFFERS:  # free the least recently used size
+        while len(self.framebuffers) >= max(KEPT_FRAMEBUFFERS, 1):  # free the least recently used sizes
             fbo, renderbuffers = self.framebuffers.pop(next(iter(self.framebuffers)))
             gl.glDeleteFramebuffers(1, [fbo])
             gl.glDeleteRenderbuffers(2, renderbuffers)
@@ -125,13 +127,29 @@ class _Context:
 
 
 _CONTEXTS = threading.local()
+_ALL_CONTEXTS: list[_Context] = []
 
 
 def _context() -> _Context:
     ctx = getattr(_CONTEXTS, "ctx", None)
     if ctx is None:
         ctx = _CONTEXTS.ctx = _Context()
+        if not _ALL_CONTEXTS:
+            atexit.register(_destroy_contexts)
+        _ALL_CONTEXTS.append(ctx)
     return ctx
+
+
+def _destroy_contexts() -> None:
+    """Destroy every context while the interpreter is still whole: left to the
+    platforms' ``__del__`` at shutdown, PyOpenGL prints lookup failures to stdout."""
+    for ctx in _ALL_CONTEXTS:
+        try:
+            ctx.platform.delete_context()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+        ctx.platform.delete_context = lambda: None  # its __del__ has nothing left to do
+    _ALL_CONTEXTS.clear()
 
 
 def world_to_clip(K: np.ndarray, pose: np.ndarray, width: int, height: int, znear: float = ZNEAR) -> np.ndarray:
@@ -299,8 +317,10 @@ class RasterRenderer(MeshRenderer):
         self._vao = None
 
     def __del__(self):
-        # only from the thread whose context holds the buffers (a context is current in one thread)
-        if getattr(self, "_thread", None) == threading.get_ident():
+        # only from the thread whose context holds the buffers (a context is current in one
+        # thread), and not at interpreter exit: PyOpenGL then prints its lookup failures to
+        # stdout (the process's memory goes anyway)
+        if getattr(self, "_thread", None) == threading.get_ident() and not sys.is_finalizing():
             try:
                 self.close()
             except Exception:  # interpreter shutdown: the context may already be gone
