@@ -24,6 +24,8 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.timing import json_line  # noqa: E402
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -84,6 +86,8 @@ def main() -> None:
         print(f"training : {step_rate:8.2f} samples/s consumed by '{args.config}' steps "
               f"(batch {bs}, {summary['seconds'] / steps:.2f} s/step incl. in-process loading)")
         print(f"ratio    : {loader_rate / step_rate:8.2f}x (goal >= 3x)")
+        json_line("bench_loader", f"loader samples/s ({args.workers} workers) vs samples/s the '{args.config}' step consumes",
+                  loader_rate, step_rate, ">= 3")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -14,3 +14,15 @@ def best_of(fn: Callable[[], Any], repeat: int = 3) -> tuple[float, Any]:
         out = fn()
         best = min(best, time.perf_counter() - t)
     return best, out
+
+
+def json_line(benchmark: str, metric: str, value: float, baseline: float, goal: str) -> dict:
+    """Print the one JSON line every benchmark ends with; ``ratio`` = value / baseline
+    (``goal`` says which way is better, e.g. "<= 0.5" for times, ">= 3" for rates)."""
+    import json
+
+    line = {"benchmark": benchmark, "metric": metric, "value": round(float(value), 6),
+            "baseline": round(float(baseline), 6), "ratio": round(float(value) / float(baseline), 4) if baseline else None,
+            "goal": goal}
+    print(json.dumps(line), flush=True)
+    return line
