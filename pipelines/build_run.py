@@ -103,8 +103,9 @@ def discover_step(spec: SourceSpec, store: str | None = None, logger: logging.Lo
     (``<store>/cache/file_hashes-<source>.json``, see ``preprocess.sources.hash_cache``)."""
     t = time.perf_counter()
     cache = contextlib.nullcontext()
-    if store is not None and StoreLocation.of(store).is_local:
-        cache = stat_hash_cache(Path(StoreLocation.of(store).path("cache", f"file_hashes-{spec.source_name}.json")))
+    loc = StoreLocation.of(store) if store is not None else None
+    if loc is not None and loc.is_local:
+        cache = stat_hash_cache(Path(loc.path("cache", f"file_hashes-{spec.source_name}.json")))
     with cache:
         refs = spec.make().discover()
     (logger or log).info("source '%s' (%s at %s): %d scenes in %.1f s", spec.source_name, spec.kind, spec.path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from preprocess import geometry
 from preprocess.geometry import look_at
 from preprocess.records import Correspondence, ProcessedScene
 from preprocess.scene import Frame, PointCloud, Scene
@@ -21,11 +22,7 @@ def project(coord: np.ndarray, K: np.ndarray, pose: np.ndarray, h: int, w: int) 
     """Indices of the points of coord [N,3] in front of the camera and inside the
     h x w image, and their pixels uint16 [M,2] (u, v), nearest pixel centre.
     No occlusion test: good enough for pictures and benchmarks."""
-    R, t = pose[:3, :3].astype(np.float64), pose[:3, 3].astype(np.float64)
-    cam = (coord - t) @ R
-    z = cam[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = (cam @ K.T.astype(np.float64))[:, :2] / z[:, None]
+    uv, z = geometry.project(coord, K, pose)
     px = np.floor(uv + 0.5)
     ok = (z > 0.1) & (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
     idx = np.nonzero(ok)[0].astype(np.int32)
