@@ -28,10 +28,11 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testkit is not installed
 
-from pipelines.store import ShardStore, apply_update, load_manifest, plan_update  # noqa: E402
+from pipelines.store import ShardStore, load_manifest, plan_update  # noqa: E402
 from preprocess.sources.base import SceneRef  # noqa: E402
 from benchmarks.timing import json_line  # noqa: E402
 from testkit.random_store_scenes import random_processed_scene  # noqa: E402
+from testkit.store_update import write_and_commit  # noqa: E402
 
 
 def make_dataset(rng, source, n_scenes, n_points, n_images, hw):
@@ -82,7 +83,7 @@ def du(path: Path) -> int:
 def bench_reads(tmp: Path, scenes, n_samples: int, rng):
     url = str(tmp / "store")
     plan = plan_update(None, [SceneRef(p.scene.source, p.scene.scene_id, p.scene.content_hash) for p in scenes])
-    apply_update(url, plan, scenes)
+    write_and_commit(url, plan, scenes)
     write_folder(tmp / "png", scenes, png=True)
     write_folder(tmp / "npy", scenes, png=False)
     store = ShardStore.open(url)
@@ -116,15 +117,15 @@ def bench_incremental(tmp: Path, a, b):
     url_b = str(tmp / "b_only")
     t0 = time.perf_counter()
     plan = plan_update(None, refs(b))
-    apply_update(url_b, plan, b)
+    write_and_commit(url_b, plan, b)
     t_alone = time.perf_counter() - t0
     # A first (not timed), then add B
     url_ab = str(tmp / "a_then_b")
-    apply_update(url_ab, plan_update(None, refs(a)), a)
+    write_and_commit(url_ab, plan_update(None, refs(a)), a)
     t0 = time.perf_counter()
     plan = plan_update(load_manifest(url_ab), refs(a + b))
     assert len(plan.new) == len(b) and len(plan.unchanged) == len(a)
-    apply_update(url_ab, plan, [p for p in b])
+    write_and_commit(url_ab, plan, [p for p in b])
     t_add = time.perf_counter() - t0
     return t_add, t_alone
 

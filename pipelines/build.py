@@ -31,8 +31,8 @@ from pipelines.store import (
     Plan,
     ShardInfo,
     ShardWriter,
-    apply_update,
     commit,
+    commit_update,
     latest_version,
     load_manifest,
     plan_update,
@@ -392,9 +392,9 @@ def commit_removals(store, removed: Sequence[str], compact_below: float = 0.5, n
         keys = sorted(set(removed) & set(load_manifest(store, base).scenes()))
         if not keys:
             return None
-        res = apply_update(store, Plan(base_version=base, removed=keys), [], compact_below=compact_below,
-                           note=note or f"pruned {len(keys)} scenes this build did not find", run_id=run_id,
-                           state="partial", drop_sources=list(drop_sources))
+        res = commit_update(store, Plan(base_version=base, removed=keys), compact_below=compact_below,
+                            note=note or f"pruned {len(keys)} scenes this build did not find", run_id=run_id,
+                            state="partial", drop_sources=list(drop_sources))
         return res.version
 
     return commit_with_retries(store, attempt)

@@ -1,26 +1,31 @@
-"""Incremental updates: decide what a new build must write, write it, commit.
+"""Incremental updates: what a build must (re)process, and the commits that
+stop listing scenes.
 
-Policy for a scene whose content hash changed (and for scenes leaving the build):
-the new version goes into a *new* shard and the old version is simply no longer
-listed by the manifest; old shard files are never touched. A base shard that
-loses scenes is rewritten (its still-listed scenes read back and written into a
+``plan_update`` compares the scenes a build discovered with what a manifest
+lists (new / changed / unchanged / removed). The build then writes shards
+itself (``ShardWriter.write`` in its workers) and lists them with
+``manifest.commit`` (``pipelines.build.commit_batch``); this module writes no
+scenes. A changed scene goes into a *new* shard and its old copy is simply no
+longer listed; old shard files are never touched.
+
+``commit_update`` commits a plan's removals (the build's ``commit_removals``)
+and, optionally, shards written for the plan. A base shard that loses scenes
+there is rewritten (its still-listed scenes read back and written into a
 replacement shard) only when its live fraction of points falls below
 ``compact_below`` (default 0.5): that bounds the dead bytes a store carries to
-about half, while a typical re-run that changes a few scenes writes only those
-scenes. ``compact_below=1.0`` gives "rewrite exactly the shards that held a
-changed scene"; ``compact_below=0`` never rewrites. Removed sources are a
-manifest-only change; ``gc`` deletes the files once no kept manifest lists them.
+about half. ``compact_below=1.0`` rewrites every shard that lost a scene;
+``compact_below=0`` never rewrites. Removed sources are a manifest-only change;
+``gc`` deletes the files once no kept manifest lists them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol, Sequence
 
-from preprocess.records import ProcessedScene
 from pipelines.store.manifest import Manifest, commit, load_manifest
 from pipelines.store.reader import ShardStore
-from pipelines.store.writer import ShardInfo, ShardWriter, pack_scenes, validate_processed
-from preprocess.scene import SceneValidationError
+from pipelines.store.records import ShardInfo
+from pipelines.store.writer import ShardWriter
 
 
 class RefLike(Protocol):
@@ -90,84 +95,32 @@ class UpdateResult:
     version: int | None  # None when nothing had to change
     written: list[ShardInfo]  # new shards (new/changed scenes and compacted shards)
     compacted: list[str]  # base shards replaced by a rewrite
-    skipped: dict[str, str]  # scene key -> why it was not written (old version kept if any)
-
-
-def apply_update(
-    store,
-    plan: Plan,
-    scenes: Sequence[ProcessedScene],
-    failed: dict[str, str] | None = None,
-    *,
-    target_shard_bytes: int = 256 << 20,
-    compact_below: float = 0.5,
-    note: str = "",
-    progress: bool = False,
-    **manifest_fields,
-) -> UpdateResult:
-    """Write ``scenes`` (the processed ``plan.to_process``) into new shards and
-    commit a manifest on top of ``plan.base_version``: ``write_update`` then
-    ``commit_update`` in one process. (A distributed build calls
-    ``pack_scenes`` + ``ShardWriter.write`` in its workers and ``commit_update``
-    once with the ShardInfos they return.)
-
-    A scene that fails validation, or that the caller reports in ``failed``
-    (key -> reason), is skipped: a changed scene then keeps its old version.
-    Raises ManifestConflictError if another writer committed first (the shards
-    written here stay unlisted; re-plan and retry, ``gc`` removes them)."""
-    written, skipped = write_update(store, plan, scenes, target_shard_bytes=target_shard_bytes, progress=progress)
-    skipped = {**(failed or {}), **skipped}
-    return commit_update(store, plan, written, skipped=skipped, compact_below=compact_below, note=note,
-                         **manifest_fields)
-
-
-def write_update(
-    store, plan: Plan, scenes: Sequence[ProcessedScene], *, target_shard_bytes: int = 256 << 20, progress: bool = False
-) -> tuple[list[ShardInfo], dict[str, str]]:
-    """Validate and write the plan's processed scenes into new (unlisted)
-    shards. Returns (shards written, {skipped key: reason})."""
-    skipped: dict[str, str] = {}
-    wanted = {r.key for r in plan.to_process}
-    good: list[ProcessedScene] = []
-    for ps in scenes:
-        if ps.key not in wanted:
-            skipped[ps.key] = "not in the plan"
-            continue
-        try:
-            validate_processed(ps)
-        except SceneValidationError as e:
-            skipped[ps.key] = str(e)
-            continue
-        good.append(ps)
-    writer = ShardWriter(store)
-    written = [writer.write(group) for group in _progress(pack_scenes(good, target_shard_bytes), progress, "writing shards")]
-    return written, skipped
 
 
 def commit_update(
     store,
     plan: Plan,
-    written: Sequence[ShardInfo],
+    written: Sequence[ShardInfo] = (),
     *,
-    skipped: dict[str, str] | None = None,
     compact_below: float = 0.5,
     note: str = "",
     **manifest_fields,
 ) -> UpdateResult:
-    """Commit shards written for ``plan``: their scenes become listed, the old
-    versions of changed scenes and the removed scenes stop being listed, and
-    base shards left with less than ``compact_below`` of their points live are
-    rewritten (see the module docstring). Returns version None when there was
-    nothing to commit. ``manifest_fields`` (run_id, state, sources, ...) go to
-    ``commit``."""
-    skipped = dict(skipped or {})
+    """Commit ``plan`` on top of ``plan.base_version``: the shards ``written`` for
+    it (``ShardWriter.write``, possibly in other processes) become listed, the
+    old versions of their changed scenes and the removed scenes stop being
+    listed, and base shards left with less than ``compact_below`` of their
+    points live are rewritten (see the module docstring). Returns version None
+    when there was nothing to commit. ``manifest_fields`` (run_id, state,
+    sources, ...) go to ``commit``. Raises ManifestConflictError if another
+    writer committed first (re-plan and retry; unlisted shards are ``gc``'s)."""
     written = list(written)
     new_keys = {s.key for sh in written for s in sh.scenes}
     stray = new_keys - {r.key for r in plan.to_process}
     if stray:
         raise ValueError(f"written shards hold scenes the plan did not ask for: {sorted(stray)[:5]}")
     if not written and not plan.removed:
-        return UpdateResult(None, [], [], skipped)
+        return UpdateResult(None, [], [])
     hidden = (new_keys & {r.key for r in plan.changed}) | set(plan.removed)
     base = load_manifest(store, plan.base_version) if plan.base_version is not None else None
     compacted: list[str] = []
@@ -186,12 +139,5 @@ def commit_update(
         store, plan.base_version, added_shards=written, removed_shards=compacted,
         removed_scenes=hidden if base is not None else (), note=note or plan.summary(), **manifest_fields,
     )
-    return UpdateResult(version, written, compacted, skipped)
+    return UpdateResult(version, written, compacted)
 
-
-def _progress(items, enabled: bool, desc: str):
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc)

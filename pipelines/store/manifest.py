@@ -25,7 +25,7 @@ from pipelines.store.errors import (
 )
 from pipelines.store.layout import SHARD_FORMAT
 from pipelines.store.location import MANIFEST_DIR, SHARD_DIR, StoreLocation
-from pipelines.store.writer import INVENTORY, SceneEntry, ShardInfo
+from pipelines.store.records import INVENTORY, SceneEntry, ShardInfo
 
 MANIFEST_FORMAT = "concerto-store-manifest/1"
 _NAME = re.compile(r"^v(\d{6,})\.json$")

@@ -23,7 +23,7 @@ from pipelines.store.fastread import ChunkReadError, row_readers
 from pipelines.store.layout import POINT_ARRAYS, READABLE_SHARD_FORMATS, rgb_array_name
 from pipelines.store.location import SHARD_DIR, StoreLocation
 from pipelines.store.manifest import Manifest, load_manifest, outdated_store_message
-from pipelines.store.writer import INVENTORY, READ_GROUP, ShardInfo, batches, file_digest
+from pipelines.store.records import INVENTORY, READ_GROUP, ShardInfo, batches, file_digest
 from preprocess.scene import Frame, PointCloud, Scene
 
 _TABLES = (
