@@ -1,6 +1,6 @@
 """Camera geometry of the whole project (numpy, float64 inside): the one place
-for projection, unprojection, camera poses, rotations and the depth-checked
-visibility test.
+for projection, unprojection, camera poses, rotations, the depth-checked
+visibility test and point-cloud normal estimation.
 
 Conventions (those of ``preprocess.scene``):
 
@@ -291,3 +291,18 @@ def depth_visibility(points: np.ndarray, K: np.ndarray, pose: np.ndarray, depth:
     pix = np.full((len(points), 2), -1, np.int64)
     pix[idx, 0], pix[idx, 1] = col, row
     return vis, pix
+
+
+# --- point clouds -------------------------------------------------------------
+
+def pca_normals(points: np.ndarray, k: int) -> np.ndarray:
+    """[N, 3] unit normals, sign arbitrary: the smallest-eigenvalue eigenvector of
+    the covariance of each point's k nearest neighbours (points float64 [N, 3])."""
+    from scipy.spatial import cKDTree
+
+    _, nn = cKDTree(points, balanced_tree=False, compact_nodes=False).query(points, k=k)
+    nbrs = points[nn]  # [N, k, 3]
+    centred = nbrs - nbrs.mean(axis=1, keepdims=True)
+    cov = centred.transpose(0, 2, 1) @ centred  # batched 3x3: fine with matmul
+    _, vecs = np.linalg.eigh(cov)
+    return vecs[:, :, 0]  # eigenvector of the smallest eigenvalue

@@ -4,7 +4,7 @@ VGGT's pose encoding <-> cameras, the confidence mask, the world alignment of a
 walk-through (first camera z-up, height scale, RANSAC floor fit and floor
 alignment), and cloud post-processing (normals, voxel subsample). numpy,
 float64 inside. Generic camera geometry (projection, poses, rotations, the
-depth-checked visibility test) is ``preprocess.geometry``; its conventions
+depth-checked visibility test, PCA normals) is ``preprocess.geometry``; its conventions
 apply here. VGGT quaternions are (x, y, z, w), scalar last.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from preprocess.geometry import matrix_to_quaternion, quaternion_to_matrix, rotate, rotation_between, similarity
+from preprocess.geometry import matrix_to_quaternion, pca_normals, quaternion_to_matrix, rotate, rotation_between, similarity
 
 
 # --- VGGT cameras ------------------------------------------------------------
@@ -222,19 +222,6 @@ def estimate_normals(points: np.ndarray, k: int = 16, viewpoints: Optional[np.nd
         normals[flip] *= -1
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
     return normals.astype(np.float32)
-
-
-def pca_normals(points: np.ndarray, k: int) -> np.ndarray:
-    """[N, 3] unit normals, sign arbitrary: the smallest-eigenvalue eigenvector of
-    the covariance of each point's k nearest neighbours (points float64 [N, 3])."""
-    from scipy.spatial import cKDTree
-
-    _, nn = cKDTree(points, balanced_tree=False, compact_nodes=False).query(points, k=k)
-    nbrs = points[nn]  # [N, k, 3]
-    centred = nbrs - nbrs.mean(axis=1, keepdims=True)
-    cov = centred.transpose(0, 2, 1) @ centred  # batched 3x3: fine with matmul
-    _, vecs = np.linalg.eigh(cov)
-    return vecs[:, :, 0]  # eigenvector of the smallest eigenvalue
 
 
 def voxel_subsample(points: np.ndarray, voxel: float, priority: Optional[np.ndarray] = None) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from preprocess.geometry import rigid_inverse
+from preprocess.geometry import pca_normals, rigid_inverse
 from preprocess.scene import PointCloud
 from preprocess.sources.base import SceneRef, SourceError, hash_files
 
@@ -217,8 +217,6 @@ def estimate_normals(coord: np.ndarray, k: int = 16) -> np.ndarray:
     """Normals of a bare point cloud: smallest-eigenvalue direction of the k
     nearest neighbours' covariance. float32 [N,3] unit; the sign is arbitrary
     (flipped to point up-ish, +z) because a point cloud has no inside."""
-    from preprocess.lift.alignment import pca_normals
-
     coord = coord.astype(np.float64)
     n = len(coord)
     if n < 3:
