@@ -29,6 +29,18 @@ from preprocess.geometry import rigid_inverse
 ORTHONORMAL_TOL = 1e-3
 
 
+class SceneError(RuntimeError):
+    """A stage could not produce a scene from its inputs (a dataset file missing
+    or malformed, a mesh that does not render). Names the scene and what failed;
+    each stage raises its own subclass (``preprocess.sources.SourceError``,
+    ``preprocess.render.complete_depth.SceneRenderError``)."""
+
+    def __init__(self, scene: str, what: str, message: str):
+        self.scene = scene
+        self.what = what
+        super().__init__(f"scene '{scene}': {what}: {message}")
+
+
 class SceneValidationError(ValueError):
     """Bad input in a scene record. Always names the scene and the field."""
 

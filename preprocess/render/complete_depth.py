@@ -11,11 +11,10 @@ from tqdm.auto import tqdm
 from preprocess.render import make_renderer
 from preprocess.render.camera import CameraError
 from preprocess.render.mesh_io import MeshLoadError, load_mesh
-from preprocess.scene import Scene
-from preprocess.sources.base import SourceError
+from preprocess.scene import Scene, SceneError
 
 
-class SceneRenderError(SourceError):
+class SceneRenderError(SceneError):
     """Rendering a scene failed; names the scene and the file or frame."""
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Protocol, runtime_checkable
 
-from preprocess.scene import Scene
+from preprocess.scene import Scene, SceneError
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,8 @@ class SceneSource(Protocol):
     def load(self, ref: SceneRef) -> Scene: ...
 
 
-class SourceError(RuntimeError):
+class SourceError(SceneError):
     """A dataset layout problem: names the scene and the missing/malformed file."""
-
-    def __init__(self, scene: str, what: str, message: str):
-        self.scene = scene
-        self.what = what
-        super().__init__(f"scene '{scene}': {what}: {message}")
 
 
 _REGISTRY: dict[str, Callable[..., SceneSource]] = {}
