@@ -50,7 +50,7 @@ def main() -> None:
 
         enc = (ImageEncoder.from_config(dict(cfg.cross_modal.encoder_config))
                if cfg.cross_modal.encoder_config else None)
-        grid = enc.grid if enc else __import__("pipelines.patches", fromlist=["PatchGrid"]).PatchGrid()
+        grid = enc.grid if enc else __import__("concerto.patches", fromlist=["PatchGrid"]).PatchGrid()
         spec = build_sample_spec(cfg, grid, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), True)
         bs = cfg.data.batch_size
 

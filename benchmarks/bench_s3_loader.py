@@ -58,7 +58,7 @@ def main() -> None:
 
         from concerto.config import load_config
         from concerto.train import build_sample_spec
-        from pipelines.patches import PatchGrid
+        from concerto.patches import PatchGrid
         from testkit.pretrain_store import write_store
 
         local = write_store(tmp / "store", shard_sizes=(args.scenes, args.scenes), n_points=args.points, without_images=1)

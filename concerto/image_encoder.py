@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from pipelines.patches import IMAGENET_MEAN, IMAGENET_STD, PatchGrid
+from concerto.patches import IMAGENET_MEAN, IMAGENET_STD, PatchGrid
 
 
 class ImageEncoderError(RuntimeError):

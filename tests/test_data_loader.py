@@ -5,7 +5,7 @@ import torch
 from concerto.data import DataError, ShardBatchSampler, ShardLoader, SampleSpec
 from concerto.data.sampler import interleave_worker_batches
 from concerto.config import MaskConfig, ViewConfig
-from pipelines.patches import PatchGrid
+from concerto.patches import PatchGrid
 from pipelines.store import ShardStore, commit
 from testkit.pretrain_store import write_store
 

@@ -40,7 +40,7 @@ def test_colour_jitter_and_normalisation_match_released(golden):
 
 def test_image_crop_resize_patch_coords_and_augmentation_match_released(golden):
     from concerto.ssl.image_augment import ImageDraw, apply_image_augment
-    from pipelines.patches import PatchGrid, pixel_to_patch_coords, prepare_image
+    from concerto.patches import PatchGrid, pixel_to_patch_coords, prepare_image
 
     z = golden
     grid = PatchGrid(56, 14)

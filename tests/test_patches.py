@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipelines.patches import PatchGrid, crop_box, normalize_image, pixel_to_patch, pixel_to_patch_coords, prepare_image
+from concerto.patches import PatchGrid, crop_box, normalize_image, pixel_to_patch, pixel_to_patch_coords, prepare_image
 
 
 def test_grid_shapes():

@@ -3,7 +3,7 @@ import numpy as np
 
 from concerto.data.sample import SampleSpec, build_sample
 from concerto.config import MaskConfig, ViewConfig
-from pipelines.patches import PatchGrid
+from concerto.patches import PatchGrid
 
 
 def _raw(rng):

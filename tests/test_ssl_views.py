@@ -139,7 +139,7 @@ def test_mask_shape_follows_the_run_config_schedule():
     # the view settings the loader workers see are the run's own config objects, not copies
     from concerto.config import PretrainConfig
     from concerto.train import build_sample_spec
-    from pipelines.patches import PatchGrid
+    from concerto.patches import PatchGrid
 
     cfg = PretrainConfig.tiny()
     spec = build_sample_spec(cfg, PatchGrid(56, 14), (0.5,) * 3, (0.5,) * 3, True)

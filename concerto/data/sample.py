@@ -21,7 +21,7 @@ from concerto.config import MaskConfig, ViewConfig
 from concerto.ssl.image_augment import ImageAugment, augment_images
 from concerto.ssl.masking import MaskShape
 from concerto.ssl.views import make_views
-from pipelines.patches import PatchGrid, pixel_to_patch, pixel_to_patch_coords, prepare_image
+from concerto.patches import PatchGrid, pixel_to_patch, pixel_to_patch_coords, prepare_image
 
 
 @dataclass
@@ -38,7 +38,7 @@ class SampleSpec:
     total_steps: int = 1
     with_images: bool = True
     image_augment: Optional[ImageAugment] = ImageAugment()
-    image_crop: str = "grid_multiple"  # see pipelines.patches.crop_box
+    image_crop: str = "grid_multiple"  # see concerto.patches.crop_box
     image_resample: str = "bilinear"
 
     def mask_at(self, step: int) -> MaskShape:

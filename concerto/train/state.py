@@ -241,7 +241,7 @@ def build_sample_spec(cfg: PretrainConfig, grid, mean, std, with_images: bool):
 
 def sample_spec_for(cfg: PretrainConfig, image_encoder):
     """SampleSpec for ``image_encoder`` (None: no images, the DINOv2 grid and normalisation)."""
-    from pipelines.patches import PatchGrid
+    from concerto.patches import PatchGrid
 
     if image_encoder is None:
         return build_sample_spec(cfg, PatchGrid(518, 14), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False)
