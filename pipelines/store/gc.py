@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from pipelines.store.location import MANIFEST_DIR, SHARD_DIR, StoreLocation
+from preprocess.atomic_file import TMP_PREFIX
 from pipelines.store.manifest import list_versions, load_manifest, manifest_name
 
 
@@ -51,7 +52,7 @@ def gc(store, keep_last: int | None = None, min_age_s: float = 3600.0, dry_run: 
             if not dry_run:
                 loc.remove_file(MANIFEST_DIR, manifest_name(v))
     for name in loc.listdir(MANIFEST_DIR):
-        if name.startswith(".tmp-") and old_enough(MANIFEST_DIR, name):
+        if name.startswith(TMP_PREFIX) and old_enough(MANIFEST_DIR, name):
             report.removed_temp_files.append(name)
             if not dry_run:
                 loc.remove_file(MANIFEST_DIR, name)

@@ -95,7 +95,7 @@ def build_lease(store, run_id: str, ttl_s: float = 60.0, wait_s: float | None = 
 
     def beat():
         while not stop.wait(ttl_s / 3):
-            loc.fs.pipe_file(loc.path(LOCK_DIR, BUILD_LOCK), _payload(run_id))
+            loc.write_bytes(_payload(run_id), LOCK_DIR, BUILD_LOCK)
 
     thread = threading.Thread(target=beat, name="build-lease-heartbeat", daemon=True)
     thread.start()

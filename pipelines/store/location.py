@@ -1,5 +1,7 @@
 """Where a store lives: a local path or an fsspec URL, and the few file
-operations the store needs on it (atomic create, listing, removal).
+operations the store needs on it (atomic replace and create, listing, removal).
+Every whole-file write of the store goes through ``write_bytes`` or
+``create_exclusive`` (shard chunks are zarr's).
 
 Layout under the store root::
 
@@ -27,6 +29,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.store.errors import ConcurrentWriterError
+from preprocess.atomic_file import atomic_write
 
 MANIFEST_DIR = "manifests"
 SHARD_DIR = "shards"
@@ -135,9 +138,14 @@ class StoreLocation:
         return {rel: got[p] for rel, p in zip(rels, paths)}
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
-        """Create or replace one file; on object stores one PUT, which readers see
+        """Create or replace one file atomically: readers see the old file or the
+        new one, never part of it. Local disks: ``preprocess.atomic_file``'s
+        write (temp file + rename); object stores: one PUT, which readers see
         whole or not at all."""
         p = self.path(*parts)
+        if self.is_local:
+            atomic_write(p, lambda tmp: tmp.write_bytes(data))
+            return
         self.fs.makedirs(posixpath.dirname(p), exist_ok=True)
         self.fs.pipe_file(p, data)
 
@@ -214,8 +222,9 @@ class StoreLocation:
         sees a half-written file. Returns False when the name already exists
         (on S3: with other bytes; the same bytes are a retried write of ours).
 
-        Local disks: write a temp file, then ``os.link`` it to the final name
-        (atomic, fails if the name exists). S3 with conditional writes: one PUT
+        Local disks: ``preprocess.atomic_file.atomic_write(exclusive=True)``
+        (a temp file hard-linked to the final name: atomic, fails if the name
+        exists). S3 with conditional writes: one PUT
         with ``If-None-Match: *`` on the final key (atomic on the server; two
         racing writers: exactly one wins). Other object stores cannot create
         atomically: they take one writer at a time. A writer there holds a lock
@@ -226,18 +235,10 @@ class StoreLocation:
         final = self.path(*parts)
         fs = self.fs
         if self.is_local:
-            tmp = posixpath.join(posixpath.dirname(final), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(final)}")
-            fs.makedirs(posixpath.dirname(final), exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             try:
-                os.link(tmp, final)
+                atomic_write(final, lambda tmp: tmp.write_bytes(data), exclusive=True)
             except FileExistsError:
                 return False
-            finally:
-                os.unlink(tmp)
             return True
         if self.conditional_writes:
             try:

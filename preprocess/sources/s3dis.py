@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -43,6 +42,7 @@ from typing import Optional
 
 import numpy as np
 
+from preprocess.atomic_file import atomic_write
 from preprocess.scene import Frame, PointCloud, Scene
 from preprocess.sources._common import (
     AdapterBase,
@@ -289,8 +289,5 @@ class S3DISSource(AdapterBase):
         if not keep.any():
             raise SourceError(key, str(self._area_mesh_files(area)[0]), "no mesh faces inside the room's bounding box")
         room_mesh = mesh.submesh([np.nonzero(keep)[0]], append=True, repair=False)
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        room_mesh.export(tmp, file_type="ply")
-        os.replace(tmp, out)  # atomic: parallel workers never see half a file
-        return out
+        # atomic: parallel workers never see half a file
+        return atomic_write(out, lambda tmp: room_mesh.export(tmp, file_type="ply"))
