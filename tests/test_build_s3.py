@@ -39,7 +39,7 @@ def env() -> dict:
 
 
 def build_cmd(store: str, *sources: dict) -> list[str]:
-    cmd = [sys.executable, "-m", "pipelines.build_run", "--store", store, "--scenes-per-task", "1",
+    cmd = [sys.executable, "-m", "pipelines.build", "--store", store, "--scenes-per-task", "1",
            "--shard-size", "1", "--min-correspondences", "10", "--no-progress"]
     for s in sources:
         cmd += ["--source", source_arg(s)]
