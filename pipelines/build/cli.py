@@ -43,9 +43,8 @@ def build_params(args: argparse.Namespace) -> dict:
     """The build options of parsed ``add_build_args`` arguments, flat and named
     as ``BuildOptions.from_params`` and the flow take them (sources as dicts).
     Raises ValueError on a malformed ``--source``."""
-    names = ("store", "prune", "frame_gap", "eps", "max_image_side", "min_correspondences", "scenes_per_task",
-             "shard_size", "render_backend", "gc_grace_seconds")
-    return dict({n: getattr(args, n) for n in names}, progress=not args.no_progress,
+    names = BuildOptions.param_names()
+    return dict({k: v for k, v in vars(args).items() if k in names}, progress=not args.no_progress,
                 sources=[SourceSpec.parse(s).as_dict() for s in args.source])
 
 

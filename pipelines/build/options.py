@@ -149,6 +149,11 @@ class BuildOptions:
             del params["run_id"]
         return cls(settings=SceneSettings(**scene), **params)
 
+    @staticmethod
+    def param_names() -> set[str]:
+        """The flat names ``from_params`` takes (but ``storage_options``)."""
+        return {f.name for f in fields(BuildOptions)} | {f.name for f in fields(SceneSettings)}
+
     @property
     def source_names(self) -> list[str]:
         return [s.source_name for s in self.sources]

@@ -186,62 +186,57 @@ def run_build(options: BuildOptions, *, executor: Executor | None = None,
     executor = executor if executor is not None else SerialExecutor()
     as_completed = as_completed or getattr(executor, "as_completed", None) or as_completed_any
     with build_lease(options.store, options.run_id):
-        return _run_locked(options, specs, gap_of, records, executor, as_completed, steps, logger)
+        names = options.source_names
+        t_start = time.perf_counter()
+        elapsed: dict[str, float] = {}
+        t = time.perf_counter()
+        gc_report = steps.gc(options)
+        elapsed["gc"] = time.perf_counter() - t
 
+        # 1. discover, one call per source
+        t = time.perf_counter()
+        refs_of, discover_failures = discover_sources(options, specs, executor, steps.discover, logger)
+        failed_sources = [s.source_name for s in specs if s not in refs_of]
+        records = {n: r for n, r in records.items() if n not in failed_sources}  # recorded once discovery works
+        all_refs = [r for refs in refs_of.values() for r in refs]
+        elapsed["discover"] = time.perf_counter() - t
 
-def _run_locked(options: BuildOptions, specs: list[SourceSpec], gap_of: dict[str, int], records: dict,
-                executor: Executor, as_completed: Callable, steps: BuildSteps, logger: logging.Logger) -> BuildSummary:
-    names = options.source_names
-    t_start = time.perf_counter()
-    elapsed: dict[str, float] = {}
-    t = time.perf_counter()
-    gc_report = steps.gc(options)
-    elapsed["gc"] = time.perf_counter() - t
+        # 2. plan against the latest manifest
+        t = time.perf_counter()
+        plan = steps.plan(options, all_refs, failed_sources)
+        spec_of = {r.key: spec for spec, refs in refs_of.items() for r in refs}
+        items = [BatchItem(spec_of[r.key], r, gap_of[spec_of[r.key].source_name]) for r in plan.to_process]
+        batches = make_batches(items, options.scenes_per_task)
+        elapsed["plan"] = time.perf_counter() - t
+        logger.info("%d scenes to build in %d batches of <= %d (skipping %d already committed)",
+                    len(items), len(batches), options.scenes_per_task, len(plan.unchanged))
 
-    # 1. discover, one call per source
-    t = time.perf_counter()
-    refs_of, discover_failures = discover_sources(options, specs, executor, steps.discover, logger)
-    failed_sources = [s.source_name for s in specs if s not in refs_of]
-    records = {n: r for n, r in records.items() if n not in failed_sources}  # recorded once discovery works
-    all_refs = [r for refs in refs_of.values() for r in refs]
-    elapsed["discover"] = time.perf_counter() - t
+        # 3.+4. build batches through the executor, commit each one as it finishes
+        t = time.perf_counter()
+        bar = _progress_bar(len(items), options.progress)
+        done = build_and_commit(options, batches, executor, as_completed, steps, logger, bar, records)
+        if bar is not None:
+            bar.close()
+        elapsed["build"] = time.perf_counter() - t - done.commit_s
+        elapsed["commit"] = done.commit_s
 
-    # 2. plan against the latest manifest
-    t = time.perf_counter()
-    plan = steps.plan(options, all_refs, failed_sources)
-    spec_of = {r.key: spec for spec, refs in refs_of.items() for r in refs}
-    items = [BatchItem(spec_of[r.key], r, gap_of[spec_of[r.key].source_name]) for r in plan.to_process]
-    batches = make_batches(items, options.scenes_per_task)
-    elapsed["plan"] = time.perf_counter() - t
-    logger.info("%d scenes to build in %d batches of <= %d (skipping %d already committed)",
-                len(items), len(batches), options.scenes_per_task, len(plan.unchanged))
+        # 5. prune (only when asked): scenes this build did not find
+        t = time.perf_counter()
+        gone = sorted({k.split("/", 1)[0] for k in plan.removed} - set(names))
+        removed_version = steps.remove(options, plan.removed, gone) if plan.removed else None
+        elapsed["remove"] = time.perf_counter() - t
 
-    # 3.+4. build batches through the executor, commit each one as it finishes
-    t = time.perf_counter()
-    bar = _progress_bar(len(items), options.progress)
-    done = build_and_commit(options, batches, executor, as_completed, steps, logger, bar, records)
-    if bar is not None:
-        bar.close()
-    elapsed["build"] = time.perf_counter() - t - done.commit_s
-    elapsed["commit"] = done.commit_s
+        # 6. close the run with a complete version when it changed anything
+        changed = done.version is not None or removed_version is not None
+        version = finish_run(options, records, changed, steps)
+        elapsed["total"] = time.perf_counter() - t_start
 
-    # 5. prune (only when asked): scenes this build did not find
-    t = time.perf_counter()
-    gone = sorted({k.split("/", 1)[0] for k in plan.removed} - set(names))
-    removed_version = steps.remove(options, plan.removed, gone) if plan.removed else None
-    elapsed["remove"] = time.perf_counter() - t
-
-    # 6. close the run with a complete version when it changed anything
-    changed = done.version is not None or removed_version is not None
-    version = finish_run(options, records, changed, steps)
-    elapsed["total"] = time.perf_counter() - t_start
-
-    summary = summarise(options, version, plan, batches, done, discover_failures, failed_sources, gc_report, elapsed)
-    summary.report = write_build_report(options.store, summary.as_dict())
-    logger.info("build-dataset done: v%s, %d discovered, %d skipped, %d processed, %d quarantined, %d pruned, "
-                "%d shards, %.1f s", version, summary.scenes["discovered"], len(plan.unchanged),
-                len(done.committed), len(summary.quarantined), len(plan.removed), done.shards, elapsed["total"])
-    return summary
+        summary = summarise(options, version, plan, batches, done, discover_failures, failed_sources, gc_report, elapsed)
+        summary.report = write_build_report(options.store, summary.as_dict())
+        logger.info("build-dataset done: v%s, %d discovered, %d skipped, %d processed, %d quarantined, %d pruned, "
+                    "%d shards, %.1f s", version, summary.scenes["discovered"], len(plan.unchanged),
+                    len(done.committed), len(summary.quarantined), len(plan.removed), done.shards, elapsed["total"])
+        return summary
 
 
 def finish_run(options: BuildOptions, records: dict, changed: bool, steps: BuildSteps) -> int | None:
