@@ -317,11 +317,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        params = build_params(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    params = dict(build_params(args), sources=[s.as_dict() for s in args.sources])
     secret = SecretStr(open(args.storage_options_file).read()) if args.storage_options_file else None
     try:
         summary = build_dataset(**params, fail_on_quarantine=args.fail_on_quarantine, dask_address=args.dask_address,

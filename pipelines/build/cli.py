@@ -2,8 +2,8 @@
 --source kind:path[:k=v,...] [--workers N]``.
 
 ``add_build_args`` and ``build_params`` are shared with ``python -m
-flows.build_dataset``: the arguments are named as ``BuildOptions`` (and the
-flow's parameters) name them, and take their defaults from it.
+flows.build_dataset``: each argument's ``dest`` is the ``BuildOptions`` name
+(and the flow's parameter), its default comes from ``BuildOptions``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from pipelines.build.run import run_build
 def add_build_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The build options (see ``BuildOptions``), as ``--dashed-names``."""
     p.add_argument("--store", required=True, help="output store (path or fsspec URL)")
-    p.add_argument("--source", action="append", default=[], metavar="KIND:PATH[:k=v,...]",
+    p.add_argument("--source", dest="sources", type=_source, action="append", default=[],
+                   metavar="KIND:PATH[:k=v,...]",
                    help="a source, repeatable; options name=, frame_gap= and adapter options, "
                         "e.g. synthetic:data/synthetic:num_scenes=4,seed=0 (none: refresh every source "
                         "the store records)")
@@ -35,17 +36,21 @@ def add_build_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=BuildOptions.shard_size)
     p.add_argument("--render-backend", default=SceneSettings.render_backend)
     p.add_argument("--gc-grace-seconds", type=float, default=BuildOptions.gc_grace_seconds)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 
 
+def _source(text: str) -> SourceSpec:
+    try:
+        return SourceSpec.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def build_params(args: argparse.Namespace) -> dict:
-    """The build options of parsed ``add_build_args`` arguments, flat and named
-    as ``BuildOptions.from_params`` and the flow take them (sources as dicts).
-    Raises ValueError on a malformed ``--source``."""
+    """The ``BuildOptions.from_params`` arguments among parsed arguments."""
     names = BuildOptions.param_names()
-    return dict({k: v for k, v in vars(args).items() if k in names}, progress=not args.no_progress,
-                sources=[SourceSpec.parse(s).as_dict() for s in args.source])
+    return {k: v for k, v in vars(args).items() if k in names}
 
 
 def main(argv: list[str] | None = None) -> int:
