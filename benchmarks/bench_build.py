@@ -1,6 +1,6 @@
 """Build throughput: scenes/s of the build-dataset work, serial vs on Dask.
 
-Baseline: ``pipelines.build.build_batch`` over every batch in this process, one
+Baseline: ``pipelines.build.batch.build_batch`` over every batch in this process, one
 after the other. Measured against it in the same run:
 - dask: the same batches on a LocalCluster (2 single-threaded worker
   processes, warmed up first), committed serially as they finish, which is
@@ -30,7 +30,10 @@ import time
 from pathlib import Path
 
 import flows  # noqa: F401  (Prefect defaults before prefect is imported)
-from pipelines.build import BatchItem, SceneSettings, SourceSpec, build_batch, commit_batch, make_batches
+from pipelines.build.batch import BatchItem, build_batch
+from pipelines.build.commit import commit_batch
+from pipelines.build.options import SceneSettings, SourceSpec
+from pipelines.build.plan import make_batches
 from pipelines.store import ShardStore
 
 

@@ -1,7 +1,7 @@
 """The ``build-dataset`` flow: scene datasets -> a versioned Zarr shard store.
 
-Stages (Prefect tasks; the loop is ``pipelines.build_run.run_build``, the work
-itself lives in ``pipelines.build``):
+Stages (Prefect tasks; the loop is ``pipelines.build.run.run_build``, the steps
+are ``pipelines.build.steps``):
 
 1. ``discover-scenes`` per source (on Dask): list scenes with content hashes.
 2. ``plan-build``: compare with the store's latest *manifest* (not Prefect's
@@ -52,13 +52,13 @@ from prefect.tasks import exponential_backoff
 from prefect_dask import DaskTaskRunner
 from pydantic import BaseModel, Field, SecretStr
 
-from pipelines.build import BatchItem, BatchResult, SceneSettings, SourceSpec
-from pipelines.build_run import (
-    Store,
-    BACKOFF_S,
-    RETRIES,
+from pipelines.build.batch import BatchItem, BatchResult
+from pipelines.build.cli import add_build_args, build_params
+from pipelines.build.options import BuildOptions, SceneSettings, SourceSpec
+from pipelines.build.retry import BACKOFF_S, RETRIES, is_transient
+from pipelines.build.run import run_build
+from pipelines.build.steps import (
     BuildSteps,
-    add_build_args,
     build_batch_step,
     commit_step,
     discover_step,
@@ -66,14 +66,8 @@ from pipelines.build_run import (
     gc_step,
     plan_step,
     removals_step,
-    run_build,
-    settings_of,
-    should_retry,
 )
-from pipelines.quarantine import SceneFailure
-from pipelines.image_groups import DEFAULT_MIN_CORRESPONDENCES
 from pipelines.store import Plan
-from preprocess.geometry import DEPTH_EPS
 from preprocess.sources.base import SceneRef
 
 LOCAL_CLUSTER = dict(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1")
@@ -131,7 +125,7 @@ class TaskRunnerExecutor:
 
 def _retry_if_transient(task, task_run, state) -> bool:
     """Retry only errors that may pass (I/O hiccups, timeouts), not bad input."""
-    return should_retry(state.data if isinstance(state.data, BaseException) else None)
+    return is_transient(state.data if isinstance(state.data, BaseException) else None)
 
 
 _task_options = dict(
@@ -144,43 +138,40 @@ _task_options = dict(
 _driver_options = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
-# The steps of pipelines.build_run as Prefect tasks (same names as before the
-# loop moved to pipelines.build_run).
+# The steps of pipelines.build.steps as Prefect tasks.
 @task(name="discover-scenes", task_run_name="discover-{spec.source_name}", **_task_options)
-def discover_scenes(spec: SourceSpec, store: str | None = None) -> list[SceneRef]:
-    return discover_step(spec, store, get_run_logger())
+def discover_scenes(options: BuildOptions, spec: SourceSpec) -> list[SceneRef]:
+    return discover_step(options, spec, get_run_logger())
 
 
 @task(name="build-batch", task_run_name="build-batch-{index:04d}", **_task_options)
-def build_batch(index: int, store: Store, items: list[BatchItem], settings: SceneSettings, shard_size: int) -> BatchResult:
-    return build_batch_step(index, store, items, settings, shard_size, get_run_logger())
+def build_batch(options: BuildOptions, index: int, items: list[BatchItem]) -> BatchResult:
+    return build_batch_step(options, index, items, get_run_logger())
 
 
 @task(name="collect-garbage", **_driver_options)
-def collect_garbage(store: Store, grace_seconds: float) -> dict:
-    return gc_step(store, grace_seconds, get_run_logger())
+def collect_garbage(options: BuildOptions) -> dict:
+    return gc_step(options, get_run_logger())
 
 
 @task(name="plan-build", **_driver_options)
-def plan_task(store: Store, refs: list[SceneRef], sources: list[str], failed_sources: list[str],
-              prune: bool = False) -> Plan:
-    return plan_step(store, refs, sources, failed_sources, prune, get_run_logger())
+def plan_task(options: BuildOptions, refs: list[SceneRef], failed_sources: list[str]) -> Plan:
+    return plan_step(options, refs, failed_sources, get_run_logger())
 
 
 @task(name="commit-batch", task_run_name="commit-batch-{index:04d}", **_driver_options)
-def commit_task(index: int, store: Store, result: BatchResult, failures: list[SceneFailure], run_id: str = "",
-                sources: dict | None = None) -> int | None:
-    return commit_step(index, store, result, failures, run_id, sources)
+def commit_task(options: BuildOptions, index: int, result: BatchResult, records: dict | None = None) -> int | None:
+    return commit_step(options, index, result, records)
 
 
 @task(name="commit-removals", **_driver_options)
-def removals_task(store: Store, removed: list[str], run_id: str = "", drop_sources: list[str] = ()) -> int | None:
-    return removals_step(store, removed, run_id, drop_sources, get_run_logger())
+def removals_task(options: BuildOptions, removed: list[str], drop_sources: list[str] = ()) -> int | None:
+    return removals_step(options, removed, drop_sources, get_run_logger())
 
 
 @task(name="commit-complete", **_driver_options)
-def finish_task(store: Store, run_id: str, sources: dict) -> int:
-    return finish_step(store, run_id, sources, get_run_logger())
+def finish_task(options: BuildOptions, records: dict) -> int:
+    return finish_step(options, records, get_run_logger())
 
 
 PREFECT_STEPS = BuildSteps(discover=discover_scenes, build_batch=build_batch, gc=collect_garbage, plan=plan_task,
@@ -251,23 +242,23 @@ def parse_storage_options(text: SecretStr | str | None) -> dict | None:
 def build_dataset(
     store: str,
     sources: list[SourceParam] = [],  # noqa: B006 - pydantic copies parameter defaults
-    prune: bool = False,
+    prune: bool = BuildOptions.prune,
     fail_on_quarantine: bool = False,
-    frame_gap: Optional[int] = None,
-    eps: float = DEPTH_EPS,
-    max_image_side: Optional[int] = None,
-    min_correspondences: int = DEFAULT_MIN_CORRESPONDENCES,
-    scenes_per_task: int = 4,
-    shard_size: int = 4,
+    frame_gap: Optional[int] = BuildOptions.frame_gap,
+    eps: float = SceneSettings.eps,
+    max_image_side: Optional[int] = SceneSettings.max_image_side,
+    min_correspondences: int = SceneSettings.min_correspondences,
+    scenes_per_task: int = BuildOptions.scenes_per_task,
+    shard_size: int = BuildOptions.shard_size,
     dask_address: Optional[str] = None,
-    render_backend: str = "auto",
-    gc_grace_seconds: float = 3600.0,
-    progress: bool = False,
+    render_backend: str = SceneSettings.render_backend,
+    gc_grace_seconds: float = BuildOptions.gc_grace_seconds,
+    progress: bool = BuildOptions.progress,
     storage_options: Optional[SecretStr] = None,
 ) -> dict:
     """Build or update the shard store ``store`` from ``sources``; returns the
     run summary (also written to ``<store>/reports/`` and as two artifacts).
-    ``pipelines.build_run.run_build`` does the work; this flow runs its steps as
+    ``pipelines.build.run.run_build`` does the work; this flow runs its steps as
     Prefect tasks, the per-source and per-batch ones on Dask, one run per store
     at a time (the store's build lease).
 
@@ -291,17 +282,16 @@ def build_dataset(
     deployments should use: a deployment run's parameters are stored as the
     caller sent them.
     """
-    specs = [SourceSpec.from_dict(p.model_dump() if isinstance(p, BaseModel) else dict(p)) for p in sources]
-    options = parse_storage_options(storage_options)
-    settings = SceneSettings(eps=eps, min_correspondences=min_correspondences,
-                             max_image_side=max_image_side, render_backend=render_backend)
+    params = dict(locals())  # first thing: every parameter but the flow's own is a BuildOptions one
+    del params["fail_on_quarantine"], params["dask_address"]
     ctx = FlowRunContext.get()
-    run_id = f"prefect-{ctx.flow_run.id}" if ctx is not None and ctx.flow_run is not None else None
+    options = BuildOptions.from_params(**dict(
+        params, sources=[p.model_dump() if isinstance(p, BaseModel) else p for p in sources],
+        storage_options=parse_storage_options(storage_options),
+        run_id=f"prefect-{ctx.flow_run.id}" if ctx is not None and ctx.flow_run is not None else None))
     with same_api_for_workers() as api, \
             make_task_runner(dask_address, {"PREFECT_API_URL": api} if api else None) as runner:
-        summary = run_build(store, specs, storage_options=options, executor=TaskRunnerExecutor(runner), settings=settings, frame_gap=frame_gap,
-                            scenes_per_task=scenes_per_task, shard_size=shard_size, prune=prune, run_id=run_id,
-                            gc_grace_seconds=gc_grace_seconds, progress=progress, steps=PREFECT_STEPS,
+        summary = run_build(options, executor=TaskRunnerExecutor(runner), steps=PREFECT_STEPS,
                             logger=get_run_logger()).as_dict()
     publish_artifacts(summary)
     check_quarantine(summary, fail_on_quarantine, get_run_logger())
@@ -327,40 +317,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    params = dict(build_params(args), sources=[s.as_dict() for s in args.sources])
+    secret = SecretStr(open(args.storage_options_file).read()) if args.storage_options_file else None
     try:
-        specs = [SourceSpec.parse(s) for s in args.source]
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    settings = settings_of(args)
-    try:
-        summary = _run_cli(args, specs, settings)
+        summary = build_dataset(**params, fail_on_quarantine=args.fail_on_quarantine, dask_address=args.dask_address,
+                                storage_options=secret)
     except (ValueError, QuarantineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ValueError) else 3
     print(json.dumps(summary, indent=1))
     return 0
-
-
-def _run_cli(args: argparse.Namespace, specs: list[SourceSpec], settings: SceneSettings) -> dict:
-    return build_dataset(
-        sources=[SourceParam(kind=s.kind, path=s.path, name=s.name, options=s.options, frame_gap=s.frame_gap)
-                 for s in specs],
-        store=args.store,
-        prune=args.prune,
-        fail_on_quarantine=args.fail_on_quarantine,
-        frame_gap=args.frame_gap,
-        eps=settings.eps,
-        max_image_side=settings.max_image_side,
-        min_correspondences=settings.min_correspondences,
-        scenes_per_task=args.scenes_per_task,
-        shard_size=args.shard_size,
-        dask_address=args.dask_address,
-        render_backend=settings.render_backend,
-        gc_grace_seconds=args.gc_grace_seconds,
-        progress=not args.no_progress,
-        storage_options=SecretStr(open(args.storage_options_file).read()) if args.storage_options_file else None,
-    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from pipelines.build import BatchItem, SceneSettings, SourceSpec, build_batch, commit_with_retries, fold_frame_gap
+from pipelines.build.batch import BatchItem, build_batch
+from pipelines.build.commit import commit_with_retries
+from pipelines.build.options import BuildOptions, SceneSettings, SourceSpec
+from pipelines.build.plan import fold_frame_gap
 from pipelines.quarantine import SceneFailure, update_quarantine
 from pipelines.store import ShardStore, StoreLocation, commit, load_manifest
 
@@ -58,7 +61,7 @@ def _items_for(keys: list[str], records: dict) -> tuple[list[BatchItem], dict[st
     return items, lost, settings
 
 
-def repair(store: str, shard_size: int = 4, run_id: str = "repair") -> RepairReport:
+def repair(store: str, shard_size: int = BuildOptions.shard_size, run_id: str = "repair") -> RepairReport:
     """Verify, rebuild damaged shards' scenes from their sources, commit; see the module docstring."""
     report = RepairReport()
     loc = StoreLocation.of(store)

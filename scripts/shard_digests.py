@@ -19,7 +19,7 @@ from pathlib import Path
 def main(out: Path) -> None:
     store = out / "store"
     if not store.exists():
-        subprocess.run([sys.executable, "-m", "pipelines.build_run", "--store", str(store),
+        subprocess.run([sys.executable, "-m", "pipelines.build", "--store", str(store),
                         "--source", f"synthetic:{out / 'scenes'}:num_scenes=3,seed=0"],
                        check=True, stdout=subprocess.DEVNULL)
     latest = sorted((store / "manifests").glob("v*.json"))[-1]

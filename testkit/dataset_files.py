@@ -179,12 +179,11 @@ def write_sens(path: Path, frames: list[dict], K_color: np.ndarray, K_depth: np.
 def build_sample(spec, store: str, note: str = "") -> dict:
     """Build every scene of a SourceSpec into ``store`` through the build path the
     flow runs (``run_build``); no scene may fail. Returns the store's first sample."""
-    from pipelines.build import SceneSettings
-    from pipelines.build_run import run_build
+    from pipelines.build import BuildOptions, SceneSettings, run_build
     from pipelines.store import ShardStore
 
-    summary = run_build(store, [spec], settings=SceneSettings(min_correspondences=20), frame_gap=1, shard_size=4,
-                        run_id=note or None)
+    summary = run_build(BuildOptions.from_params(store=store, sources=[spec], min_correspondences=20, frame_gap=1,
+                                                 shard_size=4, run_id=note or None))
     assert summary.quarantined == [], summary.quarantined
     sample = ShardStore.open(store)[0]
     assert len(sample["rgb"]) == 4 and all(len(c) > 0 for c in sample["corr_point"])

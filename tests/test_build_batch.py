@@ -10,19 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.build import (
-    BatchItem,
-    SceneSettings,
-    SourceSpec,
-    TransientBatchError,
-    build_batch,
-    commit_batch,
-    commit_removals,
-    default_frame_gap,
-    is_transient,
-    make_batches,
-    plan_build,
-)
+from pipelines.build.batch import BatchItem, build_batch
+from pipelines.build.commit import commit_batch, commit_removals
+from pipelines.build.options import SceneSettings, SourceSpec
+from pipelines.build.plan import default_frame_gap, make_batches, plan_build
+from pipelines.build.retry import TransientBatchError, is_transient
 from pipelines.quarantine import SceneFailure, load_quarantine, quarantine_path, refresh_after_discovery, update_quarantine
 from pipelines.store import ShardStore, latest_version, load_manifest
 from preprocess.sources.base import SceneRef
@@ -155,7 +147,7 @@ def test_quarantine_report_is_cumulative(tmp_path):
 
 
 def test_frame_gap_is_applied_at_read_time_when_the_adapter_can_skip_frames(tmp_path):
-    from pipelines.build import SourceSpec, fold_frame_gap
+    from pipelines.build.plan import fold_frame_gap
 
     scannet = SourceSpec("scannet", str(tmp_path), None, {})
     folded, gap = fold_frame_gap(scannet, 75)
@@ -176,7 +168,7 @@ def test_hm3d_and_re10k_sources_build_into_one_store(tmp_path):
     the unreadable house quarantined."""
     from testkit.hm3d_house import write_house
 
-    from pipelines.build import BatchItem, SceneSettings, SourceSpec, build_batch, commit_batch, commit_complete
+    from pipelines.build.commit import commit_complete
     from pipelines.store import ShardStore
     from testkit.box_room_clip import write_box_room_clip
 

@@ -1,4 +1,4 @@
-"""``pipelines.build_run.run_build``: a whole build without Prefect, through the
+"""``pipelines.build.run_build``: a whole build without Prefect, through the
 default in-process executor, a process pool and a real Dask cluster. Tiny
 synthetic rooms, real Zarr stores."""
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from flows.settings import PROJECT_ROOT
-from pipelines.build import SceneSettings, TransientBatchError
-from pipelines.build_run import call_with_retries, run_build, should_retry
+from pipelines.build import BuildOptions, SceneSettings, run_build
+from pipelines.build.retry import TransientBatchError, call_with_retries, is_transient
 from pipelines.quarantine import load_quarantine
 from pipelines.store import ShardStore, latest_version, load_manifest
 
@@ -42,16 +42,15 @@ def test_run_build_without_prefect_or_dask(tmp_path):
     discovery keeps its scenes listed; prefect and dask.distributed are never imported."""
     script = textwrap.dedent(f"""
         import json, sys
-        from pipelines.build import SceneSettings
-        from pipelines.build_run import run_build
+        from pipelines.build import BuildOptions, SceneSettings, run_build
         good = {synthetic(tmp_path / "a", "synthA", 3, seed=1)!r}
         bad = {{"kind": "synthetic", "path": {str(tmp_path / "not-a-dir")!r}, "name": "synthB",
                 "options": {{"num_scenes": 1}}}}
         open({str(tmp_path / "not-a-dir")!r}, "w").write("a file where a folder should be")
         store = {str(tmp_path / "store")!r}
         kw = dict(settings=SceneSettings(min_correspondences=10), scenes_per_task=2, shard_size=2)
-        s1 = run_build(store, [good], **kw).as_dict()
-        s2 = run_build(store, [good, bad], **kw).as_dict()
+        s1 = run_build(BuildOptions(store=store, sources=[good], **kw)).as_dict()
+        s2 = run_build(BuildOptions(store=store, sources=[good, bad], **kw)).as_dict()
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("prefect", "distributed", "prefect_dask"))
         print(json.dumps(dict(s1=s1, s2=s2, loaded=loaded)))
     """)
@@ -80,18 +79,18 @@ def test_process_pool_and_dask_client_give_the_serial_manifest(tmp_path):
 
     src = synthetic(tmp_path / "src", "synth", 5, seed=4)
     kw = dict(settings=SETTINGS, scenes_per_task=1, shard_size=2)
-    serial = run_build(str(tmp_path / "serial"), [src], **kw)
+    serial = run_build(BuildOptions(store=str(tmp_path / "serial"), sources=[src], **kw))
     assert serial.scenes["processed"] == 5 and serial.batches == 5
     expected = manifest_content(tmp_path / "serial")
 
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pooled = run_build(str(tmp_path / "pool"), [src], executor=pool, **kw)
+        pooled = run_build(BuildOptions(store=str(tmp_path / "pool"), sources=[src], **kw), executor=pool)
     assert pooled.scenes == serial.scenes
     assert manifest_content(tmp_path / "pool") == expected
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       host="127.0.0.1") as cluster, Client(cluster) as client:
-        dasked = run_build(str(tmp_path / "dask"), [src], executor=client, **kw)
+        dasked = run_build(BuildOptions(store=str(tmp_path / "dask"), sources=[src], **kw), executor=client)
     assert dasked.scenes == serial.scenes and dasked.batches_failed == 0
     assert manifest_content(tmp_path / "dask") == expected
     # every batch was committed on its own: one manifest version per batch, and the complete one
@@ -117,17 +116,17 @@ def test_only_transient_errors_are_retried(monkeypatch):
     with pytest.raises(ValueError):
         call_with_retries(flaky, 1, ValueError("bad input"), retries=3)
     assert len(calls) == 1
-    assert should_retry(TransientBatchError("s/x", "load", OSError(5, "EIO")))
-    assert not should_retry(ValueError("bad"))
+    assert is_transient(TransientBatchError("s/x", "load", OSError(5, "EIO")))
+    assert not is_transient(ValueError("bad"))
 
 
 def test_run_build_rejects_bad_arguments(tmp_path):
     src = synthetic(tmp_path / "src", "s", 1, seed=0)
     with pytest.raises(ValueError, match="no sources given and the store .* records none"):
-        run_build(str(tmp_path / "store"), [])
+        run_build(BuildOptions(store=str(tmp_path / "store")))
     with pytest.raises(ValueError, match="source names must be unique"):
-        run_build(str(tmp_path / "store"), [src, src])
+        run_build(BuildOptions(store=str(tmp_path / "store"), sources=[src, src]))
     with pytest.raises(ValueError, match="shard_size must be >= 1"):
-        run_build(str(tmp_path / "store"), [src], shard_size=0)
+        BuildOptions(store=str(tmp_path / "store"), sources=[src], shard_size=0)
     with pytest.raises(ValueError, match="eps must be > 0"):
-        run_build(str(tmp_path / "store"), [src], settings=SceneSettings(eps=0.0))
+        BuildOptions(store=str(tmp_path / "store"), sources=[src], settings=SceneSettings(eps=0.0))

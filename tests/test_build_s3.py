@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.build import SceneSettings
-from pipelines.build_run import run_build
+from pipelines.build import BuildOptions, SceneSettings, run_build
 from pipelines.store import ShardStore, latest_version, list_versions, load_manifest
 from pipelines.store.inspect import main as inspect_main
 
@@ -39,7 +38,7 @@ def env() -> dict:
 
 
 def build_cmd(store: str, *sources: dict) -> list[str]:
-    cmd = [sys.executable, "-m", "pipelines.build_run", "--store", store, "--scenes-per-task", "1",
+    cmd = [sys.executable, "-m", "pipelines.build", "--store", store, "--scenes-per-task", "1",
            "--shard-size", "1", "--min-correspondences", "10", "--no-progress"]
     for s in sources:
         cmd += ["--source", source_arg(s)]
@@ -59,9 +58,9 @@ def test_dask_build_into_s3_then_torchrun_two_ranks(s3_url, tmp_path, free_port)
     # workers inherit the endpoint and credentials from the environment (set by the fixture)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       host="127.0.0.1") as cluster, Client(cluster) as client:
-        first = run_build(s3_url, [a], executor=client, **kw)
+        first = run_build(BuildOptions(store=s3_url, sources=[a], **kw), executor=client)
         assert first.scenes["processed"] == 3 and first.batches_failed == 0
-        second = run_build(s3_url, [a, b], executor=client, **kw)
+        second = run_build(BuildOptions(store=s3_url, sources=[a, b], **kw), executor=client)
     assert second.scenes == dict(discovered=5, skipped=3, new=2, changed=0, processed=2, quarantined=0, removed=0)
     assert second.report.startswith(s3_url.removeprefix("s3://"))  # the report is in the bucket
     store = ShardStore.open(s3_url)

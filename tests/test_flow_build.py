@@ -120,7 +120,7 @@ def test_build_incremental_and_quarantine(prefect_api, dask_address, tmp_path):
     assert len(ps.scene.points) == TINY["points_per_scene"] and ps.segments.shape[1] == 4
     before = shard_file_digests(store)
     assert before
-    # the loop (pipelines.build_run.run_build) ran its steps as the flow's Prefect tasks
+    # the loop (pipelines.build.run_build) ran its steps as the flow's Prefect tasks
     names = _task_run_names({"discover-synthA", "build-batch-0000", "commit-batch-0000"})
     assert {"discover-synthA", "build-batch-0000", "commit-batch-0000"} <= names, names
     assert {"plan-build", "collect-garbage"} <= {n.rsplit("-", 1)[0] for n in names}, names

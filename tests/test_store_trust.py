@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.build import SceneSettings
-from pipelines.build_run import run_build
+from pipelines.build import BuildOptions, SceneSettings, run_build
 from pipelines.quarantine import load_quarantine
 from pipelines.store import ShardStore, load_manifest
 from pipelines.store.inspect import main as inspect_main
@@ -48,10 +47,10 @@ def written_scene_count(store: str) -> int:
 def test_adding_is_the_default_and_prune_says_what_it_removed(tmp_path):
     store = str(tmp_path / "store")
     a, b = synthetic(tmp_path / "a", "A", 2, seed=1), synthetic(tmp_path / "b", "B", 1, seed=2)
-    run_build(store, [a, b], **KW)
-    s = run_build(store, [b], **KW)  # B alone: A stays listed
+    run_build(BuildOptions(store=store, sources=[a, b], **KW))
+    s = run_build(BuildOptions(store=store, sources=[b], **KW))  # B alone: A stays listed
     assert s.removed == [] and {k.split("/")[0] for k in ShardStore.open(store).scene_keys()} == {"A", "B"}
-    s = run_build(store, [b], prune=True, **KW)
+    s = run_build(BuildOptions(store=store, sources=[b], prune=True, **KW))
     assert s.removed == ["A/room000_seed1", "A/room001_seed1"] and s.per_source["A"]["removed"] == 2
     assert ShardStore.open(store).scene_keys() == ["B/room000_seed2"]
     assert set(load_manifest(store).sources) == {"B"}
@@ -60,7 +59,7 @@ def test_adding_is_the_default_and_prune_says_what_it_removed(tmp_path):
 @pytest.mark.slow
 def test_repair_makes_a_corrupted_store_verify_with_fresh_build_contents(tmp_path):
     store = str(tmp_path / "store")
-    run_build(store, [synthetic(tmp_path / "src", "S", 3, seed=3)], **KW)
+    run_build(BuildOptions(store=store, sources=[synthetic(tmp_path / "src", "S", 3, seed=3)], **KW))
     fresh = samples(store)
     m = load_manifest(store)
     victim = m.shards[0]
@@ -85,10 +84,10 @@ def test_repair_makes_a_corrupted_store_verify_with_fresh_build_contents(tmp_pat
 
 _BUILD = """
 import json, sys
-from pipelines.build import SceneSettings
-from pipelines.build_run import run_build
+from pipelines.build import BuildOptions, SceneSettings, run_build
 store, source = sys.argv[1], json.loads(sys.argv[2])
-s = run_build(store, [source], settings=SceneSettings(min_correspondences=10), scenes_per_task=1, shard_size=1)
+s = run_build(BuildOptions(store=store, sources=[source], settings=SceneSettings(min_correspondences=10),
+                           scenes_per_task=1, shard_size=1))
 print(json.dumps(s.as_dict()))
 """
 

@@ -286,22 +286,42 @@ def scene_nbytes(ps: ProcessedScene) -> int:
     return n
 
 
-def pack_scenes(scenes: Sequence[ProcessedScene], target_bytes: int = 256 << 20) -> list[list[ProcessedScene]]:
-    """Group scenes into shards of about ``target_bytes`` (uncompressed); each
-    shard holds one source only, so dropping a source drops whole shards."""
-    by_source: dict[str, list[ProcessedScene]] = {}
-    for ps in scenes:
-        by_source.setdefault(ps.scene.source, []).append(ps)
-    groups = []
-    for source in sorted(by_source):
-        cur, size = [], 0
-        for ps in sorted(by_source[source], key=lambda p: p.key):
-            b = scene_nbytes(ps)
-            if cur and size + b > target_bytes:
-                groups.append(cur)
-                cur, size = [], 0
-            cur.append(ps)
-            size += b
-        if cur:
-            groups.append(cur)
-    return groups
+class ShardPacker:
+    """The packing rule of every shard writer: a shard holds scenes of one source
+    only (dropping a source drops whole shards), at most ``max_scenes`` of them,
+    and a scene that would take it past ``max_bytes`` (uncompressed, see
+    ``scene_nbytes``) starts the next one; a shard always takes its first scene.
+    None: no limit. ``add`` returns the shards that adding a scene closed,
+    ``flush`` the one left open, so a caller can write as it goes."""
+
+    def __init__(self, max_scenes: int | None = None, max_bytes: int | None = None):
+        if max_scenes is not None and max_scenes < 1:
+            raise ValueError(f"a shard holds at least 1 scene, got max_scenes={max_scenes}")
+        self.max_scenes, self.max_bytes = max_scenes, max_bytes
+        self._open: list[ProcessedScene] = []
+        self._bytes = 0
+
+    def add(self, ps: ProcessedScene) -> list[list[ProcessedScene]]:
+        closed = []
+        size = scene_nbytes(ps) if self.max_bytes is not None else 0
+        if self._open and (ps.scene.source != self._open[0].scene.source
+                           or (self.max_bytes is not None and self._bytes + size > self.max_bytes)):
+            closed += self.flush()
+        self._open.append(ps)
+        self._bytes += size
+        if self.max_scenes is not None and len(self._open) >= self.max_scenes:
+            closed += self.flush()
+        return closed
+
+    def flush(self) -> list[list[ProcessedScene]]:
+        shard, self._open, self._bytes = self._open, [], 0
+        return [shard] if shard else []
+
+
+def pack_scenes(scenes: Sequence[ProcessedScene], target_bytes: int = 256 << 20,
+                max_scenes: int | None = None) -> list[list[ProcessedScene]]:
+    """Group scenes into shards by ``ShardPacker``'s rule (about ``target_bytes``
+    uncompressed each), sorted by source, then key."""
+    packer = ShardPacker(max_scenes, target_bytes)
+    groups = [g for ps in sorted(scenes, key=lambda p: (p.scene.source, p.key)) for g in packer.add(ps)]
+    return groups + packer.flush()
