@@ -57,7 +57,8 @@ def main() -> None:
         import torch
 
         from concerto.config import load_config
-        from concerto.train import build_sample_spec
+        from concerto.data import open_store
+        from concerto.train import StoreInfo, build_sample_spec, resolve_config
         from pipelines.patches import PatchGrid
         from testkit.pretrain_store import write_store
 
@@ -67,7 +68,7 @@ def main() -> None:
         fs.put(local + "/", "bench/store", recursive=True)
         s3_url = "s3://bench/store"
 
-        cfg = load_config(args.config)
+        cfg = resolve_config(load_config(args.config), StoreInfo(len(open_store(local))))
         torch.set_num_threads(1)
         spec = build_sample_spec(cfg, PatchGrid(), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), True)
         bs = cfg.data.batch_size
