@@ -32,6 +32,22 @@ def test_resolve_config_returns_a_new_config_and_leaves_the_input_alone():
     assert resolve_config(cfg, StoreInfo(20, 2, started_steps=7)).run.steps == 5
 
 
+@pytest.mark.slow
+def test_train_leaves_the_callers_config_alone(tmp_path):
+    import json
+
+    from concerto.config import load_config
+    from concerto.train import train
+    from testkit.pretrain_store import write_store
+
+    url = write_store(tmp_path / "s", shard_sizes=(2,), n_points=600, without_images=1)
+    cfg = load_config("tiny", ["run.steps=null", "run.epochs=1", "data.batch_size=1", "data.num_workers=0"])
+    before = cfg.to_dict()
+    summary = train(cfg, url, tmp_path / "run", progress=False, stop_after=1)
+    assert summary["step"] == 1 and cfg.to_dict() == before
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["run"]["steps"] == 3  # 3 samples, batch 1
+
+
 def test_build_sample_spec_needs_resolved_steps_not_a_type_error():
     # sample_spec_for(cfg, None): build_sample_spec with the default (DINOv2) grid
     with pytest.raises(ConfigError, match="run.steps"):
