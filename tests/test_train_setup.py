@@ -60,7 +60,7 @@ def test_build_sample_spec_needs_resolved_steps_not_a_type_error():
 
 def test_backbone_carries_the_input_colour_range():
     from concerto.model import official_layout, load_checkpoint
-    from concerto.train.state import build_backbone
+    from concerto.train.state import build_backbone, check_config
 
     cfg = PretrainConfig.tiny()
     assert build_backbone(cfg).config.input_color_range == "unit"
@@ -69,8 +69,8 @@ def test_backbone_carries_the_input_colour_range():
     assert model.config.input_color_range == "symmetric"
     assert load_checkpoint(official_layout(model)).config.input_color_range == "symmetric"
     cfg.model.preset = "huge"
-    with pytest.raises(ConfigError, match="model.preset"):
-        build_backbone(cfg)
+    with pytest.raises(ConfigError, match="model.preset': unknown preset 'huge'; expected one of"):
+        check_config(cfg)
 
 
 # ----------------------------------------------------------------------------- metrics over ranks

@@ -122,6 +122,12 @@ def wrap_ddp(student: torch.nn.Module, world: int, device: torch.device,
 
 
 def check_config(cfg: PretrainConfig) -> None:
+    """What the config alone can tell is wrong, before the process group or the store is touched."""
+    from concerto.model.config import PRESETS
+
+    if cfg.model.preset not in PRESETS:
+        raise ConfigError(f"config key 'model.preset': unknown preset '{cfg.model.preset}'; "
+                          f"expected one of {sorted(PRESETS)}")
     if cfg.distill.roll_mask_weight > 0 and cfg.views.global_num != 2:
         raise ConfigError(f"config key 'views.global_num': the roll-mask term needs 2 global views, got {cfg.views.global_num}")
     v = cfg.data.version
@@ -203,11 +209,7 @@ def build_backbone(cfg: PretrainConfig):
     """The student's encoder: the ``model.preset`` size preset (concerto.model.config.PRESETS)
     with the run's grid, drop path and input colour range (which exports then carry)."""
     from concerto.model import PointTransformerV3, PTv3Config
-    from concerto.model.config import PRESETS
 
-    if cfg.model.preset not in PRESETS:
-        raise ConfigError(f"config key 'model.preset': unknown preset '{cfg.model.preset}'; "
-                          f"expected one of {sorted(PRESETS)}")
     over: dict[str, Any] = {"grid_size": cfg.model.grid_size, "input_color_range": cfg.views.color_range}
     if cfg.model.drop_path is not None:
         over["drop_path"] = cfg.model.drop_path
