@@ -172,7 +172,9 @@ def roll_views(view: torch.Tensor, num_global: int) -> torch.Tensor:
 
 def pretraining_loss(out: dict, teacher_out, image_feat: Optional[torch.Tensor], batch: dict,
                      cfg, teacher_temp: float) -> dict:
-    """All loss terms and their weighted sum ("loss"). cfg: PretrainConfig."""
+    """All loss terms and their weighted sum ("loss"). cfg: PretrainConfig. Every key
+    of the returned dict is averaged over ranks and logged as ``loss/<key>``
+    (concerto.train.metrics): a new term needs nothing beyond this function and its weight."""
     d, cm = cfg.distill, cfg.cross_modal
     g = batch["num_global"]
     nl = batch["num_local"]

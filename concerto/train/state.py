@@ -135,12 +135,12 @@ def check_config(cfg: PretrainConfig) -> None:
         raise ConfigError(f"config key 'data.version': a manifest version >= 1, 'latest' or null, got {v!r}")
 
 
-def check_resume_config(cfg: PretrainConfig, saved: dict, path: Path) -> None:
+def check_resume_steps(steps: int, started: Optional[int], path: Path) -> None:
     """Schedules (lr, weight decay, momentum, temperatures, masking) span
-    ``run.steps``: changing it on resume would bend every schedule mid-run."""
-    started = saved.get("config", {}).get("run", {}).get("steps")
-    if started is not None and started != cfg.run.steps:
-        raise TrainError(f"resume from '{path}': the run started with run.steps={started}, now {cfg.run.steps}; "
+    ``run.steps``: changing it on resume would bend every schedule mid-run.
+    ``started``: the resumed run's ``run.steps`` (``RunStart.store_info``)."""
+    if started is not None and started != steps:
+        raise TrainError(f"resume from '{path}': the run started with run.steps={started}, now {steps}; "
                          f"every schedule spans run.steps, so it cannot change on resume (start a new run "
                          f"from the exported backbone to train longer)")
 
@@ -372,7 +372,7 @@ def build_state(cfg: PretrainConfig, data: Any, start: RunStart) -> TrainState:
     rank, world, device = start.rank, start.world, start.device
     accumulate, lr_scale = resolve_accumulation(cfg, world)
     if start.saved is not None:
-        check_resume_config(cfg, start.saved, start.resume_path)
+        check_resume_steps(cfg.run.steps, start.store_info.started_steps, start.resume_path)
     torch.manual_seed(cfg.run.seed)  # identical initialisation on every rank
     image_encoder = build_image_encoder(cfg).to(device) if cfg.cross_modal.weight > 0 else None
     student, teacher = build_student_teacher(cfg, image_encoder, device)
