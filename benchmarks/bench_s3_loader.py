@@ -57,8 +57,7 @@ def main() -> None:
         import torch
 
         from concerto.config import load_config
-        from concerto.data import open_store
-        from concerto.train import StoreInfo, build_sample_spec, resolve_config
+        from concerto.train import build_sample_spec
         from pipelines.patches import PatchGrid
         from testkit.pretrain_store import write_store
 
@@ -67,6 +66,9 @@ def main() -> None:
         fs.mkdir("bench")
         fs.put(local + "/", "bench/store", recursive=True)
         s3_url = "s3://bench/store"
+
+        from concerto.data import open_store
+        from concerto.train import StoreInfo, resolve_config
 
         cfg = resolve_config(load_config(args.config), StoreInfo(len(open_store(local))))
         torch.set_num_threads(1)
