@@ -37,14 +37,14 @@ def main() -> None:
     args = ap.parse_args()
 
     from concerto.config import load_config
-    from concerto.data import ShardLoader
-    from concerto.train import build_sample_spec, train
+    from concerto.data import ShardLoader, open_store
+    from concerto.train import StoreInfo, build_sample_spec, resolve_config, train
     from testkit.pretrain_store import write_store
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_loader_"))
     try:
         url = write_store(tmp / "store", shard_sizes=(4, 4), n_points=args.points, without_images=1)
-        cfg = load_config(args.config)
+        cfg = resolve_config(load_config(args.config), StoreInfo(len(open_store(url))))
         torch.set_num_threads(max(cfg.run.num_threads, 1))
         from concerto.image_encoder import ImageEncoder
 

@@ -67,7 +67,10 @@ def main() -> None:
         fs.put(local + "/", "bench/store", recursive=True)
         s3_url = "s3://bench/store"
 
-        cfg = load_config(args.config)
+        from concerto.data import open_store
+        from concerto.train import StoreInfo, resolve_config
+
+        cfg = resolve_config(load_config(args.config), StoreInfo(len(open_store(local))))
         torch.set_num_threads(1)
         spec = build_sample_spec(cfg, PatchGrid(), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), True)
         bs = cfg.data.batch_size

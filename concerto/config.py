@@ -48,7 +48,8 @@ class ViewConfig:
     normal_drop_part_ratio: float = 0.2
     elastic: tuple = ((0.2, 0.4), (0.8, 1.6))  # (granularity m, magnitude); [] disables
     # "unit": colour / 255, as the released transforms (NormalizeColor) feed it;
-    # "symmetric": colour / 127.5 - 1, only for checkpoints trained that way before
+    # "symmetric": colour / 127.5 - 1, only for checkpoints trained that way before;
+    # the backbone records it (PTv3Config.input_color_range) so exports carry it
     color_range: str = "unit"
 
 

@@ -19,8 +19,9 @@ Checkpoints understood by :func:`load`:
 Input conventions match pretraining (``concerto.ssl.views``): coord float [N, 3]
 in metres, shifted per cloud so x and y are centred and the lowest z is 0 (the
 reference ``CenterShift(apply_z=True)``); color in [0, 255] divided by 255 (the
-released transforms' ``NormalizeColor``; a training state whose config says
-``views.color_range: symmetric``, or that predates the field, gets / 127.5 - 1);
+released transforms' ``NormalizeColor``), or / 127.5 - 1 where the model's
+``PTv3Config.input_color_range`` is "symmetric" (a training state whose config says
+``views.color_range: symmetric``, or that predates the field);
 normal as given. A missing color is black (0) and a missing normal is 0, which
 is what pretraining's attribute dropping shows the encoder.
 
@@ -184,7 +185,7 @@ class Encoder:
         self.levels = min(int(levels), cfg.num_stages - 1) if cfg.enc_mode else 0
         self.grid_size = float(cfg.grid_size)
         # how the model's training fed colours (see module doc)
-        self.color_range = getattr(model, "input_color_range", "unit")
+        self.color_range = cfg.input_color_range
 
     @property
     def config(self):
@@ -294,6 +295,7 @@ class Encoder:
 def _training_backbone(state: dict, name: str, weights: str):
     """PointTransformerV3 from one of our training states (``state.pt``)."""
     from concerto.model import PTv3Config, load_checkpoint
+    from concerto.model.config import PRESETS
 
     if weights not in ("teacher", "student"):
         raise InferenceError(f"load: weights must be 'teacher' or 'student', got {weights!r}")
@@ -303,18 +305,16 @@ def _training_backbone(state: dict, name: str, weights: str):
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
         raise InferenceError(f"checkpoint {name}: training state has no 'config.model' field")
     model_cfg = cfg["model"]
-    presets = {"base": PTv3Config.base, "large": PTv3Config.large, "tiny": PTv3Config.tiny}
     preset = model_cfg.get("preset")
-    if preset not in presets:
-        raise InferenceError(f"checkpoint {name}: field 'config.model.preset' is {preset!r}, expected one of {sorted(presets)}")
-    ptv3 = presets[preset](grid_size=float(model_cfg.get("grid_size", 0.02)), drop_path=0.0)
+    if preset not in PRESETS:
+        raise InferenceError(f"checkpoint {name}: field 'config.model.preset' is {preset!r}, expected one of {sorted(PRESETS)}")
+    # states from before views.color_range existed were trained on colour / 127.5 - 1
+    ptv3 = PTv3Config.preset(preset, grid_size=float(model_cfg.get("grid_size", 0.02)), drop_path=0.0,
+                             input_color_range=(cfg.get("views") or {}).get("color_range", "symmetric"))
     try:
-        model = load_checkpoint({"state_dict": state[weights]}, config=ptv3, prefix="backbone.")
+        return load_checkpoint({"state_dict": state[weights]}, config=ptv3, prefix="backbone.")
     except ValueError as exc:  # CheckpointError
         raise InferenceError(f"checkpoint {name}: field '{weights}': {exc}") from exc
-    # states from before the field existed were trained on colour / 127.5 - 1
-    model.input_color_range = (cfg.get("views") or {}).get("color_range", "symmetric")
-    return model
 
 
 def _read_training_state(path: Path) -> dict:
@@ -375,7 +375,6 @@ def load_model(name_or_path: Union[str, os.PathLike], weights: str = "teacher", 
 
             rebuilt = PointTransformerV3(PTv3Config.from_dict({**model.config.to_dict(), **overrides}))
             rebuilt.load_state_dict(model.state_dict())
-            rebuilt.input_color_range = model.input_color_range
             model = rebuilt
         return model
     try:
@@ -400,12 +399,12 @@ def random_encoder(preset: str = "tiny", seed: int = 0, device: Union[str, torch
                    levels: int = 2, **overrides: Any) -> Encoder:
     """A randomly initialised encoder (``preset`` base | large | tiny), the probing baseline."""
     from concerto.model import PointTransformerV3, PTv3Config
+    from concerto.model.config import PRESETS
 
-    presets = {"base": PTv3Config.base, "large": PTv3Config.large, "tiny": PTv3Config.tiny}
-    if preset not in presets:
-        raise InferenceError(f"random encoder: unknown preset {preset!r}; expected one of {sorted(presets)}")
+    if preset not in PRESETS:
+        raise InferenceError(f"random encoder: unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     overrides.setdefault("drop_path", 0.0)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = PointTransformerV3(presets[preset](**overrides))
+        model = PointTransformerV3(PTv3Config.preset(preset, **overrides))
     return Encoder(model, device=device, levels=levels, source=f"random:{preset}:{seed}")

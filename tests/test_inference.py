@@ -185,6 +185,24 @@ def test_load_official_layout(tmp_path):
     np.testing.assert_array_equal(ref, load(tmp_path / "wrapped.pth").embed(coord, color, normal))
 
 
+def test_input_colour_range_travels_with_the_model_config(tmp_path):
+    """PTv3Config.input_color_range: exports carry it; an export or released file
+    without it is "unit"; a training state takes views.color_range ("symmetric"
+    when its config predates that field), also through config overrides."""
+    torch.manual_seed(0)
+    model = PointTransformerV3(PTv3Config.tiny(input_color_range="symmetric"))
+    assert load(export_backbone(model, tmp_path / "sym.pth")).color_range == "symmetric"
+    old = {k: v for k, v in PTv3Config.tiny().to_dict().items() if k != "input_color_range"}
+    torch.save({"config": old, "state_dict": model.state_dict()}, tmp_path / "old.pth")
+    assert load(tmp_path / "old.pth").color_range == "unit"
+    weights = {"backbone." + k: v for k, v in model.state_dict().items()}
+    for views, expected in (({"color_range": "unit"}, "unit"), (None, "symmetric")):
+        config = {"model": {"preset": "tiny", "grid_size": 0.02}, **({"views": views} if views else {})}
+        torch.save({"teacher": weights, "student": weights, "config": config}, tmp_path / "state.pt")
+        assert load(tmp_path / "state.pt").color_range == expected
+        assert load(tmp_path / "state.pt", attention_backend="sdpa").color_range == expected
+
+
 def test_load_errors_name_the_checkpoint(tmp_path):
     with pytest.raises(InferenceError, match="no such file or folder"):
         load(tmp_path / "missing.pth")

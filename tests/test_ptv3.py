@@ -188,7 +188,8 @@ def test_fixed_orders_are_recorded_and_reproducible():
 
 def official_config_dict(cfg: PTv3Config) -> dict:
     """A config dict as the reference writes it (its keyword names, incl. kernel switches)."""
-    d = {k: v for k, v in cfg.to_dict().items() if k not in ("grid_size", "sparse_conv_backend", "attention_backend")}
+    d = {k: v for k, v in cfg.to_dict().items() if k not in ("grid_size", "sparse_conv_backend", "attention_backend",
+                                                             "input_color_range")}
     d.update(enable_flash=True, upcast_attention=False, upcast_softmax=False, traceable=True)
     return d
 

@@ -154,13 +154,6 @@ def attend_windows_flash(qkv: torch.Tensor, plan: WindowPlan, scale: float, drop
     return o.to(qkv.dtype)
 
 
-def windowed_attention_flash(
-    qkv: torch.Tensor, plan: WindowPlan, scale: float, dropout_p: float = 0.0
-) -> torch.Tensor:
-    """Same function as ``windowed_attention_sdpa`` through flash-attn."""
-    return attend_windows_flash(qkv[_flat_index(plan)], plan, scale, dropout_p)[plan.gather]
-
-
 def resolve_attention_backend(backend: AttentionBackend, device: torch.device) -> str:
     if backend == "sdpa":
         return "sdpa"

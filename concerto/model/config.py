@@ -12,6 +12,31 @@ from .serialization import ORDERS
 # function (kernel choice, bookkeeping); recorded so official configs load.
 _ACCEPTED_NOOP_KEYS = ("enable_flash", "upcast_attention", "upcast_softmax", "traceable", "type")
 
+# Size presets: name -> the fields that differ from the dataclass defaults (base).
+# The one table of them: PTv3Config.preset / .base / .large / .tiny, training's
+# ``model.preset`` and concerto.inference read it.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Concerto/Sonata base: 5 stages, channels 48..512, depths (3,3,3,12,3), patch 1024
+    "base": {},
+    # Concerto large: channels (64,128,256,512,768), heads (4,8,16,32,48)
+    "large": dict(enc_channels=(64, 128, 256, 512, 768), enc_num_head=(4, 8, 16, 32, 48)),
+    # a few-thousand-parameter model for tests
+    "tiny": dict(
+        enc_depths=(1, 1, 1, 1, 1),
+        enc_channels=(16, 16, 32, 32, 64),
+        enc_num_head=(2, 2, 2, 2, 4),
+        enc_patch_size=(64, 64, 64, 64, 64),
+        dec_depths=(1, 1, 1, 1),
+        dec_channels=(16, 16, 32, 32),
+        dec_num_head=(2, 2, 2, 2),
+        dec_patch_size=(64, 64, 64, 64),
+        drop_path=0.0,
+    ),
+}
+
+# How the input colour channels were scaled in training (concerto.ssl.views.scale_color).
+COLOR_RANGES = ("unit", "symmetric")
+
 
 @dataclass
 class PTv3Config:
@@ -49,6 +74,10 @@ class PTv3Config:
     grid_size: float = 0.02
     sparse_conv_backend: str = "auto"
     attention_backend: str = "auto"
+    # how training fed the colour channels: "unit" colour / 255 (released), "symmetric"
+    # colour / 127.5 - 1 (older runs); recorded so checkpoints and exports carry it
+    # (a file without it: "unit"), read by concerto.inference. Not a reference keyword.
+    input_color_range: str = "unit"
     # reference keywords kept only so a checkpoint's config round-trips
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -90,37 +119,33 @@ class PTv3Config:
             raise ValueError(f"PTv3Config.sparse_conv_backend={self.sparse_conv_backend!r}")
         if self.attention_backend not in ("auto", "sdpa", "flash"):
             raise ValueError(f"PTv3Config.attention_backend={self.attention_backend!r}")
+        if self.input_color_range not in COLOR_RANGES:
+            raise ValueError(f"PTv3Config.input_color_range={self.input_color_range!r}; expected one of {COLOR_RANGES}")
         if self.in_channels < 1:
             raise ValueError(f"PTv3Config.in_channels must be >= 1, got {self.in_channels}")
 
     @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "PTv3Config":
+        """The size preset ``name`` (a key of ``PRESETS``) with ``overrides`` on top;
+        ValueError naming the known presets for another name."""
+        if name not in PRESETS:
+            raise ValueError(f"PTv3Config: unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
     def base(cls, **overrides: Any) -> "PTv3Config":
         """Concerto/Sonata base: 5 stages, channels 48..512, depths (3,3,3,12,3), patch 1024."""
-        return cls(**overrides)
+        return cls.preset("base", **overrides)
 
     @classmethod
     def large(cls, **overrides: Any) -> "PTv3Config":
         """Concerto large: channels (64,128,256,512,768), heads (4,8,16,32,48)."""
-        kw = dict(enc_channels=(64, 128, 256, 512, 768), enc_num_head=(4, 8, 16, 32, 48))
-        kw.update(overrides)
-        return cls(**kw)
+        return cls.preset("large", **overrides)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "PTv3Config":
         """A few-thousand-parameter model for tests."""
-        kw = dict(
-            enc_depths=(1, 1, 1, 1, 1),
-            enc_channels=(16, 16, 32, 32, 64),
-            enc_num_head=(2, 2, 2, 2, 4),
-            enc_patch_size=(64, 64, 64, 64, 64),
-            dec_depths=(1, 1, 1, 1),
-            dec_channels=(16, 16, 32, 32),
-            dec_num_head=(2, 2, 2, 2),
-            dec_patch_size=(64, 64, 64, 64),
-            drop_path=0.0,
-        )
-        kw.update(overrides)
-        return cls(**kw)
+        return cls.preset("tiny", **overrides)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PTv3Config":

@@ -27,6 +27,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from concerto.model import Point, upcast
 from concerto.model.grid_sample import voxel_key
 from concerto.ssl.cross_modal import PatchPredictor
 from concerto.ssl.head import ClusteringHead
@@ -71,12 +72,8 @@ class Encoded:
 
 
 def encode(backbone: nn.Module, coord, feat, offset, origin, grid_size: float, levels,
-           mask: Optional[torch.Tensor] = None, point_cls=None, upcast_fn=None) -> list[Encoded]:
+           mask: Optional[torch.Tensor] = None) -> list[Encoded]:
     """Run ``backbone`` once and read features at each upcast level in ``levels``."""
-    if point_cls is None or upcast_fn is None:
-        from concerto.model import Point, upcast
-
-        point_cls, upcast_fn = point_cls or Point, upcast_fn or upcast
     # origin_coord rides along: pooling averages it stage by stage (a mean of the
     # children's means, as the released model), which is what points are matched on
     fields = dict(coord=coord, feat=feat, offset=offset, grid_size=grid_size, origin_coord=origin.float())
@@ -85,10 +82,10 @@ def encode(backbone: nn.Module, coord, feat, offset, origin, grid_size: float, l
         fields["grid_coord"] = grid_coord
     if mask is not None:
         fields["mask"] = mask
-    out = backbone(point_cls(**fields))
+    out = backbone(Point(**fields))
     results = []
     for lv in levels:
-        p = upcast_fn(out, lv)
+        p = upcast(out, lv)
         index = p.index_to_input()
         n = p["feat"].shape[0]
         results.append(Encoded(p["feat"], p["origin_coord"] if "origin_coord" in p else
@@ -175,7 +172,9 @@ def roll_views(view: torch.Tensor, num_global: int) -> torch.Tensor:
 
 def pretraining_loss(out: dict, teacher_out, image_feat: Optional[torch.Tensor], batch: dict,
                      cfg, teacher_temp: float) -> dict:
-    """All loss terms and their weighted sum ("loss"). cfg: PretrainConfig."""
+    """All loss terms and their weighted sum ("loss"). cfg: PretrainConfig. Every key
+    of the returned dict is averaged over ranks and logged as ``loss/<key>``
+    (concerto.train.metrics): a new term needs nothing beyond this function and its weight."""
     d, cm = cfg.distill, cfg.cross_modal
     g = batch["num_global"]
     nl = batch["num_local"]

@@ -10,7 +10,8 @@ in the official key layout to ``<output>/backbone.pth``, tensorboard scalars to
 
 Modules, in the order a run uses them:
 
-- ``state``: process group, models, optimiser, loader, resume -> ``TrainState``;
+- ``state``: process group, resume, data -> ``RunStart``; ``resolve_config`` -> the
+  run's own config (a new object); models, optimiser, loader -> ``TrainState``;
 - ``step``: one optimiser step (schedules, forward, losses, backward, clip, EMA);
 - ``metrics``: averaging over ranks, tensorboard, progress bar, config.json;
 - ``checkpoint``: the training state (to resume) and the backbone export (to use);
@@ -18,7 +19,8 @@ Modules, in the order a run uses them:
 """
 from concerto.train.cli import main
 from concerto.train.loop import train
-from concerto.train.state import TrainError, build_sample_spec, layer_decay_groups
+from concerto.train.state import StoreInfo, TrainError, build_sample_spec, layer_decay_groups, resolve_config
 from concerto.train.step import apply_schedules
 
-__all__ = ["TrainError", "apply_schedules", "build_sample_spec", "layer_decay_groups", "main", "train"]
+__all__ = ["StoreInfo", "TrainError", "apply_schedules", "build_sample_spec", "layer_decay_groups", "main",
+           "resolve_config", "train"]

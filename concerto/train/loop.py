@@ -8,7 +8,7 @@ from typing import Any, Optional
 from concerto.config import PretrainConfig
 from concerto.train.checkpoint import save_run_checkpoint
 from concerto.train.metrics import RunLog, parameter_digest, write_resolved_config
-from concerto.train.state import barrier, build_state, check_config
+from concerto.train.state import barrier, build_state, check_config, resolve_config, start_run
 from concerto.train.step import train_step
 
 
@@ -18,20 +18,28 @@ def train(cfg: PretrainConfig, data: Any, output: str | Path, resume: bool = Fal
 
     ``data``: a store URL/path or a store object. ``stop_after``: leave after that
     many optimiser steps of this call (a checkpoint is written first), as if killed.
+    ``cfg`` is not changed: the run works on ``resolve_config``'s copy (written to
+    ``<output>/config.json``).
     """
     check_config(cfg)
-    s = build_state(cfg, data, Path(output), resume)
+    start = start_run(cfg, data, Path(output), resume)
+    info = start.store_info
+    run_cfg = resolve_config(cfg, info)
+    if start.rank == 0 and cfg.run.steps is None and info.started_steps is None:
+        print(f"run.steps = {run_cfg.run.steps}: {cfg.run.epochs} epochs over {info.num_samples} samples", flush=True)
+    s = build_state(run_cfg, data, start)
     if s.rank == 0:
-        write_resolved_config(s.output, cfg, data, s.loader.version)
-    run = cfg.run
+        write_resolved_config(s.output, s.cfg, data, s.loader.version)
+    run = s.cfg.run
     log = RunLog(s.output, s.rank, run.log_every, s.step, run.steps, progress)
     end = run.steps if stop_after is None else min(run.steps, s.step + stop_after)
     batches, last = iter(s.loader), {}
     s.student.train()
     t0 = time.perf_counter()
     while s.step < end:
-        last = train_step(s, batches)
-        log.log(s.step, last, end)
+        losses, values = train_step(s, batches)
+        log.log(s.step, losses, values, end)
+        last = {**losses, **values}
         if s.step % run.save_every == 0 or s.step == end:
             save_run_checkpoint(s, barrier)
     log.close()

@@ -11,18 +11,21 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-# loss terms of concerto.ssl.pretrainer.pretraining_loss; logged under loss/, the rest under params/
-LOSS_TERMS = ("mask", "roll_mask", "unmask", "cross_modal", "loss")
-
 
 def average_over_ranks(sums: dict[str, float], world: int) -> dict[str, float]:
-    """Loss terms averaged over ranks for logging; a term some ranks lack (the
-    cross-modal term of image-less batches) is averaged over the ranks that have it."""
+    """Loss terms averaged over ranks for logging, whatever terms the loss returns: a
+    term some ranks lack (the cross-modal term of image-less batches) is averaged over
+    the ranks that have it. Collective (every rank calls it): the ranks first gather
+    their term names, then all-reduce a (sum, count) pair per name of the sorted union."""
     if world == 1:
         return sums
-    vals = torch.tensor([[sums.get(k, 0.0), float(k in sums)] for k in LOSS_TERMS], dtype=torch.float64)
+    names: list = [None] * world
+    dist.all_gather_object(names, sorted(sums))
+    union = sorted(set().union(*names))
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    vals = torch.tensor([[sums.get(k, 0.0), float(k in sums)] for k in union], dtype=torch.float64, device=device)
     dist.all_reduce(vals)
-    return {k: float(v / c) for k, (v, c) in zip(LOSS_TERMS, vals.tolist()) if c > 0}
+    return {k: v / c for k, (v, c) in zip(union, vals.tolist()) if c > 0}
 
 
 def check_finite(sums: dict[str, float], step: int) -> None:
@@ -66,14 +69,16 @@ class RunLog:
 
             self.bar = tqdm(total=total, initial=start, desc="pretrain", dynamic_ncols=True)
 
-    def log(self, step: int, values: dict, end: int) -> None:
-        """Scalars every ``log_every`` steps and at ``end``; the bar every step."""
+    def log(self, step: int, losses: dict, values: dict, end: int) -> None:
+        """Scalars every ``log_every`` steps and at ``end`` (every loss term under
+        ``loss/``, the other values under ``params/``); the bar every step."""
         if self.writer is not None and (step % self.log_every == 0 or step == end):
-            for k, v in values.items():
-                self.writer.add_scalar(f"loss/{k}" if k in LOSS_TERMS else f"params/{k}", v, step)
+            for prefix, scalars in (("loss", losses), ("params", values)):
+                for k, v in scalars.items():
+                    self.writer.add_scalar(f"{prefix}/{k}", v, step)
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{values['loss']:.4f}")
+            self.bar.set_postfix(loss=f"{losses['loss']:.4f}")
 
     def close(self) -> None:
         if self.bar is not None:

@@ -1,11 +1,17 @@
-"""Setting up a run: process group, models, optimiser, data loader, resume.
+"""Setting up a run: process group, resume, data, the resolved config, models,
+optimiser, data loader.
 
-``build_state`` returns a ``TrainState``: everything the step, the checkpoints and
-the logs work on. Every rank builds identical models (same seed); on resume the
-saved state replaces them, and the run continues on the data version it started with.
+In order: ``start_run`` finds what the config cannot say (ranks, the checkpoint
+resumed, the data version and its samples) -> ``RunStart``; ``resolve_config``
+turns the user's config into the run's own (a new object; the user's is not
+changed) -> ``PretrainConfig``; ``build_state`` builds, from that, everything the
+step, the checkpoints and the logs work on -> ``TrainState``. Every rank builds
+identical models (same seed); on resume the saved state replaces them, and the run
+continues on the data version it started with.
 """
 from __future__ import annotations
 
+import copy
 import os
 import re
 from dataclasses import dataclass
@@ -15,7 +21,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from concerto.batching import resolve_accumulation
+from concerto.batching import resolve_accumulation, steps_for_epochs
 from concerto.config import ConfigError, PretrainConfig
 from concerto.train.checkpoint import latest_training_state, load_training_state, set_rng_state
 
@@ -24,10 +30,42 @@ class TrainError(RuntimeError):
     """A run that cannot start (bad data, bad resume state); one line, names the cause."""
 
 
+@dataclass(frozen=True)
+class StoreInfo:
+    """What resolving a config needs that the config does not say: the samples the
+    run reads, its ranks, and on resume the ``run.steps`` the run started with."""
+
+    num_samples: int
+    world: int = 1
+    started_steps: Optional[int] = None
+
+
+@dataclass
+class RunStart:
+    """Where one rank's run starts, found before its config is resolved: its place in
+    the process group, the checkpoint it resumes (Nones for a new run), the manifest
+    version it reads and that version's sample count."""
+
+    rank: int
+    world: int
+    device: torch.device
+    output: Path
+    version: Optional[int]
+    num_samples: int
+    saved: Optional[dict] = None
+    saved_rng: Optional[dict] = None
+    resume_path: Optional[Path] = None
+
+    @property
+    def store_info(self) -> StoreInfo:
+        started = (self.saved or {}).get("config", {}).get("run", {}).get("steps")
+        return StoreInfo(self.num_samples, self.world, None if started is None else int(started))
+
+
 @dataclass
 class TrainState:
-    """One rank's run. ``model`` is the student, DDP-wrapped when world > 1;
-    ``step`` counts optimiser steps done."""
+    """One rank's run. ``cfg`` is the resolved config (``resolve_config``); ``model``
+    is the student, DDP-wrapped when world > 1; ``step`` counts optimiser steps done."""
 
     cfg: PretrainConfig
     rank: int
@@ -71,18 +109,25 @@ def barrier() -> None:
         dist.barrier()
 
 
-def wrap_ddp(student: torch.nn.Module, cfg: PretrainConfig, world: int, device: torch.device) -> torch.nn.Module:
+def wrap_ddp(student: torch.nn.Module, world: int, device: torch.device,
+             find_unused_parameters: bool = False) -> torch.nn.Module:
     if world == 1:
         return student
     return torch.nn.parallel.DistributedDataParallel(
         student, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=cfg.run.find_unused_parameters)
+        find_unused_parameters=find_unused_parameters)
 
 
 # ----------------------------------------------------------------------------- checks
 
 
 def check_config(cfg: PretrainConfig) -> None:
+    """What the config alone can tell is wrong, before the process group or the store is touched."""
+    from concerto.model.config import PRESETS
+
+    if cfg.model.preset not in PRESETS:
+        raise ConfigError(f"config key 'model.preset': unknown preset '{cfg.model.preset}'; "
+                          f"expected one of {sorted(PRESETS)}")
     if cfg.distill.roll_mask_weight > 0 and cfg.views.global_num != 2:
         raise ConfigError(f"config key 'views.global_num': the roll-mask term needs 2 global views, got {cfg.views.global_num}")
     v = cfg.data.version
@@ -90,12 +135,12 @@ def check_config(cfg: PretrainConfig) -> None:
         raise ConfigError(f"config key 'data.version': a manifest version >= 1, 'latest' or null, got {v!r}")
 
 
-def check_resume_config(cfg: PretrainConfig, saved: dict, path: Path) -> None:
+def check_resume_steps(steps: int, started: Optional[int], path: Path) -> None:
     """Schedules (lr, weight decay, momentum, temperatures, masking) span
-    ``run.steps``: changing it on resume would bend every schedule mid-run."""
-    started = saved.get("config", {}).get("run", {}).get("steps")
-    if started is not None and started != cfg.run.steps:
-        raise TrainError(f"resume from '{path}': the run started with run.steps={started}, now {cfg.run.steps}; "
+    ``run.steps``: changing it on resume would bend every schedule mid-run.
+    ``started``: the resumed run's ``run.steps`` (``RunStart.store_info``)."""
+    if started is not None and started != steps:
+        raise TrainError(f"resume from '{path}': the run started with run.steps={started}, now {steps}; "
                          f"every schedule spans run.steps, so it cannot change on resume (start a new run "
                          f"from the exported backbone to train longer)")
 
@@ -113,9 +158,8 @@ def latest_complete_version(data: Any) -> Optional[int]:
         raise DataError(f"data store '{data}': {exc}") from exc
 
 
-def choose_data_version(cfg: PretrainConfig, data: Any, saved: Optional[dict], rank: int) -> Optional[int]:
-    """The manifest version this run reads (see ``DataConfig.version``)."""
-    wanted = cfg.data.version
+def choose_data_version(wanted: Optional[int | str], data: Any, saved: Optional[dict], rank: int) -> Optional[int]:
+    """The manifest version this run reads; ``wanted``: ``data.version`` (see ``DataConfig.version``)."""
     started = saved.get("data_version") if saved else None
     if isinstance(wanted, int):
         return wanted
@@ -137,20 +181,16 @@ def check_data(data: Any, version: Optional[int]) -> int:
     return len(store)
 
 
-def resolve_steps(cfg: PretrainConfig, saved: Optional[dict], n_samples: int, world: int, rank: int) -> None:
-    """``run.steps`` None: the steps the run started with on resume, else ``run.epochs``
-    passes over ``n_samples`` at the global batch (printed once)."""
-    if cfg.run.steps is not None:
-        return
-    started = (saved or {}).get("config", {}).get("run", {}).get("steps")
-    if started is not None:
-        cfg.run.steps = int(started)
-        return
-    from concerto.batching import steps_for_epochs
-
-    cfg.run.steps = steps_for_epochs(n_samples, cfg, world)
-    if rank == 0:
-        print(f"run.steps = {cfg.run.steps}: {cfg.run.epochs} epochs over {n_samples} samples", flush=True)
+def resolve_config(cfg: PretrainConfig, info: StoreInfo) -> PretrainConfig:
+    """The run's config: a new object, ``cfg`` with what it leaves to the start of the
+    run filled in; ``cfg`` itself is not changed. ``run.steps`` None becomes the steps
+    a resumed run started with, else ``run.epochs`` passes over ``info.num_samples``
+    at the global batch (concerto.batching.steps_for_epochs)."""
+    resolved = copy.deepcopy(cfg)
+    if resolved.run.steps is None:
+        started = info.started_steps
+        resolved.run.steps = started if started is not None else steps_for_epochs(info.num_samples, cfg, info.world)
+    return resolved
 
 
 # ----------------------------------------------------------------------------- models
@@ -166,15 +206,14 @@ def build_image_encoder(cfg: PretrainConfig):
 
 
 def build_backbone(cfg: PretrainConfig):
+    """The student's encoder: the ``model.preset`` size preset (concerto.model.config.PRESETS)
+    with the run's grid, drop path and input colour range (which exports then carry)."""
     from concerto.model import PointTransformerV3, PTv3Config
 
-    presets = {"base": PTv3Config.base, "large": PTv3Config.large, "tiny": PTv3Config.tiny}
-    if cfg.model.preset not in presets:
-        raise ConfigError(f"config key 'model.preset': unknown preset '{cfg.model.preset}'")
-    over: dict[str, Any] = {"grid_size": cfg.model.grid_size}
+    over: dict[str, Any] = {"grid_size": cfg.model.grid_size, "input_color_range": cfg.views.color_range}
     if cfg.model.drop_path is not None:
         over["drop_path"] = cfg.model.drop_path
-    return PointTransformerV3(presets[cfg.model.preset](**over))
+    return PointTransformerV3(PTv3Config.preset(cfg.model.preset, **over))
 
 
 def build_student_teacher(cfg: PretrainConfig, image_encoder, device: torch.device):
@@ -226,10 +265,14 @@ def build_optimizer(cfg: PretrainConfig, student, lr_scale: float = 1.0) -> torc
 
 def build_sample_spec(cfg: PretrainConfig, grid, mean, std, with_images: bool):
     """The loader workers' SampleSpec: the run's own view / mask settings plus the
-    image encoder's patch grid and normalisation."""
+    image encoder's patch grid and normalisation. ``cfg`` must say ``run.steps`` (the
+    mask schedule spans them): set it, or pass ``resolve_config(cfg, StoreInfo(n))``."""
     from concerto.data import SampleSpec
     from concerto.ssl.image_augment import ImageAugment
 
+    if cfg.run.steps is None:
+        raise ConfigError("config key 'run.steps': null (run.epochs over the store) is resolved at the start of a "
+                          "run; outside train() set it or pass concerto.train.resolve_config(cfg, StoreInfo(samples))")
     cm = cfg.cross_modal
     augment = ImageAugment(cm.image_shift_p, cm.image_shift_std, cm.image_blur_p, cm.image_blur_kernel,
                            tuple(cm.image_blur_sigma))
@@ -300,9 +343,10 @@ def restore(s: TrainState, saved: dict, path: Path) -> None:
     s.step = int(saved["step"])
 
 
-def seed_step_rng(s: TrainState, saved_rng: Optional[dict]) -> None:
-    """Per-rank RNG for the steps to come: a fresh seed, replaced by the saved states on resume."""
-    torch.manual_seed(s.cfg.run.seed + 1000 * s.rank + s.step)
+def seed_step_rng(seed: int, rank: int, step: int, saved_rng: Optional[dict]) -> None:
+    """Per-rank RNG for the steps to come: a fresh seed (``run.seed``, rank, step),
+    replaced by the saved states on resume."""
+    torch.manual_seed(seed + 1000 * rank + step)
     if saved_rng is not None:
         set_rng_state(saved_rng)
 
@@ -310,29 +354,36 @@ def seed_step_rng(s: TrainState, saved_rng: Optional[dict]) -> None:
 # ----------------------------------------------------------------------------- all of it
 
 
-def build_state(cfg: PretrainConfig, data: Any, output: Path, resume: bool) -> TrainState:
-    """Process group, data check, models, loader, optimiser; restored when ``resume``
-    finds a checkpoint under ``<output>/checkpoints``."""
+def start_run(cfg: PretrainConfig, data: Any, output: Path, resume: bool) -> RunStart:
+    """Process group, torch threads, the checkpoint to resume (when ``resume`` finds one
+    under ``<output>/checkpoints``), the data version and a check of the store, before
+    any model is built."""
     rank, world, device = init_distributed()
-    accumulate, lr_scale = resolve_accumulation(cfg, world)
     if cfg.run.num_threads > 0:
         torch.set_num_threads(cfg.run.num_threads)
     saved, saved_rng, path = read_resume(output, rank, world) if resume else (None, None, None)
-    version = choose_data_version(cfg, data, saved, rank)
-    resolve_steps(cfg, saved, check_data(data, version), world, rank)
-    if saved is not None:
-        check_resume_config(cfg, saved, path)
+    version = choose_data_version(cfg.data.version, data, saved, rank)
+    return RunStart(rank, world, device, output, version, check_data(data, version), saved, saved_rng, path)
+
+
+def build_state(cfg: PretrainConfig, data: Any, start: RunStart) -> TrainState:
+    """Models, loader, optimiser for the resolved ``cfg``; restored from ``start.saved``
+    on resume."""
+    rank, world, device = start.rank, start.world, start.device
+    accumulate, lr_scale = resolve_accumulation(cfg, world)
+    if start.saved is not None:
+        check_resume_steps(cfg.run.steps, start.store_info.started_steps, start.resume_path)
     torch.manual_seed(cfg.run.seed)  # identical initialisation on every rank
     image_encoder = build_image_encoder(cfg).to(device) if cfg.cross_modal.weight > 0 else None
     student, teacher = build_student_teacher(cfg, image_encoder, device)
     spec = sample_spec_for(cfg, image_encoder)
-    loader = build_loader(cfg, data, spec, rank, world, version, accumulate)
+    loader = build_loader(cfg, data, spec, rank, world, start.version, accumulate)
     if rank == 0:
         print(describe_data(loader), flush=True)
-    s = TrainState(cfg, rank, world, device, output, image_encoder, student, teacher, student,
+    s = TrainState(cfg, rank, world, device, start.output, image_encoder, student, teacher, student,
                    build_optimizer(cfg, student, lr_scale), loader, spec.grid.grid_hw, accumulate)
-    if saved is not None:
-        restore(s, saved, path)
-    seed_step_rng(s, saved_rng)
-    s.model = wrap_ddp(student, cfg, world, device)
+    if start.saved is not None:
+        restore(s, start.saved, start.resume_path)
+    seed_step_rng(cfg.run.seed, rank, s.step, start.saved_rng)
+    s.model = wrap_ddp(student, world, device, cfg.run.find_unused_parameters)
     return s

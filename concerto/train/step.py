@@ -87,14 +87,14 @@ def optimizer_step(s: TrainState, momentum: float) -> torch.Tensor:
     return grad_norm
 
 
-def train_step(s: TrainState, batches) -> dict:
-    """One optimiser step (advances ``s.step``); returns what is logged: loss terms
-    averaged over ranks, grad_norm and the schedule values."""
+def train_step(s: TrainState, batches) -> tuple[dict[str, float], dict[str, float]]:
+    """One optimiser step (advances ``s.step``); returns what is logged: (every loss
+    term ``pretraining_loss`` gave, averaged over ranks; grad_norm and the schedule values)."""
     sched = apply_schedules(s.optimizer, s.cfg, s.step)
     s.optimizer.zero_grad(set_to_none=True)
     sums = accumulate_gradients(s, batches, sched["teacher_temp"])
     grad_norm = optimizer_step(s, sched["momentum"])
     s.step += 1
-    sums = average_over_ranks(sums, s.world)
-    check_finite(sums, s.step)
-    return dict(sums, grad_norm=float(grad_norm), **sched)
+    losses = average_over_ranks(sums, s.world)
+    check_finite(losses, s.step)
+    return losses, dict(grad_norm=float(grad_norm), **sched)
