@@ -50,6 +50,11 @@ class RoomConfig:
     hfov_deg: float = 75.0
     camera_height: float = 1.5
     cell_size: float = 0.25  # tessellation of floors/walls (texture resolution), metres
+    # "class": each class has its own two tones (colour alone tells the class);
+    # "instance": every instance (each wall, the floor, each piece of furniture) draws
+    # two random tones, so colour says nothing about the class (same geometry and
+    # cameras as "class": the tones come from their own RNG)
+    palette: str = "class"
 
 
 @dataclass
@@ -65,8 +70,12 @@ class Room:
 class _MeshBuilder:
     """Accumulates patterned, labelled quads."""
 
-    def __init__(self, rng: np.random.Generator):
+    def __init__(self, rng: np.random.Generator, palette: str = "class", palette_key: tuple = ()):
+        if palette not in ("class", "instance"):
+            raise ValueError(f"room palette must be 'class' or 'instance', got {palette!r}")
         self.rng = rng
+        self.palette, self.palette_key = palette, tuple(int(k) for k in palette_key)
+        self._instance_tones: dict[int, np.ndarray] = {}
         self.vertices: list[np.ndarray] = []
         self.faces: list[np.ndarray] = []
         self.colors: list[np.ndarray] = []
@@ -74,6 +83,15 @@ class _MeshBuilder:
         self.instances: list[np.ndarray] = []
         self.nv = 0
         self.next_instance = 0
+
+    def tones(self, label: str, instance: int) -> np.ndarray:
+        """int64 [2, 3]: the two tones of ``label`` (palette "class") or of ``instance``."""
+        if self.palette == "class":
+            return np.asarray(_PALETTE[label], np.int64)
+        if instance not in self._instance_tones:
+            rng = np.random.default_rng([*self.palette_key, 7, instance])
+            self._instance_tones[instance] = rng.integers(30, 231, size=(2, 3)).astype(np.int64)
+        return self._instance_tones[instance]
 
     def new_instance(self) -> int:
         self.next_instance += 1
@@ -107,7 +125,7 @@ class _MeshBuilder:
             which = np.broadcast_to(tv % 2, (nu, nv))
         else:
             which = np.zeros((nu, nv), int)
-        tones = np.asarray(_PALETTE[label], np.int64)
+        tones = self.tones(label, instance)
         cell_rgb = tones[which.reshape(-1)] + self.rng.integers(-10, 11, size=(nu * nv, 3))
         rgb = np.repeat(np.clip(cell_rgb, 0, 255).astype(np.uint8), 2, axis=0)
         self._add(grid.reshape(-1, 3), faces, rgb, label, instance)
@@ -147,7 +165,7 @@ class _MeshBuilder:
         side = np.concatenate([np.stack([i, j, j + sections], -1), np.stack([i, j + sections, i + sections], -1)])
         cap = np.stack([i + sections, j + sections, np.full(sections, 2 * sections)], -1)
         faces = np.concatenate([side, cap]) + self.nv
-        tones = np.asarray(_PALETTE[label], np.int64)
+        tones = self.tones(label, instance)
         stripe = np.concatenate([i % 2, i % 2, np.zeros(sections, int)])
         rgb = np.clip(tones[stripe] + self.rng.integers(-10, 11, size=(len(faces), 3)), 0, 255).astype(np.uint8)
         self._add(verts, faces, rgb, label, instance)
@@ -246,7 +264,7 @@ def generate_room(seed: int, index: int = 0, config: RoomConfig = RoomConfig()) 
     rng = np.random.default_rng([int(seed), int(index)])
     L = rng.uniform(config.room_size_min, config.room_size_max)
     centre = L[:2] / 2
-    b = _MeshBuilder(rng)
+    b = _MeshBuilder(rng, config.palette, (seed, index))
     _add_structure(b, L, config.cell_size)
 
     # Cameras first: on an ellipse around the centre, looking across the room.

@@ -56,6 +56,7 @@ class SyntheticSource:
         cell_size: float = 0.25,
         points_per_scene: int = 30_000,
         render_backend: str = "auto",
+        palette: str = "class",
     ):
         self.path = Path(path)
         self.name = name or self.kind
@@ -75,6 +76,7 @@ class SyntheticSource:
             hfov_deg=float(hfov_deg),
             camera_height=float(camera_height),
             cell_size=float(cell_size),
+            palette=str(palette),
         )
 
     # -- discovery / generation -------------------------------------------------
@@ -82,7 +84,10 @@ class SyntheticSource:
         return f"room{index:03d}_seed{self.seed}"
 
     def _params(self, index: int) -> dict:
-        return {"version": GENERATOR_VERSION, "seed": self.seed, "index": index, "config": asdict(self.config)}
+        config = asdict(self.config)
+        if config["palette"] == "class":  # the default: rooms generated before the option stay current
+            del config["palette"]
+        return {"version": GENERATOR_VERSION, "seed": self.seed, "index": index, "config": config}
 
     def discover(self) -> list[SceneRef]:
         refs = []
