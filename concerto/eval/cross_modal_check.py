@@ -1,7 +1,7 @@
 """Does the cross-modal path carry a 2D teacher's semantics into the point encoder?
 
 The measure (``patch_agreement``): on images the run never saw, every stored
-correspondence maps a point to the teacher's patch (``pipelines.patches``, the
+correspondence maps a point to the teacher's patch (``concerto.patches``, the
 training crop); the run's point features at the cross-modal level
 (``cross_modal.upcast_level``, full resolution through ``concerto.inference.Encoder``)
 are averaged per patch, mapped by the run's own patch predictor and compared with
@@ -27,7 +27,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from pipelines.patches import normalize_image, pixel_to_patch, prepare_image
+from concerto.patches import normalize_image, pixel_to_patch, prepare_image
 
 
 class ShuffledCorrespondences:
@@ -97,10 +97,12 @@ def short_pretrain(cfg, data: Any, output, zero_weight: bool = False, before: Op
                    eval_store=None, progress: bool = False) -> dict:
     """Train ``cfg.run.steps`` steps on ``data`` with the ordinary training state and step; returns
     {"before", "after"} agreement on ``eval_store`` (see ``patch_agreement``) and the last losses."""
-    from concerto.train.state import build_state
+    from concerto.train.state import build_state, resolve_config, start_run
     from concerto.train.step import train_step
 
-    s = build_state(cfg, data, Path(output), resume=False)
+    start = start_run(cfg, data, Path(output), resume=False)
+    cfg = resolve_config(cfg, start.store_info)
+    s = build_state(cfg, data, start)
     level = cfg.cross_modal.upcast_level
 
     def measure():
@@ -118,7 +120,7 @@ def short_pretrain(cfg, data: Any, output, zero_weight: bool = False, before: Op
         steps = tqdm(steps, desc="pretrain", unit="step", dynamic_ncols=True)
     last = {}
     for _ in steps:
-        last = train_step(s, batches)
+        last, _ = train_step(s, batches)
     out["after"] = measure() if eval_store is not None else None
     out["last"] = {k: float(v) for k, v in last.items()}
     return out

@@ -4,7 +4,7 @@
 
 Stages (each with a progress bar; wall time of each in results.json):
 
-1. **build**: procedural rooms through the real build (``pipelines.build_run.run_build``)
+1. **build**: procedural rooms through the real build (``pipelines.build.run_build``)
    into three stores of their own seeds: pretraining rooms (also the probe's training
    rooms), validation rooms (for choosing settings) and held-out probe rooms;
 2. **teacher**: a learned 2D teacher (``concerto.eval.teacher2d``) on rooms of yet
@@ -52,11 +52,11 @@ TUNING_LOG = Path(__file__).resolve().parents[2] / "docs" / "miniature_tuning.md
 
 
 def build_store(store: Path, raw: Path, num_scenes: int, seed: int, options: dict) -> None:
-    """The one call into the build library (being moved into ``pipelines/build/``)."""
-    from pipelines.build_run import run_build
+    """The one call into the build library."""
+    from pipelines.build import BuildOptions, run_build
 
-    run_build(str(store), [dict(kind="synthetic", path=str(raw), options=dict(num_scenes=num_scenes, seed=seed,
-                                                                               **options))])
+    run_build(BuildOptions(store=str(store), sources=[dict(kind="synthetic", path=str(raw), options=dict(
+        num_scenes=num_scenes, seed=seed, **options))]))
 
 
 def sonata_differences() -> list[str]:

@@ -9,7 +9,7 @@ can be downloaded here): pretraining loads it through the ordinary
   neither the pretraining nor the probe set) rendered to RGB plus a per-pixel label
   (the raster backend's face id -> the mesh's face label, -1 where nothing is hit);
 - ``patch_labels``: the label map through the encoder's crop / resize (the same
-  ``pipelines.patches`` geometry as training) -> majority label per patch;
+  ``concerto.patches`` geometry as training) -> majority label per patch;
 - ``train_teacher``: ``Dinov2Model`` + a linear per-patch classification head on its
   last hidden state (the very tokens ``concerto.image_encoder.ImageEncoder`` returns),
   cross-entropy, AdamW, horizontal flips; saved with ``save_pretrained`` without the
@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from pipelines.patches import IMAGENET_MEAN, IMAGENET_STD, PatchGrid, crop_box, normalize_image, pixel_to_patch, prepare_image
+from concerto.patches import IMAGENET_MEAN, IMAGENET_STD, PatchGrid, crop_box, normalize_image, pixel_to_patch, prepare_image
 
 HEAD_FILE = "head.pt"
 INFO_FILE = "teacher2d.json"
