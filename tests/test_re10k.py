@@ -239,7 +239,7 @@ def test_synthetic_clip_given_depth_through_the_pipeline(synthetic_clip, tmp_pat
     assert np.all(np.diag(ov) > 0.99) and ov[0, 1] > 0.2
 
     processed = process_scene(scene, eps=0.01)
-    assert processed.segments.shape == (1, 4)
+    assert processed.image_groups.shape == (1, 4)
     counts = processed.stats["correspondences"]
     assert len(counts) == 4 and min(counts) > 100, counts
     assert processed.stats["coverage"] > 0.9

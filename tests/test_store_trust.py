@@ -34,7 +34,7 @@ def samples(store: str) -> dict:
     out = {}
     for i in range(len(s)):
         x = s[i]
-        out[(x["key"], x["segment"])] = [x["coord"], x["color"], x["pose"], *x["rgb"], *x["corr_pixel"], *x["corr_point"]]
+        out[(x["key"], x["image_group"])] = [x["coord"], x["color"], x["pose"], *x["rgb"], *x["corr_pixel"], *x["corr_point"]]
     return out
 
 

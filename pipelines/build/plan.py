@@ -27,10 +27,10 @@ def fold_frame_gap(spec: SourceSpec, gap: int) -> tuple[SourceSpec, int]:
 
     Adapters built on ``AdapterBase`` take ``frame_skip``: reading every
     ``gap``-th frame there means a ScanNet scene (~5,500 frames at 1296x968)
-    decodes and renders 75x fewer frames, and the segment stage then uses every
+    decodes and renders 75x fewer frames, and the image-group stage then uses every
     frame it gets (gap 1). The kept frames are the same (0, gap, 2*gap, ...).
     A spec that sets ``frame_skip`` itself, or an adapter without it, keeps the
-    gap in the segment stage. Returns (spec, gap for process_scene)."""
+    gap in the image-group stage. Returns (spec, gap for process_scene)."""
     from preprocess.sources.base import source_class
 
     cls = source_class(spec.kind)
@@ -58,7 +58,7 @@ def recorded_sources(store: StoreLocation) -> list[dict]:
 
 def source_specs(options: BuildOptions) -> tuple[list[SourceSpec], dict[str, int], dict[str, dict]]:
     """The build's specs with their frame gap folded in (see ``fold_frame_gap``),
-    the gap left for the segment stage per source name, and each source's record
+    the gap left for the image-group stage per source name, and each source's record
     for the manifest. Source names must be unique."""
     specs, gap_of, records = [], {}, {}
     for spec in options.sources:

@@ -428,12 +428,12 @@ def _safe(name: str) -> str:
 
 def _export_inputs(scene_or_processed: Union[Scene, ProcessedScene]) -> tuple[Scene, list, list[list[int]]]:
     """(scene, correspondence or None per frame, frame-index groups of the
-    split file). A ProcessedScene gives its own correspondences and segments;
+    split file). A ProcessedScene gives its own correspondences and image groups;
     a Scene its ``meta["correspondences"]`` by frame name and consecutive
     groups of 4 frames (as Pointcept's splits.py does)."""
     if isinstance(scene_or_processed, ProcessedScene):
-        segments = np.asarray(scene_or_processed.segments)
-        groups = [[int(j) for j in row] for row in segments.reshape(len(segments), -1)] if segments.size else []
+        image_groups = np.asarray(scene_or_processed.image_groups)
+        groups = [[int(j) for j in row] for row in image_groups.reshape(len(image_groups), -1)] if image_groups.size else []
         return scene_or_processed.scene, list(scene_or_processed.correspondences), groups
     scene = scene_or_processed
     by_name = scene.meta.get("correspondences") or {}
@@ -531,7 +531,7 @@ def export_pointcept(
     """Write a scene in the Pointcept/Concerto layout under ``out_dir`` and
     return the point-cloud folder.
 
-    For a ProcessedScene, its correspondences and segments (groups of 4 frames)
+    For a ProcessedScene, its correspondences and image groups (4 frames each)
     are written; for a Scene, correspondences come from
     ``scene.meta["correspondences"]`` if present, and the split file groups
     consecutive frames by 4 (as Pointcept's splits.py does). Depth (if any) is
