@@ -106,7 +106,7 @@ def _load_npy(path: Path, scene: str) -> np.ndarray:
 
 @register_source("pointcept")
 class PointceptSource(AdapterBase):
-    """Options: frame_skip (1), splits (None = every top-level folder except
+    """Options: frame_gap (1), splits (None = every top-level folder except
     images/ and splits/), segment_key (None = first of segment20, segment,
     segment25, segment200), depth_scale (None = 1000 units per metre, 512 for
     the s3dis layout), read_depth (True), pose_convention (None = per layout;
@@ -331,7 +331,7 @@ class PointceptSource(AdapterBase):
         all_files = self._color_files(g)
         index = (self._structured3d_index(g, all_files, key, coord) if layout == "structured3d"
                  else list(range(len(all_files))))
-        chosen = list(range(len(all_files)))[:: self.frame_skip]
+        chosen = list(range(len(all_files)))[:: self.frame_gap]
         shared_K = self._shared_intrinsic(g, key) if layout == "generic" else None
         depth_scale = float(self.options["depth_scale"] or _DEPTH_SCALE.get(layout, 1000.0))
         frames, corrs, skipped, depth_mismatch = [], {}, [], []
