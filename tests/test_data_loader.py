@@ -15,7 +15,7 @@ SPEC = SampleSpec(views=ViewConfig(max_points=300, principal_max_points=300), ma
 
 @pytest.fixture(scope="module")
 def store_url(tmp_path_factory):
-    # shards of 3 and 2 scenes; 2 scenes without images -> 3*2 + 1*2 + 2*1 = ... segments
+    # shards of 3 and 2 scenes; 2 scenes without images -> 3*2 + 1*2 + 2*1 = ... image groups
     return write_store(tmp_path_factory.mktemp("store") / "s", shard_sizes=(3, 2), n_points=800,
                        without_images=2)
 

@@ -48,7 +48,7 @@ def assert_scene_equal(a, b):
         same(ca.point_index, cb.point_index, f"{sa.key} corr {i} point")
         same(ca.pixel, cb.pixel, f"{sa.key} corr {i} pixel")
     assert len(a.correspondences) == len(b.correspondences)
-    same(a.image_groups.astype(np.int32), b.image_groups, f"{sa.key} segments")
+    same(a.image_groups.astype(np.int32), b.image_groups, f"{sa.key} image_groups")
 
 
 def mixed_scenes(rng, source="alpha", prefix="s"):
@@ -84,7 +84,7 @@ def test_round_trip_bit_exact(tmp_path, chunks):
     assert store.scene_keys() == [ps.key for ps in scenes]
     for ps in scenes:
         assert_scene_equal(store.read_scene(ps.key), ps)
-    # samples: every segment of every scene, in order
+    # samples: every image group of every scene, in order
     assert len(store) == sum(ps.image_groups.shape[0] for ps in scenes)
     i = 0
     for ps in scenes:

@@ -29,7 +29,7 @@ def synthetic(path: Path, name: str, num_scenes: int, seed: int) -> dict:
 
 
 def samples(store: str) -> dict:
-    """{(key, segment): arrays of the sample} at the latest complete version."""
+    """{(key, image group): arrays of the sample} at the latest complete version."""
     s = ShardStore.open(store)
     out = {}
     for i in range(len(s)):
