@@ -42,7 +42,7 @@ def loader_rate(url: str, spec, batch_size: int, workers: int, seed: int) -> flo
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--scenes", type=int, default=16, help="scenes per shard (2 shards, 2 segments per scene)")
+    ap.add_argument("--scenes", type=int, default=16, help="scenes per shard (2 shards, 2 image groups per scene)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--points", type=int, default=20000, help="points per stored scene")
     ap.add_argument("--config", default="tiny")

@@ -1,6 +1,6 @@
 """Dataset adapter hot paths, each against a baseline measured in the same run.
 
-(a) ScanNet .sens, reading every Nth frame (frame_skip): our reader seeks past
+(a) ScanNet .sens, reading every Nth frame (frame_gap): our reader seeks past
     unselected frames; the baseline reads every frame into memory first, as
     ScanNet's SensReader (and Pointcept's copy of it) does, then decodes the
     same selected frames.

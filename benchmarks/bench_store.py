@@ -38,7 +38,7 @@ from testkit.store_update import write_and_commit  # noqa: E402
 def make_dataset(rng, source, n_scenes, n_points, n_images, hw):
     return [
         random_processed_scene(rng, source, f"{source}{i:03d}", n_points=n_points, image_sizes=[hw] * n_images,
-                        n_segments=n_images // 2, geometric=True)
+                        n_image_groups=n_images // 2, geometric=True)
         for i in tqdm(range(n_scenes), desc=f"synthesising {source}", leave=False)
     ]
 
@@ -60,13 +60,13 @@ def write_folder(root: Path, scenes, png: bool):
             np.save(d / "images" / f"{i:04d}_pose.npy", f.pose)
             np.save(d / "images" / f"{i:04d}_corr_point.npy", c.point_index)
             np.save(d / "images" / f"{i:04d}_corr_pixel.npy", c.pixel)
-        np.save(d / "segments.npy", ps.segments)
+        np.save(d / "image_groups.npy", ps.image_groups)
 
 
 def read_folder_sample(root: Path, key: str, seg: int, png: bool) -> dict:
     d = root / key
     out = {n: np.load(d / f"{n}.npy") for n in ("coord", "color", "normal", "segment", "instance")}
-    views = np.load(d / "segments.npy")[seg]
+    views = np.load(d / "image_groups.npy")[seg]
     img = lambda i: np.asarray(Image.open(d / "images" / f"{i:04d}.png")) if png else np.load(d / "images" / f"{i:04d}.npy")  # noqa: E731
     out["rgb"] = [img(i) for i in views]
     out["K"] = np.stack([np.load(d / "images" / f"{i:04d}_K.npy") for i in views])

@@ -1,7 +1,7 @@
 """Cut a scene into image groups: the four frames that, with the scene's point
 cloud, form one training sample.
 
-An image group is int32 [4] frame indices. ``ProcessedScene.segments`` and the
+An image group is int32 [4] frame indices. ``ProcessedScene.image_groups`` and the
 store's ``segments/`` arrays hold them as rows [G, 4] (the store format keeps
 that name; not to be confused with ``PointCloud.segment``, the semantic labels).
 
@@ -112,11 +112,12 @@ def process_scene(
 ) -> ProcessedScene:
     """Scene with depth -> ProcessedScene (only the frames some image group uses,
     depth dropped, correspondences and groups re-indexed to the kept frames;
-    the groups go to ``ProcessedScene.segments``).
+    the groups go to ``ProcessedScene.image_groups``).
 
     Raises SceneValidationError (naming scene and field) for bad input.
     stats: points, frames_in, frames_candidates (after the gap), frames_selected
-    (after min_correspondences), frames_out, segments (number of image groups),
+    (after min_correspondences), frames_out, segments (number of image groups; the
+    stats key is stored in shard metadata, so it keeps that name),
     correspondences
     (per output frame), correspondences_total, coverage (fraction of points seen
     by >= 1 output frame), frame_names_out.
@@ -168,5 +169,5 @@ def process_scene(
     )
     # stored correspondences (Correspondence objects) now live in corr_out; they are not JSON metadata
     meta = {k: v for k, v in scene.meta.items() if k != "correspondences"}
-    return ProcessedScene(scene=scene.replace(frames=frames_out, meta=meta), correspondences=corr_out, segments=groups,
+    return ProcessedScene(scene=scene.replace(frames=frames_out, meta=meta), correspondences=corr_out, image_groups=groups,
                           stats=stats)

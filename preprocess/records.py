@@ -1,8 +1,9 @@
 """What the dataset-agnostic stages hand to the shard store.
 
-A ``ProcessedScene`` is a scene after correspondence and segmentation: its point
-cloud, the frames that some segment uses (rgb, K, pose; depth no longer needed),
-per-frame point<->pixel correspondences, and the segments (4 frame indices each).
+A ``ProcessedScene`` is a scene after correspondences and image grouping: its
+point cloud, the frames that some image group uses (rgb, K, pose; depth no longer
+needed), per-frame point<->pixel correspondences, and the image groups (4 frame
+indices each).
 """
 from __future__ import annotations
 
@@ -35,13 +36,13 @@ class Correspondence:
 
 @dataclass
 class ProcessedScene:
-    """scene.frames are only the frames used by some segment; correspondences[i]
-    belongs to scene.frames[i]; segments int32 [S, 4] indexes scene.frames.
-    A scene without images has no frames and one segment of shape [1, 0]."""
+    """scene.frames are only the frames used by some image group; correspondences[i]
+    belongs to scene.frames[i]; image_groups int32 [G, 4] indexes scene.frames.
+    A scene without images has no frames and one image group of shape [1, 0]."""
 
     scene: Scene
     correspondences: list[Correspondence]
-    segments: np.ndarray
+    image_groups: np.ndarray
     stats: dict = field(default_factory=dict)
 
     @property

@@ -45,14 +45,14 @@ def random_processed_scene(
     scene_id: str,
     n_points: int = 1000,
     image_sizes: list[tuple[int, int]] | None = None,
-    n_segments: int = 2,
+    n_image_groups: int = 2,
     corr_per_image: int = 200,
     labels: bool = True,
     content_hash: str | None = None,
     geometric: bool = False,
 ) -> ProcessedScene:
     """A valid ProcessedScene. image_sizes: (H, W) per frame; [] gives a scene
-    without images (one segment of shape [1, 0]); default four 24x32 frames.
+    without images (one image group of shape [1, 0]); default four 24x32 frames.
     geometric: cameras on a circle look at the cloud, correspondences are the
     real projections and images are smooth (else everything is random)."""
     image_sizes = [(24, 32)] * 4 if image_sizes is None else image_sizes
@@ -84,12 +84,12 @@ def random_processed_scene(
             ))
         frames.append(Frame(name=f"frame{i:04d}", rgb=rgb, K=K, pose=pose))
     if frames:
-        segments = np.stack([rng.choice(len(frames), size=min(4, len(frames)), replace=False) for _ in range(n_segments)]).astype(np.int32)
+        groups = np.stack([rng.choice(len(frames), size=min(4, len(frames)), replace=False) for _ in range(n_image_groups)]).astype(np.int32)
     else:
-        segments = np.zeros((1, 0), np.int32)
+        groups = np.zeros((1, 0), np.int32)
     scene = Scene(
         scene_id=scene_id, source=source, points=pts, frames=frames,
         content_hash=content_hash or f"{source}-{scene_id}-{rng.integers(1 << 30)}",
         meta={"room": scene_id, "scale": 1.5, "tags": ["a", "b"]},
     )
-    return ProcessedScene(scene=scene, correspondences=corrs, segments=segments, stats={"n_visible": int(sum(len(c) for c in corrs))})
+    return ProcessedScene(scene=scene, correspondences=corrs, image_groups=groups, stats={"n_visible": int(sum(len(c) for c in corrs))})

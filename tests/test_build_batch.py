@@ -151,13 +151,15 @@ def test_frame_gap_is_applied_at_read_time_when_the_adapter_can_skip_frames(tmp_
 
     scannet = SourceSpec("scannet", str(tmp_path), None, {})
     folded, gap = fold_frame_gap(scannet, 75)
-    assert folded.options == {"frame_skip": 75} and gap == 1
-    # a user-chosen frame_skip wins; the gap stays in the segment stage
-    own = SourceSpec("scannet", str(tmp_path), None, {"frame_skip": 2})
-    assert fold_frame_gap(own, 75) == (own, 75)
+    assert folded.options == {"frame_gap": 75} and gap == 1
+    # a user-chosen frame_gap option wins (or frame_skip, its old name, as manifests
+    # of older stores record it); the gap stays in the image-group stage
+    for option in ("frame_gap", "frame_skip"):
+        own = SourceSpec("scannet", str(tmp_path), None, {option: 2})
+        assert fold_frame_gap(own, 75) == (own, 75)
     # gap 1: nothing to fold
     assert fold_frame_gap(scannet, 1) == (scannet, 1)
-    # the synthetic source has no frame_skip option
+    # the synthetic source has no frame_gap option
     synthetic = SourceSpec("synthetic", str(tmp_path), None, {"num_scenes": 1})
     assert fold_frame_gap(synthetic, 5) == (synthetic, 5)
 

@@ -15,14 +15,14 @@ SPEC = SampleSpec(views=ViewConfig(max_points=300, principal_max_points=300), ma
 
 @pytest.fixture(scope="module")
 def store_url(tmp_path_factory):
-    # shards of 3 and 2 scenes; 2 scenes without images -> 3*2 + 1*2 + 2*1 = ... segments
+    # shards of 3 and 2 scenes; 2 scenes without images -> 3*2 + 1*2 + 2*1 = ... image groups
     return write_store(tmp_path_factory.mktemp("store") / "s", shard_sizes=(3, 2), n_points=800,
                        without_images=2)
 
 
 def test_store_layout(store_url):
     store = ShardStore.open(store_url)
-    assert len(store) == 8 and [len(s) for s in store.segments_by_shard()] == [6, 2]
+    assert len(store) == 8 and [len(s) for s in store.samples_by_shard()] == [6, 2]
 
 
 def test_every_sample_once_per_epoch_over_2_ranks_x_2_workers(store_url):
@@ -32,7 +32,7 @@ def test_every_sample_once_per_epoch_over_2_ranks_x_2_workers(store_url):
         loader = ShardLoader(store_url, SPEC, batch_size=1, rank=rank, world_size=2, num_workers=2, seed=3)
         lengths.append(len(loader))
         for batch in loader.epoch():
-            seen += batch["segment_index"].tolist()
+            seen += batch["sample_index"].tolist()
         assert (loader.state_dict()["epoch"], loader.state_dict()["consumed"]) == (1, 0)
     assert lengths[0] == lengths[1] == 4
     assert sorted(seen) == list(range(8))
@@ -115,7 +115,7 @@ def test_clouds_without_images_still_yield_samples(store_url):
     row = int(batch["corr_row"][0])
     sample = int(torch.searchsorted(batch["global_offset"], torch.tensor(row), right=True)) // 2
     point = int(batch["global_index"][row])
-    raw = store[int(batch["segment_index"][sample])]
+    raw = store[int(batch["sample_index"][sample])]
     assert any(point in set(cp.tolist()) for cp in raw["corr_point"])
 
 
@@ -146,7 +146,7 @@ def _damage_first_coord_chunk(url, tmp_path_factory):
     data = bytearray(chunk.read_bytes())
     data[-30] ^= 0x11
     chunk.write_bytes(bytes(data))
-    return str(copy), store.shards[0], len(store.segments_by_shard()[0])
+    return str(copy), store.shards[0], len(store.samples_by_shard()[0])
 
 
 def test_damaged_shard_fails_loudly_by_default(store_url, tmp_path_factory):
@@ -162,8 +162,8 @@ def test_damaged_shard_fails_loudly_by_default(store_url, tmp_path_factory):
 def test_skip_corrupt_leaves_out_and_counts(store_url, tmp_path_factory, caplog):
     url, shard, n_bad = _damage_first_coord_chunk(store_url, tmp_path_factory)
     loader = ShardLoader(url, SPEC, batch_size=2, num_workers=2, seed=0, skip_corrupt=True)
-    seen = [i for batch in loader.epoch() for i in batch["segment_index"].tolist()]
-    bad = set(ShardStore.open(url).segments_by_shard()[0])
+    seen = [i for batch in loader.epoch() for i in batch["sample_index"].tolist()]
+    bad = set(ShardStore.open(url).samples_by_shard()[0])
     assert loader.skipped == n_bad == len(bad)
     assert sorted(seen) == sorted(set(range(8)) - bad)
     assert loader.state_dict()["epoch"] == 1  # the epoch still completed

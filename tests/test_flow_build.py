@@ -115,9 +115,9 @@ def test_build_incremental_and_quarantine(prefect_api, dask_address, tmp_path):
     opened = ShardStore.open(str(store))
     assert sorted(opened.scene_keys()) == ["synthA/room000_seed1", "synthA/room001_seed1"]
     assert opened.version == s1["manifest_version"] == latest_version(store)
-    assert len(opened) == s1["segments_written"] > 0
+    assert len(opened) == s1["image_groups_written"] > 0
     ps = opened.read_scene("synthA/room001_seed1")
-    assert len(ps.scene.points) == TINY["points_per_scene"] and ps.segments.shape[1] == 4
+    assert len(ps.scene.points) == TINY["points_per_scene"] and ps.image_groups.shape[1] == 4
     before = shard_file_digests(store)
     assert before
     # the loop (pipelines.build.run_build) ran its steps as the flow's Prefect tasks

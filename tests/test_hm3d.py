@@ -436,7 +436,7 @@ def test_source_discover_load_and_process(hm3d_split, tmp_path):
     assert scene.meta["room_method"] == "regions" and scene.meta["split"] == "val"
     assert scene.points.instance is not None
     processed = process_scene(scene, min_correspondences=20)
-    assert processed.segments.shape == (1, 4)
+    assert processed.image_groups.shape == (1, 4)
     for corr in processed.correspondences:
         assert len(corr) > 50
         assert corr.pixel[:, 0].max() < W and corr.pixel[:, 1].max() < H

@@ -56,7 +56,7 @@ def test_process_scene_selects_reindexes_and_drops_depth():
     kept = [i for i in range(7) if len(full[i]) >= 5]
     assert 2 not in kept and 5 not in kept and len(kept) == 5
     # 5 kept frames -> [0..3] + last four
-    assert out.segments.tolist() == [[0, 1, 2, 3], [1, 2, 3, 4]]
+    assert out.image_groups.tolist() == [[0, 1, 2, 3], [1, 2, 3, 4]]
     assert [f.name for f in out.scene.frames] == [scene.frames[i].name for i in kept]
     assert all(f.depth is None for f in out.scene.frames)
     assert all(f.depth is not None for f in scene.frames)  # input untouched
@@ -73,18 +73,18 @@ def test_process_scene_selects_reindexes_and_drops_depth():
     out = process_scene(scene, frame_gap=3, min_correspondences=5)
     assert out.stats["frames_candidates"] == 3
     assert [f.name for f in out.scene.frames] == [scene.frames[i].name for i in (0, 3, 6)]
-    assert out.segments.tolist() == [[0, 1, 2, 0]]
+    assert out.image_groups.tolist() == [[0, 1, 2, 0]]
 
 
 def test_process_scene_without_usable_frames():
     rng = np.random.default_rng(1)
     scene = Scene(scene_id="bare", source="test", points=make_cloud(rng.normal(size=(10, 3))))
     out = process_scene(scene)
-    assert out.segments.shape == (1, 0) and out.scene.frames == [] and out.correspondences == []
+    assert out.image_groups.shape == (1, 0) and out.scene.frames == [] and out.correspondences == []
     assert out.stats["coverage"] == 0.0
     scene = _scene_with_blind_frames(rng)
     out = process_scene(scene, min_correspondences=10**6)
-    assert out.segments.shape == (1, 0) and out.scene.frames == []
+    assert out.image_groups.shape == (1, 0) and out.scene.frames == []
 
 
 def test_process_scene_downsizes_images_consistently():

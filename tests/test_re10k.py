@@ -3,6 +3,7 @@ through the adapter and the pipeline's correspondence stage."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -239,7 +240,7 @@ def test_synthetic_clip_given_depth_through_the_pipeline(synthetic_clip, tmp_pat
     assert np.all(np.diag(ov) > 0.99) and ov[0, 1] > 0.2
 
     processed = process_scene(scene, eps=0.01)
-    assert processed.segments.shape == (1, 4)
+    assert processed.image_groups.shape == (1, 4)
     counts = processed.stats["correspondences"]
     assert len(counts) == 4 and min(counts) > 100, counts
     assert processed.stats["coverage"] > 0.9
@@ -424,3 +425,34 @@ def test_both_recipes_run_through_the_build(synthetic_clip, tmp_path, recipe):
     if recipe == "released":  # each point in exactly one view
         idx = np.concatenate([np.asarray(c) for c in sample["corr_point"]])
         assert len(np.unique(idx)) == len(idx)
+
+
+def test_a_store_built_with_the_old_frame_skip_option_replans_unchanged(synthetic_clip, tmp_path):
+    """``frame_skip`` was the adapter option's name before ``frame_gap``: a store
+    built then records it in its manifest's source options (and hashed it into
+    every content hash). A re-run from those records, or with the new name, must
+    see every scene as unchanged."""
+    from testkit.dataset_files import build_sample
+
+    from pipelines.build import BuildOptions, SourceSpec, run_build
+    from pipelines.build.plan import plan_build, recorded_sources, source_specs
+    from pipelines.store import load_manifest
+
+    opts = dict(lifter="given-depth", conf_percentile=None, voxel_size=0.05, seed=7)
+    store = str(tmp_path / "store")
+    with pytest.warns(DeprecationWarning, match="frame_skip"):
+        build_sample(SourceSpec("re10k", str(synthetic_clip), None, {**opts, "frame_skip": 1}), store)
+    m = load_manifest(store)
+    assert m.sources["re10k"]["options"]["frame_skip"] == 1 and len(m.scenes()) > 0
+    # what a run without sources rebuilds from (the manifest's records), then the new name
+    for sources in (recorded_sources(store), [SourceSpec("re10k", str(synthetic_clip), None, {**opts, "frame_gap": 1})]):
+        options = BuildOptions.from_params(store=store, sources=sources, min_correspondences=20, frame_gap=1, shard_size=4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            specs, _, _ = source_specs(options)
+            refs = [r for s in specs for r in s.make().discover()]
+            plan = plan_build(store, refs, [s.source_name for s in specs])
+            assert (plan.new, plan.changed, sorted(plan.unchanged)) == ([], [], sorted(m.scenes())), sources
+            summary = run_build(options)
+        assert summary.per_source["re10k"]["new"] == summary.per_source["re10k"]["updated"] == 0
+        assert summary.per_source["re10k"]["unchanged"] == len(m.scenes())

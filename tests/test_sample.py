@@ -1,4 +1,4 @@
-"""One stored segment -> one training sample (concerto.data.sample), the released way."""
+"""One stored image group -> one training sample (concerto.data.sample), the released way."""
 import numpy as np
 
 from concerto.data.sample import SampleSpec, build_sample

@@ -76,12 +76,12 @@ def test_sensor_depth_in_metres(dataset):
     assert np.isnan(d[3, 3])
 
 
-def test_hash_frame_skip_and_errors(dataset):
+def test_hash_frame_gap_and_errors(dataset):
     root, _ = dataset
     src = ARKitScenesSource(root)
     refs = src.discover()
     assert refs == src.discover()
-    assert [f.name for f in ARKitScenesSource(root, frame_skip=2).load(refs[0]).frames] == [f"{VID}_100.000"]
+    assert [f.name for f in ARKitScenesSource(root, frame_gap=2).load(refs[0]).frames] == [f"{VID}_100.000"]
     traj = root / "3dod" / "Training" / VID / f"{VID}_frames" / "lowres_wide.traj"
     traj.write_text(traj.read_text() + "100.7 1 2\n")
     after = src.discover()

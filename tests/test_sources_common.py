@@ -58,9 +58,40 @@ def test_every_adapter_pickles_for_dask_workers(tmp_path):
     from preprocess.sources import make_source
 
     for kind in ("scannet", "scannetpp", "s3dis", "arkitscenes", "structured3d", "pointcept"):
-        src = make_source(kind, tmp_path, name=f"my_{kind}", frame_skip=3)
+        src = make_source(kind, tmp_path, name=f"my_{kind}", frame_gap=3)
         src.cache()["something_open"] = open(__file__)  # per-process state is not shipped
         clone = pickle.loads(pickle.dumps(src))
         src.cache()["something_open"].close()
         assert clone.name == f"my_{kind}" and clone.options == src.options and clone.cache() == {}
         assert clone.discover() == []
+
+
+# options_key as the adapters computed it when the option was still called
+# frame_skip (so every stored content hash depended on these exact strings)
+PRE_RENAME_KEYS = {
+    "scannet": "scannet|frame_skip=3|hash_mode='stat'|label_map=None|labels='scannet20'|use_sensor_depth=False",
+    "s3dis": "s3dis|frame_skip=3|hash_mode='stat'|images_root=None|mesh_cache_dir=None|mesh_margin=0.1|"
+             "normal_neighbours=16|use_sensor_depth=False",
+    "pointcept": "pointcept|depth_scale=None|frame_skip=3|hash_mode='stat'|layout='auto'|pose_convention=None|"
+                 "read_depth=True|segment_key=None|splits=None",
+    "hm3d": "hm3d|backend='mesh'|camera_height=1.5|category_map=None|frame_skip=3|hash_mode='stat'|hfov=90.0|"
+            "image_height=720|image_width=720|jitter=0.25|max_rooms=None|num_views=4|point_spacing=0.02|"
+            "recipe='released'|render_backend='auto'|room_method='auto'|scene_dataset_config=None|seed=0",
+}
+
+
+def test_frame_gap_hashes_under_its_old_name_and_frame_skip_is_a_deprecated_alias(tmp_path):
+    import pytest
+
+    from preprocess.sources import make_source
+
+    for kind, key in PRE_RENAME_KEYS.items():
+        new = make_source(kind, tmp_path, frame_gap=3)
+        assert new.frame_gap == 3 and new.options_key() == key, kind
+        with pytest.warns(DeprecationWarning, match="frame_skip"):
+            old = make_source(kind, tmp_path, frame_skip=3)
+        assert old.options == new.options and old.options_key() == key, kind
+    with pytest.warns(DeprecationWarning):
+        assert make_source("scannet", tmp_path, frame_skip=2, frame_gap=2).frame_gap == 2
+    with pytest.raises(ValueError, match="disagree"):
+        make_source("scannet", tmp_path, frame_skip=2, frame_gap=3)

@@ -62,7 +62,7 @@ def test_reads_pointcept_scannet_output(tmp_path):
     c = corr["0"]
     assert c.point_index.dtype == np.int32 and c.pixel.dtype == np.uint16
     assert c.pixel[0].tolist() == [fx.U0, fx.V0] and c.point_index[0] == 4
-    assert [f.name for f in PointceptSource(tmp_path, frame_skip=2).load(refs[0]).frames] == ["0", "150"]
+    assert [f.name for f in PointceptSource(tmp_path, frame_gap=2).load(refs[0]).frames] == ["0", "150"]
     assert PointceptSource(tmp_path, segment_key="segment200").load(refs[0]).points.segment.tolist() == [5, 6, -1, 7, -1]
 
 
@@ -193,7 +193,7 @@ def test_concerto_scannetpp_index_named_poses_and_colmap_K(tmp_path):
     for f, (_, K, pose, X) in zip(scene.frames, cams):
         _check_camera(f, K, pose, X)  # K: COLMAP's +0.5 removed
     assert scene.meta["correspondences"]["DSC00120"].point_index.tolist() == [2]
-    assert [f.name for f in PointceptSource(tmp_path, frame_skip=2).load(src.discover()[0]).frames] == ["DSC00007", "DSC00120"]
+    assert [f.name for f in PointceptSource(tmp_path, frame_gap=2).load(src.discover()[0]).frames] == ["DSC00007", "DSC00120"]
 
 
 def test_concerto_structured3d_mirrored_world_and_shifted_indices(tmp_path):

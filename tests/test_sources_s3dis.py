@@ -92,7 +92,7 @@ def test_known_point_and_room_mesh(dataset):
 
 def test_sensor_depth_and_points_only(dataset):
     root, X = dataset
-    src = S3DISSource(root / "s3dis", images_root=root / "2d3ds", use_sensor_depth=True, frame_skip=2)
+    src = S3DISSource(root / "s3dis", images_root=root / "2d3ds", use_sensor_depth=True, frame_gap=2)
     scene = src.load(src.discover()[0])
     scene.validate(require_depth=True)
     assert [f.name for f in scene.frames] == [f"{UUID}_frame_0", "ffff_frame_0"]

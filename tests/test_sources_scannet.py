@@ -100,12 +100,12 @@ def test_sensor_depth_is_reprojected_into_the_colour_camera(dataset):
     assert (d[np.isfinite(d)] > 0).all()
 
 
-def test_frame_skip(dataset):
+def test_frame_gap(dataset):
     root, _, _ = dataset
-    src = ScanNetSource(root, frame_skip=2)
+    src = ScanNetSource(root, frame_gap=2)
     scene = src.load(next(r for r in src.discover() if r.scene_id == "scene0000_00"))
     assert [f.name for f in scene.frames] == ["0", "2"]
-    src3 = ScanNetSource(root, frame_skip=3)
+    src3 = ScanNetSource(root, frame_gap=3)
     assert [f.name for f in src3.load(src3.discover()[0]).frames] == ["0"]
 
 
@@ -115,7 +115,7 @@ def test_discovery_hashes_are_stable_and_change_with_files(dataset):
     refs = src.discover()
     assert [r.scene_id for r in refs] == ["scene0000_00", "scene0001_00"]
     assert refs == ScanNetSource(root).discover()
-    assert ScanNetSource(root, frame_skip=2).discover()[0].content_hash != refs[0].content_hash
+    assert ScanNetSource(root, frame_gap=2).discover()[0].content_hash != refs[0].content_hash
     assert ScanNetSource(root, hash_mode="content").discover() == ScanNetSource(root, hash_mode="content").discover()
     agg = root / "scans" / "scene0000_00" / "scene0000_00.aggregation.json"
     agg.write_text(agg.read_text() + " ")
@@ -146,8 +146,8 @@ def test_missing_and_corrupt_files_name_scene_and_file(dataset):
 def test_bad_options_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown option"):
         ScanNetSource(tmp_path, frame_skp=2)
-    with pytest.raises(ValueError, match="frame_skip"):
-        ScanNetSource(tmp_path, frame_skip=0)
+    with pytest.raises(ValueError, match="frame_gap"):
+        ScanNetSource(tmp_path, frame_gap=0)
     with pytest.raises(ValueError, match="not a directory"):
         ScanNetSource(tmp_path / "nope")
 

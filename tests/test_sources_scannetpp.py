@@ -73,7 +73,7 @@ def test_known_point_lands_on_its_pixel(dataset):
         assert f.depth is None and f.rgb.shape == (fx.H, fx.W, 3)
         u, v, z = fx.project(f.pose, f.K, X)
         assert (u, v, z) == pytest.approx((fx.U0, fx.V0, fx.Z0), abs=1e-3)
-    assert [f.name for f in ScanNetPPSource(root, frame_skip=2).load(refs[0]).frames] == ["DSC00002", "DSC00010"]
+    assert [f.name for f in ScanNetPPSource(root, frame_gap=2).load(refs[0]).frames] == ["DSC00002", "DSC00010"]
 
 
 def test_fisheye_without_undistorted_intrinsics_is_an_error(dataset):

@@ -48,19 +48,19 @@ def assert_scene_equal(a, b):
         same(ca.point_index, cb.point_index, f"{sa.key} corr {i} point")
         same(ca.pixel, cb.pixel, f"{sa.key} corr {i} pixel")
     assert len(a.correspondences) == len(b.correspondences)
-    same(a.segments.astype(np.int32), b.segments, f"{sa.key} segments")
+    same(a.image_groups.astype(np.int32), b.image_groups, f"{sa.key} image_groups")
 
 
 def mixed_scenes(rng, source="alpha", prefix="s"):
     return [
-        random_processed_scene(rng, source, f"{prefix}0", n_points=2500, image_sizes=[(24, 32), (30, 20), (24, 32), (16, 16), (30, 20)], n_segments=3),
+        random_processed_scene(rng, source, f"{prefix}0", n_points=2500, image_sizes=[(24, 32), (30, 20), (24, 32), (16, 16), (30, 20)], n_image_groups=3),
         random_processed_scene(rng, source, f"{prefix}1", n_points=700, image_sizes=[], labels=False),
-        random_processed_scene(rng, source, f"{prefix}2", n_points=1300, image_sizes=[(24, 32)] * 4, n_segments=1),
+        random_processed_scene(rng, source, f"{prefix}2", n_points=1300, image_sizes=[(24, 32)] * 4, n_image_groups=1),
     ]
 
 
 def expected_sample(ps, seg):
-    views = [int(v) for v in ps.segments[seg]]
+    views = [int(v) for v in ps.image_groups[seg]]
     return views
 
 
@@ -84,19 +84,19 @@ def test_round_trip_bit_exact(tmp_path, chunks):
     assert store.scene_keys() == [ps.key for ps in scenes]
     for ps in scenes:
         assert_scene_equal(store.read_scene(ps.key), ps)
-    # samples: every segment of every scene, in order
-    assert len(store) == sum(ps.segments.shape[0] for ps in scenes)
+    # samples: every image group of every scene, in order
+    assert len(store) == sum(ps.image_groups.shape[0] for ps in scenes)
     i = 0
     for ps in scenes:
-        for seg in range(ps.segments.shape[0]):
+        for seg in range(ps.image_groups.shape[0]):
             s = store[i]
-            assert (s["key"], s["source"], s["scene_id"], s["segment"]) == (ps.key, "alpha", ps.scene.scene_id, seg)
+            assert (s["key"], s["source"], s["scene_id"], s["image_group"]) == (ps.key, "alpha", ps.scene.scene_id, seg)
             assert s["coord"].tobytes() == ps.scene.points.coord.tobytes()
             assert s["normal"].dtype == np.float32 and s["color"].dtype == np.uint8
             labels = ps.scene.points.segment
             want = np.full(len(ps.scene.points), -1, np.int32) if labels is None else labels
             assert s["segment_label"].dtype == np.int32 and np.array_equal(s["segment_label"], want)
-            views = [int(v) for v in ps.segments[seg]]
+            views = [int(v) for v in ps.image_groups[seg]]
             assert len(s["rgb"]) == len(views) and s["K"].shape == (len(views), 3, 3) and s["pose"].shape == (len(views), 4, 4)
             for j, v in enumerate(views):
                 frame, corr = ps.scene.frames[v], ps.correspondences[v]
@@ -145,9 +145,9 @@ def test_reader_pickles_and_reopens(tmp_path):
     assert clone.version == 2 and len(clone) == len(store)
     after = clone[0]
     assert np.array_equal(before["coord"], after["coord"]) and before["rgb"][1].tobytes() == after["rgb"][1].tobytes()
-    by_shard = store.segments_by_shard()
+    by_shard = store.samples_by_shard()
     assert len(by_shard) == 2 and sorted(sum(by_shard, [])) == list(range(len(store)))
-    assert [len(x) for x in by_shard] == [scenes[0].segments.shape[0] + 1, 1]
+    assert [len(x) for x in by_shard] == [scenes[0].image_groups.shape[0] + 1, 1]
     assert all(store.locate(i)[0] == store.shards[p] for p, idx in enumerate(by_shard) for i in idx)
 
 
@@ -271,7 +271,7 @@ def test_inspect_cli(tmp_path, capsys):
     from PIL import Image
 
     img = np.asarray(Image.open(out))
-    views = [int(v) for v in ps.segments[0]]
+    views = [int(v) for v in ps.image_groups[0]]
     hmax = max(ps.scene.frames[v].height for v in views)
     wmax = max(ps.scene.frames[v].width for v in views)
     assert img.shape == (2 * hmax, 2 * wmax, 3)
@@ -301,7 +301,7 @@ def test_manifest_records_counts(tmp_path):
     src = raw["sources"]["alpha"]
     assert src["scenes"] == 3 and src["points"] == sum(len(p.scene.points) for p in scenes)
     assert src["images"] == 9 and src["corr"] == sum(len(c) for p in scenes for c in p.correspondences)
-    assert src["segments"] == 3 + 1 + 1
+    assert src["segments"] == 3 + 1 + 1  # COUNT_IMAGE_GROUPS, the on-disk key
     m = load_manifest(url)
     files = json.loads((tmp_path / "s" / "shards" / m.shards[0].id / "inventory.json").read_text())
     assert len(files) + 1 == m.shards[0].n_files and sum(v[0] for v in files.values()) < m.shards[0].nbytes

@@ -45,7 +45,7 @@ def build(url, scenes, base=None, sources=None, **kw):
 
 
 def snapshot(store: ShardStore) -> list:
-    return [(s["key"], s["segment"], s["coord"].tobytes(), [im.tobytes() for im in s["rgb"]]) for s in (store[i] for i in range(len(store)))]
+    return [(s["key"], s["image_group"], s["coord"].tobytes(), [im.tobytes() for im in s["rgb"]]) for s in (store[i] for i in range(len(store)))]
 
 
 def test_plan_categories(tmp_path):
@@ -146,7 +146,7 @@ def test_changed_scene_goes_to_new_shard_old_files_untouched(tmp_path):
     store = ShardStore.open(url)
     assert_scene_equal(store.read_scene(a[1].key), a2[1])
     assert_scene_equal(ShardStore.open(url, version=1).read_scene(a[1].key), a[1])
-    assert len(store) == sum(p.segments.shape[0] for p in a2)
+    assert len(store) == sum(p.image_groups.shape[0] for p in a2)
 
 
 def test_changed_scene_rewrites_only_its_shard_when_compacting(tmp_path):

@@ -19,7 +19,7 @@ from test_store import assert_scene_equal
 
 def _store(tmp_path, writer=ShardWriter):
     rng = np.random.default_rng(3)
-    scenes = [random_processed_scene(rng, "alpha", f"s{i}", n_points=1500, image_sizes=[(24, 32)] * 4, n_segments=2) for i in range(2)]
+    scenes = [random_processed_scene(rng, "alpha", f"s{i}", n_points=1500, image_sizes=[(24, 32)] * 4, n_image_groups=2) for i in range(2)]
     url = str(tmp_path / "store")
     info = writer(url, point_chunk=512, corr_chunk=256).write(scenes)
     commit(url, None, [info])

@@ -29,12 +29,12 @@ def synthetic(path: Path, name: str, num_scenes: int, seed: int) -> dict:
 
 
 def samples(store: str) -> dict:
-    """{(key, segment): arrays of the sample} at the latest complete version."""
+    """{(key, image group): arrays of the sample} at the latest complete version."""
     s = ShardStore.open(store)
     out = {}
     for i in range(len(s)):
         x = s[i]
-        out[(x["key"], x["segment"])] = [x["coord"], x["color"], x["pose"], *x["rgb"], *x["corr_pixel"], *x["corr_point"]]
+        out[(x["key"], x["image_group"])] = [x["coord"], x["color"], x["pose"], *x["rgb"], *x["corr_pixel"], *x["corr_point"]]
     return out
 
 

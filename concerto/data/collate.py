@@ -49,5 +49,5 @@ def collate_samples(samples: list[dict]) -> dict:
     out["corr_rc"] = torch.from_numpy(np.concatenate([s["corr_rc"] for s in samples]).astype(np.float32))
     out["image_count"] = torch.tensor([len(s["images"]) for s in samples], dtype=torch.int64)
     out["names"] = [s["name"] for s in samples]
-    out["segment_index"] = torch.tensor([s["segment_index"] for s in samples], dtype=torch.int64)
+    out["sample_index"] = torch.tensor([s["sample_index"] for s in samples], dtype=torch.int64)
     return out

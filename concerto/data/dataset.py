@@ -1,9 +1,9 @@
-"""Segments of a shard store as a map-style dataset indexed by ``SampleTicket``.
+"""The samples (image groups) of a shard store as a map-style dataset indexed by ``SampleTicket``.
 
 The store is opened lazily in whichever process first reads (each DataLoader
 worker opens its own Zarr handles; nothing unpicklable crosses the fork/spawn).
 A store object (anything with ``__len__``, ``__getitem__`` and
-``segments_by_shard``) may be passed instead of a URL.
+``samples_by_shard``) may be passed instead of a URL.
 """
 from __future__ import annotations
 
@@ -39,17 +39,17 @@ def open_store(url: str, version: Optional[int] = None):
 
 
 def check_store(store, name: str) -> list[list[int]]:
-    """Shard layout of a usable store; DataError when it has no segments."""
+    """Shard layout of a usable store; DataError when it has no samples."""
     if len(store) == 0:
-        raise DataError(f"data store '{name}': empty (its manifest lists no segments)")
-    shards = [list(s) for s in store.segments_by_shard()]
+        raise DataError(f"data store '{name}': empty (its manifest lists no image groups)")
+    shards = [list(s) for s in store.samples_by_shard()]
     if sum(len(s) for s in shards) != len(store):
-        raise DataError(f"data store '{name}': segments_by_shard covers {sum(len(s) for s in shards)} "
-                        f"of {len(store)} segments")
+        raise DataError(f"data store '{name}': samples_by_shard covers {sum(len(s) for s in shards)} "
+                        f"of {len(store)} samples")
     return shards
 
 
-class SegmentDataset:
+class SampleDataset:
     """``dataset[ticket]`` -> sample dict (see ``build_sample``).
 
     A sample whose shard data is damaged (``ShardCorruptError``: a failed chunk
@@ -97,7 +97,7 @@ class SegmentDataset:
             if not self.skip_corrupt:
                 raise
             log.warning("skipping sample %d: %s", ticket.index, exc)
-            return {"skipped": f"sample {ticket.index}: {exc}", "segment_index": ticket.index}
+            return {"skipped": f"sample {ticket.index}: {exc}", "sample_index": ticket.index}
         return self._build(raw, ticket)
 
     def __getitems__(self, tickets: list[SampleTicket]) -> list[dict]:
@@ -125,5 +125,5 @@ class SegmentDataset:
     def _build(self, raw: dict, ticket: SampleTicket) -> dict:
         rng = np.random.default_rng(ticket.rng_seed())
         sample = build_sample(raw, self.spec, ticket.step, rng)
-        sample["segment_index"] = ticket.index
+        sample["sample_index"] = ticket.index
         return sample

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from concerto.data.collate import collate_samples
-from concerto.data.dataset import SegmentDataset
+from concerto.data.dataset import SampleDataset
 from concerto.data.sample import SampleSpec
 from concerto.data.sampler import ShardBatchSampler
 
@@ -24,7 +24,7 @@ class ShardLoader:
     def __init__(self, store: Union[str, Any], spec: SampleSpec, batch_size: int,
                  rank: int = 0, world_size: int = 1, num_workers: int = 0, seed: int = 0,
                  accumulate: int = 1, version: Optional[int] = None, skip_corrupt: bool = False):
-        self.dataset = SegmentDataset(store, spec, version=version, skip_corrupt=skip_corrupt)
+        self.dataset = SampleDataset(store, spec, version=version, skip_corrupt=skip_corrupt)
         self.skipped = 0  # samples left out because their shard data is damaged
         self.sampler = ShardBatchSampler(self.dataset.shards(), batch_size, rank=rank,
                                          world_size=world_size, num_workers=num_workers,

@@ -1,4 +1,4 @@
-"""Turn one stored segment into a training sample: views plus encoder-ready images.
+"""Turn one stored image group into a training sample: views plus encoder-ready images.
 
 The principal (first global) view's points are tied to image patches here, in the
 worker: every stored correspondence (point index, pixel) whose point survives in
@@ -47,18 +47,18 @@ class SampleSpec:
 
 
 class SampleError(ValueError):
-    """A stored segment that cannot become a sample; names the segment and field."""
+    """A stored image group that cannot become a sample; names the sample and field."""
 
 
 def _check(raw: dict, name: str) -> None:
     coord = np.asarray(raw["coord"])
     if coord.ndim != 2 or coord.shape[1] != 3 or len(coord) == 0:
-        raise SampleError(f"segment '{name}': field 'coord': expected [N,3] with N > 0, got {list(coord.shape)}")
+        raise SampleError(f"sample '{name}': field 'coord': expected [N,3] with N > 0, got {list(coord.shape)}")
     if not np.isfinite(coord).all():
-        raise SampleError(f"segment '{name}': field 'coord': non-finite values")
+        raise SampleError(f"sample '{name}': field 'coord': non-finite values")
     for field in ("color", "normal"):
         if np.asarray(raw[field]).shape != coord.shape:
-            raise SampleError(f"segment '{name}': field '{field}': shape {list(np.shape(raw[field]))} != coord {list(coord.shape)}")
+            raise SampleError(f"sample '{name}': field '{field}': shape {list(np.shape(raw[field]))} != coord {list(coord.shape)}")
 
 
 def build_sample(raw: dict, spec: SampleSpec, step: int, rng: np.random.Generator) -> dict:
@@ -76,12 +76,12 @@ def build_sample(raw: dict, spec: SampleSpec, step: int, rng: np.random.Generato
     seen = None
     if rgbs:
         if len(corr_point) != len(rgbs) or len(corr_pixel) != len(rgbs):
-            raise SampleError(f"segment '{name}': field 'corr_point': {len(corr_point)} lists for {len(rgbs)} images")
+            raise SampleError(f"sample '{name}': field 'corr_point': {len(corr_point)} lists for {len(rgbs)} images")
         seen_by = np.zeros(n, np.int64)
         for v, pts in enumerate(corr_point):
             pts = np.asarray(pts, np.int64)
             if len(pts) and (pts.min() < 0 or pts.max() >= n):
-                raise SampleError(f"segment '{name}': field 'corr_point[{v}]': index out of range [0, {n})")
+                raise SampleError(f"sample '{name}': field 'corr_point[{v}]': index out of range [0, {n})")
             inside = pixel_to_patch(np.asarray(corr_pixel[v]), np.asarray(rgbs[v]).shape[:2], spec.grid,
                                     spec.image_crop) >= 0
             seen_by[np.unique(pts[inside])] += 1

@@ -2,7 +2,7 @@
 
 Epoch order (a pure function of seed, epoch and the store's shard layout):
 
-1. shards are shuffled with ``(seed, epoch)``; each shard's segments are shuffled too;
+1. shards are shuffled with ``(seed, epoch)``; each shard's samples are shuffled too;
    concatenating them gives one global list, so consecutive samples share a shard;
 2. the list is padded by repeating its head until it divides by the world size
    (every rank then runs the same number of steps; at most world_size - 1 samples
@@ -13,7 +13,7 @@ Epoch order (a pure function of seed, epoch and the store's shard layout):
    which ``torch.utils.data.DataLoader`` hands batches to its workers, so each
    worker keeps reading its own run of shards.
 
-Every item is a ``SampleTicket`` carrying the segment index, the epoch, the
+Every item is a ``SampleTicket`` carrying the sample index, the epoch, the
 position in the epoch and the optimiser step it feeds, so augmentation is seeded
 per sample and does not depend on which worker or process draws it.
 
@@ -30,7 +30,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class SampleTicket:
-    """One sample to load: segment index in the store, and what seeds its randomness."""
+    """One sample to load: sample index in the store, and what seeds its randomness."""
 
     index: int
     epoch: int
@@ -51,7 +51,7 @@ LOOKAHEAD = 3
 
 
 def epoch_order(shards: Sequence[Sequence[int]], seed: int, epoch: int) -> np.ndarray:
-    """All segment indices in this epoch's order: shuffled shards, each shuffled inside."""
+    """All sample indices in this epoch's order: shuffled shards, each shuffled inside."""
     rng = np.random.default_rng([seed, epoch, 0x5A4D])
     parts = [np.asarray(shards[i], dtype=np.int64) for i in rng.permutation(len(shards))]
     parts = [p[rng.permutation(len(p))] for p in parts if len(p)]
@@ -100,7 +100,7 @@ class ShardBatchSampler:
         self.shards = [list(map(int, s)) for s in shards]
         self.num_samples = sum(len(s) for s in self.shards)
         if self.num_samples == 0:
-            raise ValueError("no segments to sample from")
+            raise ValueError("no samples to draw from")
         self.batch_size = batch_size
         self.rank = rank
         self.world_size = world_size

@@ -42,15 +42,15 @@ class LabelledScene:
 def read_labelled_scenes(store, max_scenes: Optional[int] = None) -> tuple[list[LabelledScene], list[str] | None]:
     """Scenes of ``store`` (a ShardStore) that have labelled points, and the class names if the scenes record them.
 
-    Reads one segment per scene. A scene whose arrays cannot be read or are
+    Reads one image group (the first) per scene. A scene whose arrays cannot be read or are
     malformed is skipped with a warning naming it.
     """
     scenes: list[LabelledScene] = []
     class_names = None
     seen: set[str] = set()
     for i in range(len(store)):
-        shard, scene_index, segment = store.locate(i)
-        if segment != 0:
+        shard, scene_index, group = store.locate(i)
+        if group != 0:
             continue
         attrs = store.reader(shard).scene_attrs[scene_index]
         key = str(attrs.get("key", f"{shard}/{scene_index}"))

@@ -1,6 +1,6 @@
 """Sonata-style view generation for one sample (numpy, runs in loader workers).
 
-Input: a segment's cloud (coord float32 [N,3] metres, color uint8 [N,3], normal
+Input: a sample's cloud (coord float32 [N,3] metres, color uint8 [N,3], normal
 float32 [N,3]). Steps, as the reference pretraining transform:
 
 1. grid sampling at ``grid_size`` (one random point per voxel);

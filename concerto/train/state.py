@@ -300,11 +300,13 @@ def build_loader(cfg: PretrainConfig, data, spec, rank: int, world: int, version
 
 
 def describe_data(loader) -> str:
-    """One line per run start: store URL, manifest version, samples per source."""
+    """One line per run start: store URL, manifest version, samples (image groups) per source."""
+    from pipelines.store.layout import COUNT_IMAGE_GROUPS
+
     store = loader.dataset.store
     url = getattr(store, "url", type(store).__name__)
     manifest = getattr(store, "manifest", None)
-    per_source = ", ".join(f"{src} {c['segments']}" for src, c in manifest.source_counts().items()) if manifest else "?"
+    per_source = ", ".join(f"{src} {c[COUNT_IMAGE_GROUPS]}" for src, c in manifest.source_counts().items()) if manifest else "?"
     return f"data: {url} manifest v{loader.version}, {len(store)} samples ({per_source})"
 
 

@@ -48,7 +48,7 @@ class BatchResult:
     failures: list[SceneFailure] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
     points: int = 0
-    segments: int = 0
+    image_groups: int = 0
 
     @property
     def scene_keys(self) -> list[str]:
@@ -159,7 +159,7 @@ def _write(writer: ShardWriter, scenes: list[ProcessedScene], result: BatchResul
         for sh in shards:
             result.shards.append(sh)
             result.points += sh.n_points
-            result.segments += sh.n_segments
+            result.image_groups += sh.n_image_groups
     except (OSError, TimeoutError) as exc:
         if is_transient(exc):
             raise TransientBatchError(scenes[0].key, "write", exc) from exc

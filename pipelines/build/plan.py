@@ -25,19 +25,22 @@ def default_frame_gap(kind: str) -> int:
 def fold_frame_gap(spec: SourceSpec, gap: int) -> tuple[SourceSpec, int]:
     """Apply a frame gap at read time when the adapter can skip frames.
 
-    Adapters built on ``AdapterBase`` take ``frame_skip``: reading every
+    Adapters built on ``AdapterBase`` take the option ``frame_gap``: reading every
     ``gap``-th frame there means a ScanNet scene (~5,500 frames at 1296x968)
-    decodes and renders 75x fewer frames, and the segment stage then uses every
+    decodes and renders 75x fewer frames, and the image-group stage then uses every
     frame it gets (gap 1). The kept frames are the same (0, gap, 2*gap, ...).
-    A spec that sets ``frame_skip`` itself, or an adapter without it, keeps the
-    gap in the segment stage. Returns (spec, gap for process_scene)."""
+    A spec that sets the option itself (``frame_gap``, or its deprecated alias
+    ``frame_skip`` that manifests of older stores record), or an adapter without
+    it, keeps the gap in the image-group stage. Returns (spec, gap for
+    process_scene)."""
+    from preprocess.sources._common import LEGACY_FRAME_GAP
     from preprocess.sources.base import source_class
 
     cls = source_class(spec.kind)
-    takes_skip = "frame_skip" in getattr(cls, "_COMMON_OPTIONS", {}) or "frame_skip" in getattr(cls, "OPTIONS", {})
-    if gap <= 1 or not takes_skip or "frame_skip" in spec.options:
+    takes_gap = "frame_gap" in getattr(cls, "_COMMON_OPTIONS", {}) or "frame_gap" in getattr(cls, "OPTIONS", {})
+    if gap <= 1 or not takes_gap or "frame_gap" in spec.options or LEGACY_FRAME_GAP in spec.options:
         return spec, gap
-    folded = SourceSpec(spec.kind, spec.path, spec.name, {**spec.options, "frame_skip": int(gap)}, spec.frame_gap)
+    folded = SourceSpec(spec.kind, spec.path, spec.name, {**spec.options, "frame_gap": int(gap)}, spec.frame_gap)
     return folded, 1
 
 
@@ -58,7 +61,7 @@ def recorded_sources(store: StoreLocation) -> list[dict]:
 
 def source_specs(options: BuildOptions) -> tuple[list[SourceSpec], dict[str, int], dict[str, dict]]:
     """The build's specs with their frame gap folded in (see ``fold_frame_gap``),
-    the gap left for the segment stage per source name, and each source's record
+    the gap left for the image-group stage per source name, and each source's record
     for the manifest. Source names must be unique."""
     specs, gap_of, records = [], {}, {}
     for spec in options.sources:

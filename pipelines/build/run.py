@@ -48,7 +48,7 @@ class BuildSummary:
     batches_failed: int = 0
     shards_written: int = 0
     points_written: int = 0
-    segments_written: int = 0
+    image_groups_written: int = 0
     gc: dict = field(default_factory=dict)
     elapsed_s: dict[str, float] = field(default_factory=dict)
     worker_s: dict[str, float] = field(default_factory=dict)
@@ -99,7 +99,7 @@ class _Progress:
     worker_s: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
     shards: int = 0
     points: int = 0
-    segments: int = 0
+    image_groups: int = 0
     batches_failed: int = 0
     commit_s: float = 0.0
 
@@ -131,7 +131,7 @@ def build_and_commit(options: BuildOptions, batches: list[list[BatchItem]], exec
         done.committed.extend(result.scene_keys)
         done.shards += len(result.shards)
         done.points += result.points
-        done.segments += result.segments
+        done.image_groups += result.image_groups
         for s in STAGES:
             done.worker_s[s] += result.timings.get(s, 0.0)
         rate = len(done.committed) / max(time.perf_counter() - t, 1e-9)
@@ -268,7 +268,7 @@ def summarise(options: BuildOptions, version: int | None, plan: Plan, batches, d
         quarantined=[{"key": f.key, "stage": f.stage, "error_type": f.error_type, "message": f.message}
                      for f in failures],
         batches=len(batches), batches_failed=done.batches_failed, shards_written=done.shards,
-        points_written=done.points, segments_written=done.segments, gc=gc_report,
+        points_written=done.points, image_groups_written=done.image_groups, gc=gc_report,
         elapsed_s={k: round(v, 3) for k, v in elapsed.items()},
         worker_s={k: round(v, 3) for k, v in done.worker_s.items()},
         scenes_per_s=round(len(done.committed) / max(elapsed["build"] + elapsed["commit"], 1e-9), 3),

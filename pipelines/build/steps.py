@@ -52,8 +52,8 @@ def build_batch_step(options: BuildOptions, index: int, items: list[BatchItem],
     result = build_batch(options.store, items, options.settings, options.shard_size,
                          on_scene=lambda key, outcome: logger.info("%s: %s", key, outcome))
     dt = time.perf_counter() - t
-    logger.info("batch %d: %d scenes -> %d shards, %d failed, %d points, %d segments in %.1f s (%.2f scenes/s)",
-                index, len(items), len(result.shards), len(result.failures), result.points, result.segments,
+    logger.info("batch %d: %d scenes -> %d shards, %d failed, %d points, %d image groups in %.1f s (%.2f scenes/s)",
+                index, len(items), len(result.shards), len(result.failures), result.points, result.image_groups,
                 dt, len(items) / max(dt, 1e-9))
     return result
 

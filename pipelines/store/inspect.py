@@ -4,7 +4,7 @@
     concerto-store <url> --versions             manifest history
     concerto-store <url> --coverage [--min-corr X]
                                                 per-scene correspondence coverage
-    concerto-store <url> --draw SEGMENT --out f.png
+    concerto-store <url> --draw SAMPLE --out f.png
                                                 a sample's correspondences over its
                                                 images (2x2 grid, colour = depth)
     concerto-store <url> --verify               re-hash every listed shard file
@@ -25,6 +25,7 @@ import numpy as np
 from pipelines.store.errors import StoreError
 from preprocess.colormap import interpolate_anchors
 from pipelines.store.gc import gc
+from pipelines.store.layout import COUNT_IMAGE_GROUPS
 from pipelines.store.manifest import list_versions, load_manifest
 from pipelines.store.migrate import migrate
 from pipelines.store.reader import ShardStore
@@ -45,13 +46,13 @@ def camera_depth(coord: np.ndarray, pose: np.ndarray) -> np.ndarray:
     return ((coord.astype(np.float64) - t) @ R)[:, 2]
 
 
-def draw_segment(store: ShardStore, index: int, radius: int = 1) -> np.ndarray:
+def draw_image_group(store: ShardStore, index: int, radius: int = 1) -> np.ndarray:
     """uint8 [2*Hmax, 2*Wmax, 3]: sample ``index``'s images in a 2x2 grid, each
     with its corresponding points drawn at their pixels, coloured by their depth
     in that camera (per-image 2nd..98th percentile range)."""
     s = store[index]
     if not s["rgb"]:
-        raise ValueError(f"sample {index} ({s['key']} segment {s['segment']}) has no images to draw")
+        raise ValueError(f"sample {index} ({s['key']} image group {s['image_group']}) has no images to draw")
     hmax = max(im.shape[0] for im in s["rgb"])
     wmax = max(im.shape[1] for im in s["rgb"])
     canvas = np.zeros((2 * hmax, 2 * wmax, 3), np.uint8)
@@ -120,7 +121,7 @@ def main(argv=None, out=None) -> int:
     p.add_argument("--versions", action="store_true", help="list manifest versions")
     p.add_argument("--coverage", action="store_true", help="per-scene correspondence coverage")
     p.add_argument("--min-corr", type=int, default=100, help="flag images with fewer correspondences (default 100)")
-    p.add_argument("--draw", type=int, metavar="SEGMENT", help="draw sample SEGMENT's correspondences")
+    p.add_argument("--draw", type=int, metavar="SAMPLE", help="draw sample SAMPLE's correspondences (its image group)")
     p.add_argument("--out", help="PNG path for --draw")
     p.add_argument("--verify", action="store_true", help="re-hash every shard file")
     p.add_argument("--migrate", action="store_true", help="rewrite shards of an older store format")
@@ -151,12 +152,12 @@ def main(argv=None, out=None) -> int:
             rows = []
             for v in list_versions(store.location):
                 m = load_manifest(store.location, v)
-                rows.append([v, m.parent, m.created, len(m.shards), len(m.scenes()), m.n_segments, m.note])
-            _table(f"manifests of {args.url}", ["version", "parent", "created", "shards", "scenes", "segments", "note"], rows, out)
+                rows.append([v, m.parent, m.created, len(m.shards), len(m.scenes()), m.n_image_groups, m.note])
+            _table(f"manifests of {args.url}", ["version", "parent", "created", "shards", "scenes", "image groups", "note"], rows, out)
         counts = store.manifest.source_counts()
-        rows = [[s, c["scenes"], c["segments"], c["points"], c["images"], c["corr"]] for s, c in counts.items()]
+        rows = [[s, c["scenes"], c[COUNT_IMAGE_GROUPS], c["points"], c["images"], c["corr"]] for s, c in counts.items()]
         rows.append(["total"] + [sum(r[i] for r in rows) for i in range(1, 6)])
-        _table(f"{args.url} @ v{store.version} ({len(store.shards)} shards)", ["source", "scenes", "segments", "points", "images", "correspondences"], rows, out)
+        _table(f"{args.url} @ v{store.version} ({len(store.shards)} shards)", ["source", "scenes", "image groups", "points", "images", "correspondences"], rows, out)
         if args.coverage:
             cov = scene_coverage(store, args.min_corr)
             _table(f"correspondence coverage (images with < {args.min_corr} correspondences listed)",
@@ -174,7 +175,7 @@ def main(argv=None, out=None) -> int:
         if args.draw is not None:
             from PIL import Image
 
-            img = draw_segment(store, args.draw)
+            img = draw_image_group(store, args.draw)
             Image.fromarray(img).save(args.out)
             print(f"wrote {args.out} ({img.shape[1]}x{img.shape[0]})", file=out)
     except (StoreError, ValueError, IndexError, KeyError) as e:

@@ -2,7 +2,7 @@
 
 A shard packs complete scenes; a scene never spans shards. Arrays are the
 concatenation over the shard's scenes (points, images, correspondences,
-segments) with offset tables to find one scene's or one image's rows::
+image groups, stored as ``segments``) with offset tables to find one scene's or one image's rows::
 
     points/coord     float32 [P,3]  metres, world frame
     points/color     uint8   [P,3]
@@ -24,6 +24,11 @@ segments) with offset tables to find one scene's or one image's rows::
     segments/scene        int32 [G]   scene index within the shard
     segments/images       int32 [G,4] image index within the shard, -1 padded
 
+The ``segments`` group and ``scenes/segment_offset`` hold the image groups (G
+rows of up to 4 frames): the code calls them image groups and keeps ``segment``
+for per-point semantic labels (``points/segment``); the on-disk names below stay
+as written, so stores written before the rename read unchanged.
+
 Group attributes: ``format``, ``scenes`` (per-scene JSON metadata, in order),
 ``image_sizes`` ([[H, W], ...] naming the rgb_<H>x<W> arrays).
 
@@ -43,6 +48,20 @@ from __future__ import annotations
 SHARD_FORMAT = "concerto-shard/2"
 READABLE_SHARD_FORMATS = ("concerto-shard/1", SHARD_FORMAT)
 MAX_VIEWS = 4
+
+# on-disk names of the image groups (the store format calls them "segments")
+IMAGE_GROUP_GROUP = "segments"                      # zarr group
+IMAGE_GROUP_SCENE = "scene"                         # segments/scene
+IMAGE_GROUP_IMAGES = "images"                       # segments/images
+IMAGE_GROUP_SCENE_ARRAY = f"{IMAGE_GROUP_GROUP}/{IMAGE_GROUP_SCENE}"
+IMAGE_GROUP_IMAGES_ARRAY = f"{IMAGE_GROUP_GROUP}/{IMAGE_GROUP_IMAGES}"
+IMAGE_GROUP_OFFSET = "segment_offset"               # scenes/segment_offset
+IMAGE_GROUP_OFFSET_ARRAY = f"scenes/{IMAGE_GROUP_OFFSET}"
+# per-scene keys in the shard's ``scenes`` attribute and in manifest scene entries
+ATTR_IMAGE_GROUP_WIDTH = "segment_width"
+ATTR_N_IMAGE_GROUPS = "n_segments"
+# per-source count key of a manifest's ``sources`` summary
+COUNT_IMAGE_GROUPS = "segments"
 
 POINT_ARRAYS = ("coord", "color", "normal", "segment", "instance")
 # rows per zarr chunk: 64 Ki points = 768 KiB of coords; a scene read touches

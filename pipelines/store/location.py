@@ -354,7 +354,7 @@ class StoreLocation:
 
         Object stores: chunk GETs go through zarr's LRU ``CacheStore`` (bounded:
         ``CONCERTO_STORE_CACHE_MB``, default 256 MB per process), so the next
-        segments of a scene and the scenes sharing a chunk cost no second
+        image groups of a scene and the scenes sharing a chunk cost no second
         request. Shards are immutable: a cached chunk never goes stale.
         Local disks: a plain LocalStore (the OS page cache does this)."""
         if self._read_store is None or self._read_store[0] != os.getpid():

@@ -23,7 +23,7 @@ from pipelines.store.errors import (
     NoManifestError,
     StoreFormatError,
 )
-from pipelines.store.layout import SHARD_FORMAT
+from pipelines.store.layout import COUNT_IMAGE_GROUPS, SHARD_FORMAT
 from pipelines.store.location import MANIFEST_DIR, SHARD_DIR, StoreLocation
 from pipelines.store.records import INVENTORY, SceneEntry, ShardInfo
 
@@ -74,21 +74,23 @@ class Manifest:
         raise KeyError(f"shard '{shard_id}' is not listed in manifest v{self.version}")
 
     def source_counts(self) -> dict[str, dict[str, int]]:
-        """{source: {scenes, segments, points, images, corr}}."""
+        """{source: {scenes, segments, points, images, corr}}, as the manifest's
+        ``sources`` records it (``segments``: ``COUNT_IMAGE_GROUPS``, the number
+        of image groups)."""
         out: dict[str, dict[str, int]] = {}
         for sh in self.shards:
             for s in sh.scenes:
-                c = out.setdefault(s.source, dict(scenes=0, segments=0, points=0, images=0, corr=0))
+                c = out.setdefault(s.source, {"scenes": 0, COUNT_IMAGE_GROUPS: 0, "points": 0, "images": 0, "corr": 0})
                 c["scenes"] += 1
-                c["segments"] += s.n_segments
+                c[COUNT_IMAGE_GROUPS] += s.n_image_groups
                 c["points"] += s.n_points
                 c["images"] += s.n_images
                 c["corr"] += s.n_corr
         return dict(sorted(out.items()))
 
     @property
-    def n_segments(self) -> int:
-        return sum(sh.n_segments for sh in self.shards)
+    def n_image_groups(self) -> int:
+        return sum(sh.n_image_groups for sh in self.shards)
 
     def to_json(self) -> dict:
         return {

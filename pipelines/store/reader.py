@@ -20,16 +20,24 @@ from zarr.core.sync import sync as zarr_sync
 from preprocess.records import Correspondence, ProcessedScene
 from pipelines.store.errors import ShardCorruptError
 from pipelines.store.fastread import ChunkReadError, row_readers
-from pipelines.store.layout import POINT_ARRAYS, READABLE_SHARD_FORMATS, rgb_array_name
+from pipelines.store.layout import (
+    ATTR_IMAGE_GROUP_WIDTH,
+    IMAGE_GROUP_IMAGES_ARRAY,
+    IMAGE_GROUP_OFFSET_ARRAY,
+    IMAGE_GROUP_SCENE_ARRAY,
+    POINT_ARRAYS,
+    READABLE_SHARD_FORMATS,
+    rgb_array_name,
+)
 from pipelines.store.location import SHARD_DIR, StoreLocation
 from pipelines.store.manifest import Manifest, load_manifest, outdated_store_message
 from pipelines.store.records import INVENTORY, READ_GROUP, ShardInfo, batches, file_digest
 from preprocess.scene import Frame, PointCloud, Scene
 
 _TABLES = (
-    "scenes/point_offset", "scenes/image_offset", "scenes/segment_offset",
+    "scenes/point_offset", "scenes/image_offset", IMAGE_GROUP_OFFSET_ARRAY,
     "images/size_group", "images/size_slot", "images/K", "images/pose", "images/corr_offset",
-    "segments/scene", "segments/images",
+    IMAGE_GROUP_SCENE_ARRAY, IMAGE_GROUP_IMAGES_ARRAY,
 )
 
 
@@ -300,18 +308,18 @@ class ShardReader:
         req, plan = self._scene_requests(a, scene, images)
         return self._assemble(a, plan, self._read_many(a, req))
 
-    def _views(self, a: dict, scene: int, segment: int) -> list[int]:
-        g = int(a["scenes/segment_offset"][scene]) + segment
-        return [int(v) for v in a["segments/images"][g] if v >= 0]
+    def _views(self, a: dict, scene: int, group: int) -> list[int]:
+        g = int(a[IMAGE_GROUP_OFFSET_ARRAY][scene]) + group
+        return [int(v) for v in a[IMAGE_GROUP_IMAGES_ARRAY][g] if v >= 0]
 
-    def _sample_dict(self, a: dict, scene: int, segment: int, views: list[int], data) -> dict:
+    def _sample_dict(self, a: dict, scene: int, group: int, views: list[int], data) -> dict:
         pts, rgb, corr = data
         meta = a["attrs"]["scenes"][scene]
         return {
             "key": meta["key"],
             "source": meta["source"],
             "scene_id": meta["scene_id"],
-            "segment": segment,
+            "image_group": group,
             "coord": pts["coord"],
             "color": pts["color"],
             "normal": pts["normal"],
@@ -324,16 +332,16 @@ class ShardReader:
             "corr_pixel": [c[1] for c in corr],
         }
 
-    def sample(self, scene: int, segment: int) -> dict:
-        """Segment ``segment`` of the shard's scene ``scene`` as a training sample
+    def sample(self, scene: int, group: int) -> dict:
+        """Image group ``group`` of the shard's scene ``scene`` as a training sample
         (see ShardStore.__getitem__ for the keys)."""
-        return self.samples([(scene, segment)])[0]
+        return self.samples([(scene, group)])[0]
 
     def _plan_samples(self, a: dict, which: list[tuple[int, int]]) -> tuple[list, list]:
-        """(per sample: (scene, segment, views, plan, indices into unique reads), unique reads)."""
+        """(per sample: (scene, group, views, plan, indices into unique reads), unique reads)."""
         plans, unique, at = [], [], {}
-        for scene, segment in which:
-            views = self._views(a, scene, segment)
+        for scene, group in which:
+            views = self._views(a, scene, group)
             req, plan = self._scene_requests(a, scene, views)
             idx = []
             for name, sel in req:
@@ -342,16 +350,16 @@ class ShardReader:
                     at[k] = len(unique)
                     unique.append((name, sel))
                 idx.append(at[k])
-            plans.append((scene, segment, views, plan, idx))
+            plans.append((scene, group, views, plan, idx))
         return plans, unique
 
     def _assemble_samples(self, a: dict, plans: list, got: list) -> list[dict]:
-        return [self._sample_dict(a, scene, segment, views, self._assemble(a, plan, [got[k] for k in idx]))
-                for scene, segment, views, plan, idx in plans]
+        return [self._sample_dict(a, scene, group, views, self._assemble(a, plan, [got[k] for k in idx]))
+                for scene, group, views, plan, idx in plans]
 
     def samples(self, which: list[tuple[int, int]]) -> list[dict]:
-        """Several (scene, segment) samples, every read of all of them in one
-        concurrent batch (identical reads, e.g. two segments of one scene, once)."""
+        """Several (scene, group) samples, every read of all of them in one
+        concurrent batch (identical reads, e.g. two image groups of one scene, once)."""
         a = self._open()
         plans, unique = self._plan_samples(a, which)
         return self._assemble_samples(a, plans, self._read_many(a, unique))
@@ -376,9 +384,9 @@ class ShardReader:
             for j, i in enumerate(range(lo, hi))
         ]
         corrs = [Correspondence(p, px) for p, px in corr]
-        s_lo, s_hi = int(a["scenes/segment_offset"][scene]), int(a["scenes/segment_offset"][scene + 1])
-        width = int(meta["segment_width"])
-        segments = (a["segments/images"][s_lo:s_hi, :width] - lo).astype(np.int32)
+        g_lo, g_hi = int(a[IMAGE_GROUP_OFFSET_ARRAY][scene]), int(a[IMAGE_GROUP_OFFSET_ARRAY][scene + 1])
+        width = int(meta[ATTR_IMAGE_GROUP_WIDTH])
+        groups = (a[IMAGE_GROUP_IMAGES_ARRAY][g_lo:g_hi, :width] - lo).astype(np.int32)
         sc = Scene(
             scene_id=meta["scene_id"],
             source=meta["source"],
@@ -392,7 +400,7 @@ class ShardReader:
             content_hash=meta["content_hash"],
             meta=meta["meta"],
         )
-        return ProcessedScene(scene=sc, correspondences=corrs, segments=segments, stats=meta["stats"])
+        return ProcessedScene(scene=sc, correspondences=corrs, image_groups=groups, stats=meta["stats"])
 
 
 # batches ``ShardStore.prefetch`` keeps in flight or ready
@@ -402,9 +410,9 @@ PREFETCH_DEPTH = 3
 class ShardStore:
     """A store opened at one manifest version.
 
-    ``len(store)`` is the number of samples (segments); ``store[i]`` is a dict::
+    ``len(store)`` is the number of samples (image groups); ``store[i]`` is a dict::
 
-        key, source, scene_id: str; segment: int (index within the scene)
+        key, source, scene_id: str; image_group: int (index within the scene)
         coord float32 [N,3]; color uint8 [N,3]; normal float32 [N,3]
         segment_label int32 [N] (-1 = none); instance int32 [N]
         rgb: list of V uint8 [H,W,3] (V = 4, or 0 for scenes without images)
@@ -412,7 +420,7 @@ class ShardStore:
         corr_point: list of V int32 [M_v] (point indices)
         corr_pixel: list of V uint16 [M_v,2] (u = column, v = row)
 
-    Samples are ordered by shard (manifest order), scene, segment."""
+    Samples are ordered by shard (manifest order), scene, image group."""
 
     def __init__(self, location: StoreLocation, manifest: Manifest, check_files: bool = True, direct: bool = True):
         self.location = location
@@ -438,16 +446,16 @@ class ShardStore:
         return cls(loc, manifest, check_files=check_files, direct=direct)
 
     def _build_index(self):
-        shard_of, scene_of, seg_of = [], [], []
+        shard_of, scene_of, group_of = [], [], []
         self._scene_at: dict[str, tuple[int, int]] = {}
         for p, sh in enumerate(self.manifest.shards):
             for e in sh.scenes:
                 self._scene_at[e.key] = (p, e.index)
-                shard_of.append(np.full(e.n_segments, p, np.int32))
-                scene_of.append(np.full(e.n_segments, e.index, np.int32))
-                seg_of.append(np.arange(e.n_segments, dtype=np.int32))
+                shard_of.append(np.full(e.n_image_groups, p, np.int32))
+                scene_of.append(np.full(e.n_image_groups, e.index, np.int32))
+                group_of.append(np.arange(e.n_image_groups, dtype=np.int32))
         cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int32)  # noqa: E731
-        self._shard_of, self._scene_of, self._seg_of = cat(shard_of), cat(scene_of), cat(seg_of)
+        self._shard_of, self._scene_of, self._group_of = cat(shard_of), cat(scene_of), cat(group_of)
 
     def __getstate__(self):
         return {"location": self.location, "manifest": self.manifest, "check_files": self.check_files, "direct": self.direct}
@@ -478,16 +486,16 @@ class ShardStore:
         return r
 
     def locate(self, i: int) -> tuple[str, int, int]:
-        """Sample ``i`` -> (shard id, scene index in the shard, segment in the scene)."""
+        """Sample ``i`` -> (shard id, scene index in the shard, image group in the scene)."""
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"sample {i} out of range: store {self.url} v{self.version} has {n} samples")
         i %= n
-        return self.manifest.shards[self._shard_of[i]].id, int(self._scene_of[i]), int(self._seg_of[i])
+        return self.manifest.shards[self._shard_of[i]].id, int(self._scene_of[i]), int(self._group_of[i])
 
     def __getitem__(self, i: int) -> dict:
-        shard, scene, seg = self.locate(int(i))
-        return self.reader(shard).sample(scene, seg)
+        shard, scene, group = self.locate(int(i))
+        return self.reader(shard).sample(scene, group)
 
     def prefetch(self, indices) -> None:
         """Start reading samples ``indices`` in the background, on zarr's event
@@ -548,7 +556,7 @@ class ShardStore:
         p, idx = self._scene_at[key]
         return self.reader(p).scene(idx)
 
-    def segments_by_shard(self) -> list[list[int]]:
+    def samples_by_shard(self) -> list[list[int]]:
         """Sample indices grouped by shard (manifest order), for splitting work
         across loader workers / ranks with one shard open per worker."""
         out = [[] for _ in self.manifest.shards]

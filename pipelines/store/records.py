@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 
-from pipelines.store.layout import SHARD_FORMAT
+from pipelines.store.layout import ATTR_N_IMAGE_GROUPS, SHARD_FORMAT
 
 
 @dataclass
@@ -24,14 +24,19 @@ class SceneEntry:
     n_points: int
     n_images: int
     n_corr: int
-    n_segments: int
+    n_image_groups: int
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        """The manifest's scene entry (its image-group count under the on-disk key)."""
+        return {_JSON_KEY.get(k, k): v for k, v in self.__dict__.items()}
 
     @staticmethod
     def from_json(d: dict) -> "SceneEntry":
-        return SceneEntry(**{k: d[k] for k in SceneEntry.__dataclass_fields__})
+        return SceneEntry(**{k: d[_JSON_KEY.get(k, k)] for k in SceneEntry.__dataclass_fields__})
+
+
+# SceneEntry field -> its key in a manifest, where the names differ
+_JSON_KEY = {"n_image_groups": ATTR_N_IMAGE_GROUPS}
 
 
 INVENTORY = "inventory.json"
@@ -67,8 +72,8 @@ class ShardInfo:
         return sum(s.n_points for s in self.scenes)
 
     @property
-    def n_segments(self) -> int:
-        return sum(s.n_segments for s in self.scenes)
+    def n_image_groups(self) -> int:
+        return sum(s.n_image_groups for s in self.scenes)
 
     def with_scenes(self, scenes: list[SceneEntry]) -> "ShardInfo":
         return dataclasses.replace(self, scenes=scenes)

@@ -17,7 +17,19 @@ from typing import Sequence
 import numpy as np
 
 from preprocess.records import Correspondence, ProcessedScene
-from pipelines.store.layout import CORR_CHUNK, MAX_VIEWS, POINT_CHUNK, SHARD_FORMAT, rgb_array_name
+from pipelines.store.layout import (
+    ATTR_IMAGE_GROUP_WIDTH,
+    ATTR_N_IMAGE_GROUPS,
+    CORR_CHUNK,
+    IMAGE_GROUP_GROUP,
+    IMAGE_GROUP_IMAGES,
+    IMAGE_GROUP_OFFSET,
+    IMAGE_GROUP_SCENE,
+    MAX_VIEWS,
+    POINT_CHUNK,
+    SHARD_FORMAT,
+    rgb_array_name,
+)
 from pipelines.store.location import SHARD_DIR, StoreLocation
 from pipelines.store.records import INVENTORY, READ_GROUP, SceneEntry, ShardInfo, batches, file_digest
 from preprocess.scene import SceneValidationError
@@ -67,15 +79,15 @@ def validate_processed(ps: ProcessedScene) -> None:
             raise SceneValidationError(key, f"{name}.point_index", f"indices must lie in [0, {n_points}), got [{pi.min()}, {pi.max()}]")
         if px.size and (px[:, 0].max() >= frame.width or px[:, 1].max() >= frame.height):
             raise SceneValidationError(key, f"{name}.pixel", f"pixels outside the {frame.width}x{frame.height} image")
-    seg = ps.segments
-    if not isinstance(seg, np.ndarray) or seg.ndim != 2 or not np.issubdtype(seg.dtype, np.integer):
-        raise SceneValidationError(key, "segments", "expected an int32 array [S, V]")
-    if seg.shape[0] == 0:
-        raise SceneValidationError(key, "segments", "a scene needs at least one segment")
-    if seg.shape[1] > MAX_VIEWS:
-        raise SceneValidationError(key, "segments", f"at most {MAX_VIEWS} images per segment, got {seg.shape[1]}")
-    if seg.size and (seg.min() < 0 or seg.max() >= n_frames):
-        raise SceneValidationError(key, "segments", f"frame indices must lie in [0, {n_frames})")
+    groups = ps.image_groups
+    if not isinstance(groups, np.ndarray) or groups.ndim != 2 or not np.issubdtype(groups.dtype, np.integer):
+        raise SceneValidationError(key, "image_groups", "expected an int32 array [G, V]")
+    if groups.shape[0] == 0:
+        raise SceneValidationError(key, "image_groups", "a scene needs at least one image group")
+    if groups.shape[1] > MAX_VIEWS:
+        raise SceneValidationError(key, "image_groups", f"at most {MAX_VIEWS} images per image group, got {groups.shape[1]}")
+    if groups.size and (groups.min() < 0 or groups.max() >= n_frames):
+        raise SceneValidationError(key, "image_groups", f"frame indices must lie in [0, {n_frames})")
     to_json_value(ps.stats, key, "stats")
     to_json_value(scene.meta, key, "meta")
 
@@ -94,11 +106,11 @@ def _scene_attrs(ps: ProcessedScene) -> dict:
         "frame_names": [f.name for f in s.frames],
         "has_segment": s.points.segment is not None,
         "has_instance": s.points.instance is not None,
-        "segment_width": int(ps.segments.shape[1]),
+        ATTR_IMAGE_GROUP_WIDTH: int(ps.image_groups.shape[1]),
         "n_points": len(s.points),
         "n_images": len(s.frames),
         "n_corr": int(sum(len(c) for c in ps.correspondences)),
-        "n_segments": int(ps.segments.shape[0]),
+        ATTR_N_IMAGE_GROUPS: int(ps.image_groups.shape[0]),
     }
 
 
@@ -190,17 +202,17 @@ class ShardWriter:
         corrs: list[Correspondence] = [c for ps in scenes for c in ps.correspondences]
         n_pts = np.array([len(p) for p in pts])
         n_img = np.array([len(ps.scene.frames) for ps in scenes])
-        n_seg = np.array([ps.segments.shape[0] for ps in scenes])
+        n_groups = np.array([ps.image_groups.shape[0] for ps in scenes])
         point_offset = np.concatenate([[0], np.cumsum(n_pts)]).astype(np.int64)
         image_offset = np.concatenate([[0], np.cumsum(n_img)]).astype(np.int64)
-        segment_offset = np.concatenate([[0], np.cumsum(n_seg)]).astype(np.int64)
+        group_offset = np.concatenate([[0], np.cumsum(n_groups)]).astype(np.int64)
         corr_offset = np.concatenate([[0], np.cumsum([len(c) for c in corrs])]).astype(np.int64)
 
-        seg_scene = np.repeat(np.arange(len(scenes), dtype=np.int32), n_seg)
-        seg_images = np.full((int(n_seg.sum()), MAX_VIEWS), -1, np.int32)
+        group_scene = np.repeat(np.arange(len(scenes), dtype=np.int32), n_groups)
+        group_images = np.full((int(n_groups.sum()), MAX_VIEWS), -1, np.int32)
         for s, ps in enumerate(scenes):
-            w = ps.segments.shape[1]
-            seg_images[segment_offset[s]:segment_offset[s + 1], :w] = ps.segments + image_offset[s]
+            w = ps.image_groups.shape[1]
+            group_images[group_offset[s]:group_offset[s + 1], :w] = ps.image_groups + image_offset[s]
 
         sizes: list[tuple[int, int]] = []
         size_group = np.zeros(len(frames), np.int32)
@@ -228,7 +240,7 @@ class ShardWriter:
         g = root.create_group("scenes")
         self._write_array(g, "point_offset", point_offset)
         self._write_array(g, "image_offset", image_offset)
-        self._write_array(g, "segment_offset", segment_offset)
+        self._write_array(g, IMAGE_GROUP_OFFSET, group_offset)
         g = root.create_group("images")
         for gi, (h, w) in enumerate(sizes):
             stack = np.stack([f.rgb for f, sg in zip(frames, size_group) if sg == gi])
@@ -241,9 +253,9 @@ class ShardWriter:
         g = root.create_group("corr")
         self._write_array(g, "point", np.concatenate([c.point_index for c in corrs]) if corrs else np.zeros(0, np.int32), self.corr_chunk)
         self._write_array(g, "pixel", np.concatenate([c.pixel for c in corrs]) if corrs else np.zeros((0, 2), np.uint16), self.corr_chunk)
-        g = root.create_group("segments")
-        self._write_array(g, "scene", seg_scene)
-        self._write_array(g, "images", seg_images)
+        g = root.create_group(IMAGE_GROUP_GROUP)
+        self._write_array(g, IMAGE_GROUP_SCENE, group_scene)
+        self._write_array(g, IMAGE_GROUP_IMAGES, group_images)
 
         files = self.inventory(shard_id)
         inventory = json.dumps(files, sort_keys=True).encode()
@@ -254,7 +266,7 @@ class ShardWriter:
                 key=ps.key, source=ps.scene.source, scene_id=ps.scene.scene_id,
                 content_hash=ps.scene.content_hash, index=i, n_points=int(n_pts[i]),
                 n_images=int(n_img[i]), n_corr=int(corr_offset[image_offset[i + 1]] - corr_offset[image_offset[i]]),
-                n_segments=int(n_seg[i]),
+                n_image_groups=int(n_groups[i]),
             )
             for i, ps in enumerate(scenes)
         ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -23,6 +24,35 @@ log = logging.getLogger(__name__)
 
 HASH_MODES = ("stat", "content")
 
+# The frame-gap option was called ``frame_skip``. That name stays where it is
+# recorded: in every content hash (``options_key``), in the ``meta`` that some
+# adapters store with a scene, and in the source options that manifests of
+# older stores record (accepted as a deprecated alias of ``frame_gap``).
+LEGACY_FRAME_GAP = "frame_skip"
+# option name -> the name ``options_key`` hashes it under
+_HASHED_NAME = {"frame_gap": LEGACY_FRAME_GAP}
+
+
+def hashed_options(options: dict) -> dict:
+    """``options`` under the names content hashes use (``frame_gap`` as
+    ``frame_skip``), for ``options_key``."""
+    return {_HASHED_NAME.get(k, k): v for k, v in options.items()}
+
+
+def resolve_frame_gap_alias(options: dict, where: str) -> dict:
+    """``options`` with a deprecated ``frame_skip`` renamed ``frame_gap``
+    (DeprecationWarning); both given with different values is an error."""
+    if LEGACY_FRAME_GAP not in options:
+        return options
+    options = dict(options)
+    legacy = options.pop(LEGACY_FRAME_GAP)
+    if "frame_gap" in options and options["frame_gap"] != legacy:
+        raise ValueError(f"{where}: options frame_gap={options['frame_gap']!r} and frame_skip={legacy!r} disagree "
+                         "(frame_skip is the old name of frame_gap; give frame_gap only)")
+    warnings.warn(f"{where}: option 'frame_skip' is deprecated, read as 'frame_gap'", DeprecationWarning, stacklevel=3)
+    options["frame_gap"] = legacy
+    return options
+
 
 # --------------------------------------------------------------------------- adapters
 
@@ -32,19 +62,21 @@ class AdapterBase:
 
     Subclasses set ``OPTIONS`` (name -> default). Unknown options are a clear
     error (a typo in a build config must not be silently ignored). Every
-    adapter accepts ``frame_skip`` (read every Nth frame, >= 1) and
+    adapter accepts ``frame_gap`` (read every Nth frame, >= 1; ``frame_skip``
+    is its deprecated alias) and
     ``hash_mode`` ("stat": names + sizes + mtimes of the scene's files, cheap
     for GB-sized raw files; "content": sha1 of their bytes via ``hash_files``).
     """
 
     kind: str = ""
     OPTIONS: dict[str, Any] = {}
-    _COMMON_OPTIONS: dict[str, Any] = {"frame_skip": 1, "hash_mode": "stat"}
+    _COMMON_OPTIONS: dict[str, Any] = {"frame_gap": 1, "hash_mode": "stat"}
 
     def __init__(self, path, name: Optional[str] = None, **options):
         self.path = Path(path)
         self.name = name or self.kind
         defaults = {**self._COMMON_OPTIONS, **self.OPTIONS}
+        options = resolve_frame_gap_alias(options, f"source '{self.name}' ({self.kind})")
         unknown = sorted(set(options) - set(defaults))
         if unknown:
             raise ValueError(
@@ -52,9 +84,9 @@ class AdapterBase:
                 f"known options: {sorted(defaults)}"
             )
         self.options = {**defaults, **options}
-        fs = self.options["frame_skip"]
-        if not isinstance(fs, int) or isinstance(fs, bool) or fs < 1:
-            raise ValueError(f"source '{self.name}' ({self.kind}): option frame_skip must be an integer >= 1, got {fs!r}")
+        gap = self.options["frame_gap"]
+        if not isinstance(gap, int) or isinstance(gap, bool) or gap < 1:
+            raise ValueError(f"source '{self.name}' ({self.kind}): option frame_gap must be an integer >= 1, got {gap!r}")
         if self.options["hash_mode"] not in HASH_MODES:
             raise ValueError(
                 f"source '{self.name}' ({self.kind}): option hash_mode must be one of {HASH_MODES}, "
@@ -74,16 +106,19 @@ class AdapterBase:
         return state
 
     @property
-    def frame_skip(self) -> int:
-        return int(self.options["frame_skip"])
+    def frame_gap(self) -> int:
+        return int(self.options["frame_gap"])
 
     def options_key(self) -> str:
         """The options as a stable string: part of every content hash, because
-        they change what ``load`` produces."""
+        they change what ``load`` produces. ``frame_gap`` is hashed under its
+        old name (``LEGACY_FRAME_GAP``), so stores built before the rename keep
+        their content hashes."""
         def show(v):
             return repr(str(v)) if isinstance(v, Path) else repr(v)  # Path("x") and "x" are one config
 
-        return f"{self.kind}|" + "|".join(f"{k}={show(self.options[k])}" for k in sorted(self.options))
+        named = hashed_options(self.options)
+        return f"{self.kind}|" + "|".join(f"{k}={show(named[k])}" for k in sorted(named))
 
     def ref(self, scene_id: str, files: Iterable[Path]) -> SceneRef:
         return SceneRef(self.name, scene_id, scene_hash(files, self.options_key(), self.options["hash_mode"]))

@@ -37,6 +37,7 @@ from scipy.spatial.transform import Rotation, Slerp
 from preprocess.scene import Frame, Scene
 from preprocess.geometry import rotvec_to_matrix
 from preprocess.sources._common import (
+    LEGACY_FRAME_GAP,
     AdapterBase,
     depth_from_raw,
     intrinsics,
@@ -128,7 +129,7 @@ def interpolate_pose(times: np.ndarray, poses: np.ndarray, t: float, max_gap: fl
 
 @register_source("arkitscenes")
 class ARKitScenesSource(AdapterBase):
-    """Options: frame_skip (1), use_sensor_depth (False), max_pose_dt (0.005 s),
+    """Options: frame_gap (1), use_sensor_depth (False), max_pose_dt (0.005 s),
     pose_interpolation (False), max_pose_gap (0.1 s, for interpolation), upright
     (True: turn frames of rotated videos sky-up), hash_mode ("stat")."""
 
@@ -155,7 +156,7 @@ class ARKitScenesSource(AdapterBase):
         if not wide.is_dir():
             return []
         imgs = sorted(wide.glob(f"{d.name}_*.png"), key=lambda p: self._timestamp(p))
-        return imgs[:: self.frame_skip]
+        return imgs[:: self.frame_gap]
 
     @staticmethod
     def _timestamp(p: Path) -> float:
@@ -225,6 +226,6 @@ class ARKitScenesSource(AdapterBase):
             frames.append(Frame(name=img.stem, rgb=rgb, K=K, pose=pose, depth=depth))
         scene = Scene(scene_id=ref.scene_id, source=self.name, points=points, frames=frames, mesh_path=mesh,
                       content_hash=ref.content_hash,
-                      meta={"dataset": "arkitscenes", "skipped_frames": skipped, "frame_skip": self.frame_skip,
+                      meta={"dataset": "arkitscenes", "skipped_frames": skipped, LEGACY_FRAME_GAP: self.frame_gap,
                             "quarter_turns_clockwise": turns})
         return scene.validate()

@@ -40,7 +40,7 @@ from typing import Optional
 from preprocess.habitat import CaptureSettings, find_hm3d_scene, make_capture_backend, read_category_map
 from preprocess.habitat.habitat_backend import habitat_available
 from preprocess.scene import Scene
-from preprocess.sources._common import AdapterBase, scene_hash
+from preprocess.sources._common import AdapterBase, hashed_options, scene_hash
 from preprocess.sources.base import SceneRef, SourceError, register_source
 from preprocess.atomic_file import atomic_write
 
@@ -103,7 +103,7 @@ class HM3DSource(AdapterBase):
     def options_key(self) -> str:
         """As the base class, minus ``cache_dir`` (where the room lists are
         cached does not change what ``load`` produces)."""
-        keep = {k: v for k, v in self.options.items() if k != "cache_dir"}
+        keep = {k: v for k, v in hashed_options(self.options).items() if k != "cache_dir"}
         return f"{self.kind}|" + "|".join(f"{k}={str(v)!r}" if isinstance(v, Path) else f"{k}={v!r}" for k, v in sorted(keep.items()))
 
     # ---------------------------------------------------------------- layout

@@ -106,7 +106,7 @@ def _load_npy(path: Path, scene: str) -> np.ndarray:
 
 @register_source("pointcept")
 class PointceptSource(AdapterBase):
-    """Options: frame_skip (1), splits (None = every top-level folder except
+    """Options: frame_gap (1), splits (None = every top-level folder except
     images/ and splits/), segment_key (None = first of segment20, segment,
     segment25, segment200), depth_scale (None = 1000 units per metre, 512 for
     the s3dis layout), read_depth (True), pose_convention (None = per layout;
@@ -331,7 +331,7 @@ class PointceptSource(AdapterBase):
         all_files = self._color_files(g)
         index = (self._structured3d_index(g, all_files, key, coord) if layout == "structured3d"
                  else list(range(len(all_files))))
-        chosen = list(range(len(all_files)))[:: self.frame_skip]
+        chosen = list(range(len(all_files)))[:: self.frame_gap]
         shared_K = self._shared_intrinsic(g, key) if layout == "generic" else None
         depth_scale = float(self.options["depth_scale"] or _DEPTH_SCALE.get(layout, 1000.0))
         frames, corrs, skipped, depth_mismatch = [], {}, [], []
@@ -428,12 +428,12 @@ def _safe(name: str) -> str:
 
 def _export_inputs(scene_or_processed: Union[Scene, ProcessedScene]) -> tuple[Scene, list, list[list[int]]]:
     """(scene, correspondence or None per frame, frame-index groups of the
-    split file). A ProcessedScene gives its own correspondences and segments;
+    split file). A ProcessedScene gives its own correspondences and image groups;
     a Scene its ``meta["correspondences"]`` by frame name and consecutive
     groups of 4 frames (as Pointcept's splits.py does)."""
     if isinstance(scene_or_processed, ProcessedScene):
-        segments = np.asarray(scene_or_processed.segments)
-        groups = [[int(j) for j in row] for row in segments.reshape(len(segments), -1)] if segments.size else []
+        image_groups = np.asarray(scene_or_processed.image_groups)
+        groups = [[int(j) for j in row] for row in image_groups.reshape(len(image_groups), -1)] if image_groups.size else []
         return scene_or_processed.scene, list(scene_or_processed.correspondences), groups
     scene = scene_or_processed
     by_name = scene.meta.get("correspondences") or {}
@@ -531,7 +531,7 @@ def export_pointcept(
     """Write a scene in the Pointcept/Concerto layout under ``out_dir`` and
     return the point-cloud folder.
 
-    For a ProcessedScene, its correspondences and segments (groups of 4 frames)
+    For a ProcessedScene, its correspondences and image groups (4 frames each)
     are written; for a Scene, correspondences come from
     ``scene.meta["correspondences"]`` if present, and the split file groups
     consecutive frames by 4 (as Pointcept's splits.py does). Depth (if any) is

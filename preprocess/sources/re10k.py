@@ -55,7 +55,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from preprocess.scene import Scene
-from preprocess.sources._common import AdapterBase, read_rgb, require_file, scene_hash
+from preprocess.sources._common import AdapterBase, hashed_options, read_rgb, require_file, scene_hash
 from preprocess.sources.base import SceneRef, SourceError, register_source
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ class Re10kSource(AdapterBase):
     groups_per_clip, seed, recipe ("released" | "paper"), and the lifting
     options of ``LiftOptions`` (conf_threshold, conf_percentile, target_height,
     height_percentile, voxel_size, max_points, require_floor; the "released"
-    recipe fixes the confidence and subsampling ones). ``frame_skip`` keeps every Nth
+    recipe fixes the confidence and subsampling ones). ``frame_gap`` keeps every Nth
     camera-file row before selection (gaps then count kept rows)."""
 
     OPTIONS = {
@@ -232,7 +232,7 @@ class Re10kSource(AdapterBase):
         return state
 
     def options_key(self) -> str:
-        opts = dict(self.options)
+        opts = hashed_options(self.options)
         lifter = opts["lifter"]
         opts["lifter"] = lifter if isinstance(lifter, str) else getattr(lifter, "name", type(lifter).__name__)
         opts.pop("device")  # where it runs does not change what it computes
@@ -271,8 +271,8 @@ class Re10kSource(AdapterBase):
 
     def read_clip(self, clip_id: str) -> Re10kClip:
         clip = parse_camera_file(self._camera_dir() / f"{clip_id}.txt", scene=self.key(clip_id))
-        if self.frame_skip > 1:
-            keep = slice(None, None, self.frame_skip)
+        if self.frame_gap > 1:
+            keep = slice(None, None, self.frame_gap)
             clip = Re10kClip(clip.clip_id, clip.url, clip.timestamps[keep], clip.intrinsics[keep], clip.w2c[keep])
         return clip
 

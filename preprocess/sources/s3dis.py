@@ -45,6 +45,7 @@ import numpy as np
 from preprocess.atomic_file import atomic_write
 from preprocess.scene import Frame, PointCloud, Scene
 from preprocess.sources._common import (
+    LEGACY_FRAME_GAP,
     AdapterBase,
     depth_from_raw,
     estimate_normals,
@@ -114,7 +115,7 @@ def read_object_txt(path: Path, scene: str) -> np.ndarray:
 
 @register_source("s3dis")
 class S3DISSource(AdapterBase):
-    """Options: frame_skip (1), images_root (None: point clouds only),
+    """Options: frame_gap (1), images_root (None: point clouds only),
     use_sensor_depth (False), mesh_cache_dir (None: ~/.cache/concerto/s3dis_meshes),
     mesh_margin (0.1 m), normal_neighbours (16), hash_mode ("stat")."""
 
@@ -146,7 +147,7 @@ class S3DISSource(AdapterBase):
 
     def _frame_files(self, room_dir: Path) -> list[tuple[str, Path, Path, Path, bool]]:
         """(frame name, rgb, pose json, depth png, from area_5b) of the room's images, sorted,
-        every frame_skip-th."""
+        every frame_gap-th."""
         if self.options["images_root"] is None:
             return []
         room, area = room_dir.name, room_dir.parent.name
@@ -164,7 +165,7 @@ class S3DISSource(AdapterBase):
                               adir / "data" / "pose" / f"{stem}_pose.json", adir / "data" / "depth" / f"{stem}_depth.png",
                               adir.name.endswith("5b")))
         found.sort(key=lambda t: t[0])
-        return [t[1:] for t in found][:: self.frame_skip]
+        return [t[1:] for t in found][:: self.frame_gap]
 
     def _area_mesh_files(self, area: str) -> list[Path]:
         if self.options["images_root"] is None:
@@ -210,7 +211,7 @@ class S3DISSource(AdapterBase):
         if frames and not self.options["use_sensor_depth"]:
             mesh_path = self._room_mesh(room, points.coord, key, ref.content_hash)
         scene = Scene(scene_id=ref.scene_id, source=self.name, points=points, frames=frames, mesh_path=mesh_path,
-                      content_hash=ref.content_hash, meta={"dataset": "s3dis", "frame_skip": self.frame_skip, "skipped_frames": skipped})
+                      content_hash=ref.content_hash, meta={"dataset": "s3dis", LEGACY_FRAME_GAP: self.frame_gap, "skipped_frames": skipped})
         return scene.validate()
 
     def _points(self, room: Path, key: str) -> PointCloud:

@@ -40,6 +40,7 @@ import numpy as np
 
 from preprocess.scene import Frame, Scene
 from preprocess.sources._common import (
+    LEGACY_FRAME_GAP,
     AdapterBase,
     decode_rgb,
     fill_holes_min,
@@ -261,7 +262,7 @@ def instances_from_aggregation(num_points: int, segs_path: Path, agg_path: Path,
 
 @register_source("scannet")
 class ScanNetSource(AdapterBase):
-    """Options: frame_skip (1), use_sensor_depth (False), labels ("scannet20" |
+    """Options: frame_gap (1), use_sensor_depth (False), labels ("scannet20" |
     "scannet200" | "nyu40" | "none"), label_map (None: <path>/scannetv2-labels.combined.tsv,
     or its parent's; used by scannet200), hash_mode ("stat")."""
 
@@ -333,14 +334,14 @@ class ScanNetSource(AdapterBase):
         scene = Scene(
             scene_id=ref.scene_id, source=self.name, points=points, frames=frames,
             mesh_path=files["mesh"], content_hash=ref.content_hash,
-            meta={"dataset": "scannet", "skipped_frames": skipped, "frame_skip": self.frame_skip},
+            meta={"dataset": "scannet", "skipped_frames": skipped, LEGACY_FRAME_GAP: self.frame_gap},
         )
         return scene.validate()
 
     def _frames(self, sens: Path, key: str) -> tuple[list[Frame], list[str]]:
         with open(sens, "rb") as f:
             header = read_sens_header(f, key, sens)
-        wanted = set(range(0, header.num_frames, self.frame_skip))
+        wanted = set(range(0, header.num_frames, self.frame_gap))
         header, raw_frames = read_sens(sens, key, wanted)
         K = header.intrinsic_color[:3, :3].astype(np.float32)
         K_depth = header.intrinsic_depth[:3, :3].astype(np.float64)

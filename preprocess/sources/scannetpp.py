@@ -45,6 +45,7 @@ import numpy as np
 from preprocess.scene import Frame, Scene
 from preprocess.geometry import quaternion_to_matrix
 from preprocess.sources._common import (
+    LEGACY_FRAME_GAP,
     AdapterBase,
     intrinsics,
     point_cloud_from_ply,
@@ -140,7 +141,7 @@ def scale_intrinsics(K: np.ndarray, hw_from: tuple[int, int], hw_to: tuple[int, 
 
 @register_source("scannetpp")
 class ScanNetPPSource(AdapterBase):
-    """Options: frame_skip (1), image_dir ("undistorted_images", the toolkit's
+    """Options: frame_gap (1), image_dir ("undistorted_images", the toolkit's
     default), mask_dir ("undistorted_anon_masks"), transforms
     ("nerfstudio/transforms_undistorted.json"), distorted_image_dir
     ("resized_images"; used, and undistorted here, only when image_dir is
@@ -200,7 +201,7 @@ class ScanNetPPSource(AdapterBase):
         img_dir, distorted = self._images_dir(files)
         require_dir(key, img_dir, "DSLR images (undistorted, or the fisheye resized_images)")
         poses = read_colmap_images(files["images_txt"], key)
-        names = sorted(poses)[:: self.frame_skip]
+        names = sorted(poses)[:: self.frame_gap]
         pinhole = None
         if not distorted and files["transforms"].is_file():
             pinhole = read_transforms_intrinsics(files["transforms"], key)
@@ -240,7 +241,7 @@ class ScanNetPPSource(AdapterBase):
             raise SourceError(key, str(img_dir / names[0]), f"none of the {len(names)} images listed in images.txt exist")
         scene = Scene(scene_id=ref.scene_id, source=self.name, points=points, frames=frames, mesh_path=files["mesh"],
                       content_hash=ref.content_hash,
-                      meta={"dataset": "scannetpp", "frame_skip": self.frame_skip, "undistorted_here": distorted,
+                      meta={"dataset": "scannetpp", LEGACY_FRAME_GAP: self.frame_gap, "undistorted_here": distorted,
                             "skipped_frames": skipped, "invalid_pixels": invalid})
         return scene.validate()
 

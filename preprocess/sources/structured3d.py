@@ -163,7 +163,7 @@ class DatasetFiles:
 
 @register_source("structured3d")
 class Structured3DSource(AdapterBase):
-    """Options: frame_skip (1), min_view_cosine (0.15: drop points seen at
+    """Options: frame_gap (1), min_view_cosine (0.15: drop points seen at
     grazing angles, where depth edges smear), voxel_size (None: keep every
     pixel's point; else keep one point per voxel of this size in metres),
     keep_unlabelled (False: semantic 0 pixels give no point), skip_errata (True),
@@ -183,7 +183,7 @@ class Structured3DSource(AdapterBase):
 
     def _positions(self, scene: str, room: str) -> list[tuple[str, dict[str, str]]]:
         positions = self._files().rooms[(scene, room)]
-        names = sorted(positions, key=lambda p: (len(p), p))[:: self.frame_skip]
+        names = sorted(positions, key=lambda p: (len(p), p))[:: self.frame_gap]
         return [(p, positions[p]) for p in names]
 
     def discover(self) -> list[SceneRef]:
