@@ -31,7 +31,7 @@ from concerto.patches import normalize_image, pixel_to_patch, prepare_image
 
 
 class ShuffledCorrespondences:
-    """A store (``__len__``, ``__getitem__``, ``segments_by_shard``) whose ``corr_point`` indices
+    """A store (``__len__``, ``__getitem__``, ``samples_by_shard``) whose ``corr_point`` indices
     go through a fixed random permutation of the scene's points (seeded by ``seed`` and the scene key)."""
 
     def __init__(self, store, seed: int = 0):
@@ -42,8 +42,8 @@ class ShuffledCorrespondences:
     def __len__(self) -> int:
         return len(self.store)
 
-    def segments_by_shard(self):
-        return self.store.segments_by_shard()
+    def samples_by_shard(self):
+        return self.store.samples_by_shard()
 
     def __getitem__(self, i: int) -> dict:
         raw = dict(self.store[i])
