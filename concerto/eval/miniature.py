@@ -235,6 +235,8 @@ def bars(path: Path, summary: dict, split: str) -> Path:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from concerto.eval.teacher2d import TeacherSpec, lift_features, make_teacher
+
     ap = argparse.ArgumentParser(prog="python -m concerto.eval.miniature", description=__doc__.split("\n\n")[0])
     ap.add_argument("--output", default="runs/miniature")
     ap.add_argument("--pretrain-rooms", type=int, default=24)
@@ -244,10 +246,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--teacher-rooms", type=int, default=24)
     ap.add_argument("--teacher-val-rooms", type=int, default=6)
     ap.add_argument("--teacher-seed", type=int, default=1000)
-    ap.add_argument("--teacher-epochs", type=int, default=20)
-    ap.add_argument("--teacher-image-size", type=int, default=112)
-    ap.add_argument("--teacher-hidden", type=int, default=64)
-    ap.add_argument("--teacher-layers", type=int, default=3)
+    ap.add_argument("--teacher-epochs", type=int, default=TeacherSpec.epochs)
+    ap.add_argument("--teacher-image-size", type=int, default=TeacherSpec.image_size)
+    ap.add_argument("--teacher-hidden", type=int, default=TeacherSpec.hidden_size)
+    ap.add_argument("--teacher-layers", type=int, default=TeacherSpec.num_hidden_layers)
     ap.add_argument("--palette", default="instance", choices=("class", "instance"))
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--height", type=int, default=240)
@@ -269,7 +271,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     from concerto.data import open_store
     from concerto.eval.linear_probe import extract_features
     from concerto.eval.scenes import class_names_for, read_labelled_scenes
-    from concerto.eval.teacher2d import TeacherSpec, lift_features, make_teacher
     from concerto.image_encoder import ImageEncoder
     from concerto.inference import load, random_encoder
 

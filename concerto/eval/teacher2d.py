@@ -45,10 +45,10 @@ class TeacherSpec:
 
     image_size: int = 112  # multiple of 14: 112 -> 8 x 8 patches
     hidden_size: int = 64
-    num_hidden_layers: int = 4
+    num_hidden_layers: int = 3
     num_attention_heads: int = 4
     intermediate_size: int = 128
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -318,11 +318,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--height", type=int, default=240)
-    ap.add_argument("--palette", default="class", choices=("class", "instance"))
-    ap.add_argument("--image-size", type=int, default=112)
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--palette", default="instance", choices=("class", "instance"))
+    ap.add_argument("--image-size", type=int, default=TeacherSpec.image_size)
+    ap.add_argument("--hidden", type=int, default=TeacherSpec.hidden_size)
+    ap.add_argument("--layers", type=int, default=TeacherSpec.num_hidden_layers)
+    ap.add_argument("--epochs", type=int, default=TeacherSpec.epochs)
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     spec = TeacherSpec(image_size=args.image_size, hidden_size=args.hidden, num_hidden_layers=args.layers,
