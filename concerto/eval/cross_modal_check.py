@@ -27,7 +27,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from concerto.patches import normalize_image, pixel_to_patch, prepare_image
+from concerto.eval.teacher2d import sample_patch_features
 
 
 class ShuffledCorrespondences:
@@ -67,20 +67,14 @@ def patch_agreement(backbone: torch.nn.Module, predictor: torch.nn.Module, image
     n_groups = len(store) if max_groups is None else min(len(store), max_groups)
     for i in range(n_groups):
         raw = store[i]
-        rgbs = list(raw["rgb"] or [])
-        if not rgbs:
+        if not raw["rgb"]:
             continue
         feat = torch.from_numpy(enc.embed(raw["coord"], raw["color"], raw["normal"]))
-        images = torch.stack([normalize_image(prepare_image(np.asarray(r), grid, "bilinear"),
-                                              image_encoder.mean, image_encoder.std) for r in rgbs])
-        teacher = image_encoder(images).float().reshape(len(rgbs), grid.num_patches, -1)
-        for v, rgb in enumerate(rgbs):
-            pts = torch.from_numpy(np.asarray(raw["corr_point"][v], np.int64))
-            patch = torch.from_numpy(pixel_to_patch(np.asarray(raw["corr_pixel"][v]), np.asarray(rgb).shape[:2], grid))
-            ok = patch >= 0
-            pts, patch = pts[ok], patch[ok]
+        teacher, pairs = sample_patch_features(image_encoder, raw)
+        for v, (pts, patch) in enumerate(pairs):
             if len(pts) == 0:
                 continue
+            pts, patch = torch.from_numpy(pts), torch.from_numpy(patch)
             sums = feat.new_zeros((grid.num_patches, feat.shape[1])).index_add_(0, patch, feat[pts])
             count = torch.bincount(patch, minlength=grid.num_patches)
             used = count > 0

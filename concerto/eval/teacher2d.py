@@ -264,6 +264,25 @@ def make_teacher(out, rooms: int = 24, val_rooms: int = 6, seed: int = 1000, fra
 
 
 @torch.no_grad()
+def sample_patch_features(encoder, raw: dict, crop: str = "grid_multiple", batch: int = 16
+                          ) -> tuple[torch.Tensor, list[tuple[np.ndarray, np.ndarray]]]:
+    """One stored sample's images through ``encoder`` (an ``ImageEncoder``, the training crop):
+    (patch features float [V, P, C], per image (point indices int64 [M], patch ids int64 [M]) of
+    its stored correspondences that land inside the crop)."""
+    grid = encoder.grid
+    rgbs = [np.asarray(rgb) for rgb in (raw["rgb"] or [])]
+    images = torch.stack([normalize_image(prepare_image(rgb, grid, "bilinear", crop), encoder.mean, encoder.std)
+                          for rgb in rgbs])
+    feats = torch.cat([encoder(images[s:s + batch]) for s in range(0, len(images), batch)]).float()
+    pairs = []
+    for v, rgb in enumerate(rgbs):
+        pts = np.asarray(raw["corr_point"][v], np.int64)
+        patch = pixel_to_patch(np.asarray(raw["corr_pixel"][v]), rgb.shape[:2], grid, crop)
+        ok = patch >= 0
+        pairs.append((pts[ok], patch[ok]))
+    return feats.reshape(len(rgbs), grid.num_patches, -1), pairs
+
+
 def lift_features(encoder, store, keys: Optional[Sequence[str]] = None, progress: bool = True,
                   crop: str = "grid_multiple", batch: int = 16) -> dict[str, np.ndarray]:
     """{scene key: float32 [N, C + 1]}: per point the mean of ``encoder``'s (an ``ImageEncoder``) patch
@@ -278,7 +297,6 @@ def lift_features(encoder, store, keys: Optional[Sequence[str]] = None, progress
         from tqdm import tqdm
 
         indices = tqdm(indices, desc="lift 2D features", unit="group", dynamic_ncols=True)
-    grid = encoder.grid
     for i in indices:
         raw = store[i]
         key = raw["key"]
@@ -288,19 +306,13 @@ def lift_features(encoder, store, keys: Optional[Sequence[str]] = None, progress
         if key not in sums:
             sums[key] = np.zeros((n, encoder.channels), np.float64)
             counts[key] = np.zeros(n, np.int64)
-        rgbs = list(raw["rgb"] or [])
-        if not rgbs:
+        if not raw["rgb"]:
             continue
-        images = torch.stack([normalize_image(prepare_image(np.asarray(rgb), grid, "bilinear", crop),
-                                              encoder.mean, encoder.std) for rgb in rgbs])
-        feats = torch.cat([encoder(images[s:s + batch]) for s in range(0, len(images), batch)]).numpy()
-        feats = feats.reshape(len(rgbs), -1, feats.shape[-1])
-        for v, rgb in enumerate(rgbs):
-            pts = np.asarray(raw["corr_point"][v], np.int64)
-            patch = pixel_to_patch(np.asarray(raw["corr_pixel"][v]), np.asarray(rgb).shape[:2], grid, crop)
-            ok = patch >= 0
-            np.add.at(sums[key], pts[ok], feats[v][patch[ok]])
-            np.add.at(counts[key], pts[ok], 1)
+        feats, pairs = sample_patch_features(encoder, raw, crop, batch)
+        feats = feats.numpy()
+        for v, (pts, patch) in enumerate(pairs):
+            np.add.at(sums[key], pts, feats[v][patch])
+            np.add.at(counts[key], pts, 1)
     out = {}
     for key, s in sums.items():
         c = counts[key]
