@@ -22,7 +22,7 @@ depth D there is valid and |D - z| < eps, with one default eps
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -295,14 +295,26 @@ def depth_visibility(points: np.ndarray, K: np.ndarray, pose: np.ndarray, depth:
 
 # --- point clouds -------------------------------------------------------------
 
-def pca_normals(points: np.ndarray, k: int) -> np.ndarray:
+def pca_normals(points: np.ndarray, k: int, block: Optional[int] = None,
+                on_block: Optional[Callable[[int], None]] = None) -> np.ndarray:
     """[N, 3] unit normals, sign arbitrary: the smallest-eigenvalue eigenvector of
-    the covariance of each point's k nearest neighbours (points float64 [N, 3])."""
+    the covariance of each point's k nearest neighbours (points float64 [N, 3]).
+
+    ``block``: query that many points at a time (one tree for all), so the
+    [block, k, 3] neighbour array bounds the memory; the result is the same.
+    ``on_block(n)`` is called after each block with the points it finished (progress)."""
     from scipy.spatial import cKDTree
 
-    _, nn = cKDTree(points, balanced_tree=False, compact_nodes=False).query(points, k=k)
-    nbrs = points[nn]  # [N, k, 3]
-    centred = nbrs - nbrs.mean(axis=1, keepdims=True)
-    cov = centred.transpose(0, 2, 1) @ centred  # batched 3x3: fine with matmul
-    _, vecs = np.linalg.eigh(cov)
-    return vecs[:, :, 0]  # eigenvector of the smallest eigenvalue
+    tree = cKDTree(points, balanced_tree=False, compact_nodes=False)
+    step = max(1, len(points) if block is None else int(block))
+    out = np.empty((len(points), 3), np.float64)
+    for s in range(0, len(points), step):
+        _, nn = tree.query(points[s:s + step], k=k)
+        nbrs = points[nn]  # [B, k, 3]
+        centred = nbrs - nbrs.mean(axis=1, keepdims=True)
+        cov = centred.transpose(0, 2, 1) @ centred  # batched 3x3: fine with matmul
+        _, vecs = np.linalg.eigh(cov)
+        out[s:s + step] = vecs[:, :, 0]  # eigenvector of the smallest eigenvalue
+        if on_block is not None:
+            on_block(len(nn))
+    return out

@@ -166,12 +166,14 @@ def splat(u: np.ndarray, v: np.ndarray, depth: np.ndarray, rgb: np.ndarray, widt
 
 
 def render(coord: np.ndarray, rgb: np.ndarray, view: str = "top", size: tuple[int, int] = (480, 360),
-           radius: int = 1, max_height: Optional[float] = None, highlight: Optional[int] = None) -> np.ndarray:
+           radius: int = 1, max_height: Optional[float] = None, highlight: Optional[int] = None,
+           azimuth_deg: float = -60.0, elevation_deg: float = 35.0) -> np.ndarray:
     """uint8 [H, W, 3] picture of the coloured cloud (size = (width, height)).
 
     ``max_height``: points higher than min z + max_height metres are not drawn
     (cuts a ceiling off so a room's inside shows). ``highlight``: index of a
     point drawn as a large black-ringed marker on top (a similarity query).
+    ``azimuth_deg`` / ``elevation_deg``: the perspective camera's direction (see ``project``).
     """
     coord = np.asarray(coord, np.float64)
     rgb = np.asarray(rgb, np.float32)
@@ -182,7 +184,7 @@ def render(coord: np.ndarray, rgb: np.ndarray, view: str = "top", size: tuple[in
     if max_height is not None:
         keep = coord[:, 2] <= coord[:, 2].min() + max_height
     # project everything (the framing does not depend on the cut), draw the kept points
-    u, v, depth = project(coord, view, width, height)
+    u, v, depth = project(coord, view, width, height, azimuth_deg=azimuth_deg, elevation_deg=elevation_deg)
     image = splat(u[keep], v[keep], depth[keep], rgb[keep], width, height, radius)
     if highlight is not None and np.isfinite(depth[highlight]):
         for r, colour in ((radius + 5, (0, 0, 0)), (radius + 3, (255, 255, 255)), (radius + 1, (255, 0, 255))):
