@@ -192,17 +192,49 @@ def run_chunked(coord: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], grid_
 def embed_scan(encoder, coord: np.ndarray, color: Optional[np.ndarray], normal: Optional[np.ndarray],
                grid_size: Optional[float] = None, max_points: Optional[int] = None, overlap: float = 1.0,
                progress: bool = False) -> tuple[np.ndarray, ChunkInfo]:
-    """float32 [N, C] features of one cloud (``Encoder.embed``), in tiles when ``max_points`` is given."""
+    """float32 [N, C] features of one cloud (``Encoder.embed``), in tiles when ``max_points`` is given.
+
+    Tiles are run in the whole cloud's frame: the same centre shift, voxel
+    boundaries and grid coordinates as one pass over everything, so a tile
+    differs from the whole only by what lies outside it (its attention windows
+    and convolutions see less); one tile holding everything gives ``embed``'s
+    result exactly.
+    """
     gs = encoder.grid_size if grid_size is None else float(grid_size)
-
-    def fn(rows):
-        return encoder.embed(coord[rows], None if color is None else color[rows],
-                             None if normal is None else normal[rows], grid_size=gs, progress=False)
-
     if max_points is None:
         return encoder.embed(coord, color, normal, grid_size=gs, progress=None if progress else False), \
             ChunkInfo(1, _voxel_count(coord, gs))
+    prepare = tile_preparer(coord, color, normal, gs, encoder.color_range)
+
+    def fn(rows):
+        prep = prepare(rows)
+        return encoder._forward([prep]).cpu().numpy()[prep.inverse]
+
     return run_chunked(coord, fn, gs, max_points, overlap, progress)
+
+
+def tile_preparer(coord: np.ndarray, color: Optional[np.ndarray], normal: Optional[np.ndarray], grid_size: float,
+                  color_range: str = "unit") -> Callable[[np.ndarray], "PreparedCloud"]:
+    """``prepare(rows)`` -> the model input (``concerto.inference.PreparedCloud``) of the points ``rows`` of
+    the cloud, in the whole cloud's frame: its centre shift, voxel boundaries and grid coordinates. With every
+    row it equals ``concerto.inference.prepare_cloud`` of the cloud."""
+    from concerto.inference import PreparedCloud, canonical_grid_sample, center_shift, input_features
+
+    shifted = center_shift(np.asarray(coord, np.float32))
+    n = len(shifted)
+    color = np.zeros((n, 3), np.float32) if color is None else color
+    normal = np.zeros((n, 3), np.float32) if normal is None else np.asarray(normal, np.float32)
+    cell_min = np.floor(shifted.astype(np.float64) / grid_size).astype(np.int64).min(0)
+
+    def prepare(rows: np.ndarray) -> PreparedCloud:
+        c = shifted[rows]
+        feat = input_features(c, color[rows], normal[rows], color_range)
+        chosen, grid, inverse = canonical_grid_sample(c, feat[:, 3:], grid_size)
+        # canonical_grid_sample puts the tile's corner at 0: move it back to its place in the whole grid
+        grid = grid + (np.floor(c.astype(np.float64) / grid_size).astype(np.int64).min(0) - cell_min).astype(np.int32)
+        return PreparedCloud(c[chosen], feat[chosen], grid, inverse)
+
+    return prepare
 
 
 # ----------------------------------------------------------------------------- fewer channels

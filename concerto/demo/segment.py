@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from concerto.demo import options
-from concerto.demo.features import DemoError, run_chunked
+from concerto.demo.features import DemoError, run_chunked, tile_preparer
 from concerto.demo.figures import class_colours, legend, stack, with_title
 
 # class names of the ScanNet 20-class benchmark, in label order (the released heads' "_sc" classes)
@@ -119,39 +119,35 @@ def load_head(path, backbone=None, class_names: Optional[Sequence[str]] = None, 
 
 
 @torch.inference_mode()
-def predict_logits(model, coord: np.ndarray, color: Optional[np.ndarray], normal: Optional[np.ndarray],
-                   grid_size: float) -> np.ndarray:
-    """float32 [N, K] logits of every input point: one pass over the canonical voxel representatives."""
-    from concerto.inference import prepare_cloud
-
-    prep = prepare_cloud(coord, color, normal, grid_size, color_range="unit")
+def logits_of(model, prep) -> np.ndarray:
+    """float32 [M, K] logits of the rows of a ``PreparedCloud`` (one per voxel)."""
     dev = next(model.parameters()).device
     logits = model(torch.from_numpy(prep.coord).to(dev), torch.from_numpy(prep.feat).to(dev),
                    torch.from_numpy(prep.grid_coord).to(dev), torch.tensor([len(prep.coord)], device=dev))
-    return logits.float().cpu().numpy()[prep.inverse]
+    return logits.float().cpu().numpy()
 
 
 def predict_labels(head: Head, coord, color, normal, grid_size: float, tta: bool = False,
                    max_points: Optional[int] = None, overlap: float = 1.0, progress: bool = False) -> np.ndarray:
     """int64 [N] class of every point (tiles of ``max_points`` voxels when given; see module doc)."""
+    prepare = tile_preparer(coord, color, normal, grid_size, "unit")  # colour / 255, as concerto.eval.segment
     n = len(coord)
-    color = np.zeros((n, 3), np.uint8) if color is None and tta else color
-    normal = np.zeros((n, 3), np.float32) if normal is None and tta else normal
 
     def fn(rows):
-        c = None if color is None else color[rows]
-        nr = None if normal is None else normal[rows]
         if tta:
             from types import SimpleNamespace
 
             from concerto.eval.trainer import predict_scene
 
             dev = next(head.model.parameters()).device
-            return predict_scene(head.model, SimpleNamespace(coord=coord[rows], color=c, normal=nr), "full",
-                                 device=dev)
-        return predict_logits(head.model, coord[rows], c, nr, grid_size).argmax(1)
+            scene = SimpleNamespace(coord=coord[rows], color=np.zeros((len(rows), 3)) if color is None else color[rows],
+                                    normal=np.zeros((len(rows), 3)) if normal is None else normal[rows])
+            return predict_scene(head.model, scene, "full", device=dev)
+        prep = prepare(rows)
+        return logits_of(head.model, prep).argmax(1)[prep.inverse]
 
     labels, _ = run_chunked(coord, fn, grid_size, max_points, overlap, progress)
+    assert len(labels) == n
     return labels.astype(np.int64)
 
 
