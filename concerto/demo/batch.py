@@ -28,7 +28,8 @@ from concerto.demo.scan import find_scans
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("batch", help="features of many scans, batched: .npy per scan",
-                       description=__doc__.split("\n\n")[0])
+                       description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scans", nargs="+", help="scan files or folders of them")
     p.add_argument("--batch-size", type=int, default=4, help="scans per forward pass")
     p.add_argument("--pca-dims", type=int, default=None, help="keep this many channels (one PCA over all scans)")

@@ -19,7 +19,8 @@ from concerto.demo.figures import with_title
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("pca", help="PCA colours of a scan's features: PLY + PNG", description=__doc__.split("\n\n")[0])
+    p = sub.add_parser("pca", help="PCA colours of a scan's features: PLY + PNG", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scan", help="PLY, NPY, NPZ, PTH or a Pointcept scene folder")
     options.add_encoder_options(p)
     options.add_input_options(p)

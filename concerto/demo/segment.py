@@ -153,7 +153,8 @@ def predict_labels(head: Head, coord, color, normal, grid_size: float, tta: bool
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="semantic segmentation with a head checkpoint: PLY + PNG + class counts",
-                       description=__doc__.split("\n\n")[0])
+                       description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scan", help="PLY, NPY, NPZ, PTH or a Pointcept scene folder")
     p.add_argument("--head", required=True,
                    help="segmentor.pth of concerto.eval.segment, or a released linear head (then --checkpoint)")

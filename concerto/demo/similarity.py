@@ -25,7 +25,8 @@ from concerto.demo.figures import colour_bar, stack, with_title
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("similarity", help="cosine-similarity heat map to a query point: PLY + PNG",
-                       description=__doc__.split("\n\n")[0])
+                       description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scan", help="PLY, NPY, NPZ, PTH or a Pointcept scene folder")
     q = p.add_mutually_exclusive_group()
     q.add_argument("--query", default=None, help="x,y,z in metres: the nearest input point is the query")

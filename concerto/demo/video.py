@@ -23,7 +23,8 @@ from concerto.demo.features import DemoError
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("pca-video", help="turntable of PCA colours: PNG frames + GIF",
-                       description=__doc__.split("\n\n")[0])
+                       description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scan", help="PLY, NPY, NPZ, PTH or a Pointcept scene folder")
     p.add_argument("--frames", type=int, default=36)
     p.add_argument("--elevation", type=float, default=35.0, help="camera elevation in degrees")
