@@ -369,6 +369,8 @@ def written(path, data: bytes):
      "badcol.npz: field 'color' has shape [3, 3], expected [4, 3]"),
     (lambda d: written(d / "x.las", b"LASF"), "x.las: unknown scan format '.las'"),
     (lambda d: written(d / "junk.ply", b"not a ply"), "junk.ply: not a readable PLY file"),
+    (lambda d: written(d / "cut.npz", b"PK\x03\x04 truncated"), "cut.npz: not a readable .npz file"),
+    (lambda d: written(d / "text.npy", b"1 2 3"), "text.npy: not a readable .npy file"),
 ])
 def test_bad_scans_fail_with_one_line_naming_file_and_field(tmp_path, capsys, make, message):
     path = make(tmp_path)

@@ -24,7 +24,7 @@ def add_encoder_options(p: argparse.ArgumentParser, required: bool = True) -> No
                    help="run folder, state.pt, official-layout .pth, released name (sonata, concerto_base, ...), "
                         "or 'random' (a seeded random --config encoder, for trying the commands)")
     g.add_argument("--config", default="tiny", help="preset of --checkpoint random: tiny | base | large")
-    g.add_argument("--seed", type=int, default=0, help="seed of --checkpoint random")
+    g.add_argument("--seed", type=int, default=0, help="seed of --checkpoint random and of --mesh-samples")
     g.add_argument("--levels", type=int, default=2,
                    help="encoder stages concatenated from the deepest up (2: the official demos' features; "
                         "fewer gives fewer channels)")

@@ -231,18 +231,20 @@ def read_scan(path: Union[str, os.PathLike], mesh_samples: Optional[int] = None,
         return _read_ply(path, mesh_samples, seed)
     if suffix == ".npy":
         try:
-            arr = np.load(path, allow_pickle=False)
-        except ValueError:  # a pickled dict (np.save of a dict): the user's own file
-            arr = np.load(path, allow_pickle=True)
-        except OSError as exc:
-            raise ScanError(f"{path}: not a readable .npy file ({exc})") from exc
+            try:
+                arr = np.load(path, allow_pickle=False)
+            except ValueError:  # a pickled dict (np.save of a dict): the user's own file
+                arr = np.load(path, allow_pickle=True)
+        except Exception as exc:  # noqa: BLE001 - truncated, not numpy, a broken pickle
+            raise ScanError(f"{path}: not a readable .npy file ({type(exc).__name__}: {exc})") from exc
         return _from_array(path, arr)
     if suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as z:
-                return _from_dict(path, {k: z[k] for k in z.files})
-        except (OSError, ValueError) as exc:
-            raise ScanError(f"{path}: not a readable .npz file ({exc})") from exc
+                arrays = {k: z[k] for k in z.files}
+        except Exception as exc:  # noqa: BLE001 - not a zip, truncated, pickled members
+            raise ScanError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from exc
+        return _from_dict(path, arrays)
     if suffix == ".pth":
         return _read_pth(path)
     raise ScanError(f"{path}: unknown scan format {suffix!r}; expected one of {', '.join(SUFFIXES)} "
