@@ -24,7 +24,8 @@ def room(n=3000, seed=0, size=(3.0, 2.5, 2.2)):
     c = rng.uniform(0, 1, (n, 3)) * size
     side = rng.integers(0, 5, n)
     normal = np.zeros((n, 3))
-    for s, (axis, value, sign) in enumerate([(2, 0.0, 1), (0, 0.0, 1), (0, size[0], -1), (1, 0.0, 1), (1, size[1], -1)]):
+    surfaces = [(2, 0.0, 1), (0, 0.0, 1), (0, size[0], -1), (1, 0.0, 1), (1, size[1], -1)]  # (axis, at, inward)
+    for s, (axis, value, sign) in enumerate(surfaces):
         c[side == s, axis] = value
         normal[side == s, axis] = sign
     color = (rng.uniform(0, 1, (n, 3)) * 255).astype(np.uint8)

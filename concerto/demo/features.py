@@ -126,7 +126,8 @@ def _voxel_count(coord: np.ndarray, grid_size: float) -> int:
     return len(np.unique((cell[:, 0] * dims[1] + cell[:, 1]) * dims[2] + cell[:, 2]))
 
 
-def plan_chunks(coord: np.ndarray, grid_size: float, max_points: int, overlap: float) -> list[tuple[np.ndarray, np.ndarray]]:
+def plan_chunks(coord: np.ndarray, grid_size: float, max_points: int,
+                overlap: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """Tiles of ``coord`` [N, 3] as (core rows, context rows) int64, sorted.
 
     The cores partition the points (every point in exactly one); a context is

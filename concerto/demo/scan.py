@@ -86,7 +86,8 @@ def _check_color(path: Path, color, n: int, notes: list[str]) -> Optional[np.nda
     if not np.isfinite(arr).all():
         raise ScanError(f"{path}: field 'color' has NaN or infinite values")
     if arr.min() < 0 or arr.max() > 255:
-        raise ScanError(f"{path}: field 'color' has values in [{arr.min():g}, {arr.max():g}], expected 0..255 (or 0..1)")
+        raise ScanError(f"{path}: field 'color' has values in [{arr.min():g}, {arr.max():g}], "
+                        f"expected 0..255 (or 0..1)")
     if arr.max() <= 1.0:
         notes.append(f"{path.name}: colour values are in 0..1; scaled to 0..255")
         arr = arr * 255.0
@@ -221,7 +222,8 @@ def read_scan(path: Union[str, os.PathLike], mesh_samples: Optional[int] = None,
     path = Path(path)
     if path.is_dir():
         if not (path / "coord.npy").is_file():
-            raise ScanError(f"{path}: a folder without coord.npy (the Pointcept layout: coord.npy, color.npy, normal.npy)")
+            raise ScanError(f"{path}: a folder without coord.npy "
+                            f"(the Pointcept layout: coord.npy, color.npy, normal.npy)")
         parts = {k: np.load(path / f"{k}.npy") for k in ("coord", "color", "normal") if (path / f"{k}.npy").is_file()}
         return make_scan(path, parts["coord"], parts.get("color"), parts.get("normal"))
     if not path.is_file():
@@ -258,8 +260,8 @@ def find_scans(inputs: Sequence[Union[str, os.PathLike]]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir() and not (p / "coord.npy").is_file():
-            found = sorted(q for q in p.iterdir()
-                           if (q.is_file() and q.suffix.lower() in SUFFIXES) or (q.is_dir() and (q / "coord.npy").is_file()))
+            found = sorted(q for q in p.iterdir() if (q.is_file() and q.suffix.lower() in SUFFIXES)
+                           or (q.is_dir() and (q / "coord.npy").is_file()))
             if not found:
                 raise ScanError(f"{p}: a folder with no scans ({', '.join(SUFFIXES)} files or Pointcept folders)")
             out.extend(found)
