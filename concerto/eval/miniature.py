@@ -250,6 +250,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--teacher-image-size", type=int, default=TeacherSpec.image_size)
     ap.add_argument("--teacher-hidden", type=int, default=TeacherSpec.hidden_size)
     ap.add_argument("--teacher-layers", type=int, default=TeacherSpec.num_hidden_layers)
+    ap.add_argument("--teacher-class-balance", type=float, default=TeacherSpec.class_balance,
+                    help="cross-entropy class weights ~ frequency ** -this")
     ap.add_argument("--palette", default="instance", choices=("class", "instance"))
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--height", type=int, default=240)
@@ -297,7 +299,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     t0 = time.perf_counter()
     spec = TeacherSpec(image_size=args.teacher_image_size, hidden_size=args.teacher_hidden,
                        num_hidden_layers=args.teacher_layers, num_attention_heads=max(1, args.teacher_hidden // 16),
-                       intermediate_size=2 * args.teacher_hidden, epochs=args.teacher_epochs)
+                       intermediate_size=2 * args.teacher_hidden, epochs=args.teacher_epochs,
+                       class_balance=args.teacher_class_balance)
     teacher_dir = out / "teacher"
     info_file = teacher_dir / "model" / "teacher2d.json"
     wanted = dict(spec=dataclasses.asdict(spec), rooms=args.teacher_rooms, palette=args.palette, seed=args.teacher_seed)

@@ -54,6 +54,9 @@ class TeacherSpec:
     weight_decay: float = 0.05
     seed: int = 0
     num_classes: int = 10
+    # Cross-entropy class weights ~ frequency ** -class_balance (0: plain): floor / wall / ceiling
+    # cover most patches, and an unweighted head learns little else.
+    class_balance: float = 0.0
 
     def dinov2_config(self) -> dict:
         return dict(hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers,
@@ -151,6 +154,16 @@ class PatchClassifier(torch.nn.Module):
         return self.head(self.features(images))
 
 
+def class_weights(labels: torch.Tensor, num_classes: int, power: float) -> Optional[torch.Tensor]:
+    """float32 [num_classes]: frequency ** -power over the labelled patches, mean 1 over the classes
+    present (absent classes 0); None for power 0."""
+    if power == 0:
+        return None
+    counts = torch.bincount(labels[labels >= 0].reshape(-1), minlength=num_classes).float()
+    w = torch.where(counts > 0, counts.clamp(min=1) ** -power, torch.zeros(()))
+    return w * (counts > 0).sum() / w.sum()
+
+
 def train_teacher(images: torch.Tensor, labels: torch.Tensor, spec: TeacherSpec, progress: bool = True) -> PatchClassifier:
     """Per-patch cross-entropy (label -1 ignored), AdamW with a cosine schedule, random horizontal flips."""
     with torch.random.fork_rng():
@@ -159,6 +172,7 @@ def train_teacher(images: torch.Tensor, labels: torch.Tensor, spec: TeacherSpec,
     gen = torch.Generator().manual_seed(spec.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     n = len(images)
+    weight = class_weights(labels, spec.num_classes, spec.class_balance)
     steps = spec.epochs * max(1, -(-n // spec.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=steps, pct_start=0.1)
     bar = None
@@ -177,7 +191,8 @@ def train_teacher(images: torch.Tensor, labels: torch.Tensor, spec: TeacherSpec,
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             y = torch.where(flip[:, None, None], y.flip(-1), y)
             logits = model(x)
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-1)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), weight=weight,
+                                                   ignore_index=-1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -335,11 +350,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--hidden", type=int, default=TeacherSpec.hidden_size)
     ap.add_argument("--layers", type=int, default=TeacherSpec.num_hidden_layers)
     ap.add_argument("--epochs", type=int, default=TeacherSpec.epochs)
+    ap.add_argument("--class-balance", type=float, default=TeacherSpec.class_balance)
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     spec = TeacherSpec(image_size=args.image_size, hidden_size=args.hidden, num_hidden_layers=args.layers,
                        num_attention_heads=max(1, args.hidden // 16), intermediate_size=2 * args.hidden,
-                       epochs=args.epochs)
+                       epochs=args.epochs, class_balance=args.class_balance)
     info = make_teacher(args.out, args.rooms, args.val_rooms, args.seed, args.frames, args.width, args.height,
                         args.palette, spec)
     print(json.dumps(info, indent=2))
