@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from concerto.eval.linear_probe import (
     LabelledScene,

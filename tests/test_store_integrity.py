@@ -3,7 +3,6 @@ it, naming shard, array and chunk; older-format stores open read-only and
 ``--migrate`` rewrites them with the same contents."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
