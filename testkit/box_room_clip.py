@@ -82,8 +82,6 @@ def write_box_room_clip(root: str | Path, clip_id: str = "clip0", spec: BoxRoomC
     and (``with_depth``) ``<root>/depth/<clip_id>/<ts>.npy``. Returns root."""
     from PIL import Image
 
-    from preprocess.sources.re10k import write_camera_file
-
     root = Path(root)
     (root / split).mkdir(parents=True, exist_ok=True)
     frames_dir = root / "frames" / clip_id
@@ -94,16 +92,29 @@ def write_box_room_clip(root: str | Path, clip_id: str = "clip0", spec: BoxRoomC
     G = spec.file_world()
     K = spec.K()
     ts = [33366 * i for i in range(spec.frames)]
-    w2c = []
+    # normalised intrinsics: image corner (0,0)..(1,1); our pixel centres are integers
+    k_norm = [K[0, 0] / spec.width, K[1, 1] / spec.height, (K[0, 2] + 0.5) / spec.width, (K[1, 2] + 0.5) / spec.height]
+    # The camera file is written here from the RE10K specification, not with the
+    # project's writer, so a reader bug shared with that writer still shows.
+    lines = [f"https://www.youtube.com/watch?v={clip_id}"]
     for i, t in enumerate(ts):
         pose = spec.pose(i)
         rgb, depth = render_box(spec.room, K, pose, (spec.height, spec.width))
         Image.fromarray(rgb).save(frames_dir / f"{t}.png")
         if with_depth:
             np.save(depth_dir / f"{t}.npy", depth * np.float32(spec.file_scale))
-        w2c.append(geometry.pose_to_extrinsic(geometry.transform_poses(G, pose[None])[0]))
-    # normalised intrinsics: image corner (0,0)..(1,1); our pixel centres are integers
-    k_norm = [K[0, 0] / spec.width, K[1, 1] / spec.height, (K[0, 2] + 0.5) / spec.width, (K[1, 2] + 0.5) / spec.height]
-    write_camera_file(root / split / f"{clip_id}.txt", f"https://www.youtube.com/watch?v={clip_id}", ts,
-                      [k_norm] * spec.frames, w2c)
+        lines.append(_camera_line(t, k_norm, G, pose, spec.file_scale))
+    (root / split / f"{clip_id}.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+def _camera_line(timestamp: int, k_norm, G: np.ndarray, pose: np.ndarray, scale: float) -> str:
+    """One 19-column RE10K line: timestamp (us), fx fy cx cy (normalised), 0 0, then
+    the world-to-camera [R|t] row by row, for camera-to-world ``pose`` after the
+    world moves by the similarity ``G`` of the given ``scale``."""
+    c2w = np.eye(4)
+    c2w[:3, :3] = G[:3, :3] / scale @ pose[:3, :3]  # rotation only: the scale goes to the centre
+    c2w[:3, 3] = G[:3, :3] @ pose[:3, 3] + G[:3, 3]
+    w2c = np.linalg.inv(c2w)[:3]
+    return " ".join([str(int(timestamp)), *(repr(float(x)) for x in k_norm), "0", "0",
+                     *(repr(float(x)) for x in w2c.reshape(-1))])

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -81,22 +80,25 @@ def test_dask_build_into_s3_then_torchrun_two_ranks(s3_url, tmp_path, free_port)
 
 @pytest.mark.slow
 def test_killed_build_resumes_on_s3(s3_url, tmp_path):
-    """SIGKILL the build once a batch is committed; the re-run keeps every
-    committed batch, builds only the rest and ends with a verified store."""
+    """SIGKILL the build right after its first batch commit (testkit.kill_after_commit);
+    the re-run keeps the committed batch, builds only the rest and ends with a
+    verified store."""
     src = synthetic(tmp_path / "a", "synth", 5, seed=3)
-    proc = subprocess.Popen(build_cmd(s3_url, src), env=env(), cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 600
+    cmd = build_cmd(s3_url, src)
+    assert cmd[1:3] == ["-m", "pipelines.build"]
+    cmd[1:3] = ["-m", "testkit.kill_after_commit", "pipelines.build"]
+    proc = subprocess.Popen(cmd, env=env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
-        while not list_versions(s3_url):
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "no batch committed in time"
-            time.sleep(0.2)
+        out = proc.communicate(timeout=600)[0].decode()
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    committed = load_manifest(s3_url, latest_version(s3_url)).scenes()
-    assert 1 <= len(committed) < 5, "kill came too late to test a resume"
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, out[-3000:]
+    assert list_versions(s3_url) == [1]  # nothing after the first commit
+    committed = load_manifest(s3_url, 1).scenes()
+    assert len(committed) == 1  # one scene per batch
     out = subprocess.run(build_cmd(s3_url, src), env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = summary_of(out.stdout)

@@ -92,13 +92,15 @@ def test_project_matches_definition():
     scene = random_scene(rng, n_points=50, n_frames=1)
     frame = scene.frames[0]
     uv, z = project(scene.points.coord, frame.K, frame.pose)
-    cam = frame.world_to_camera()
+    # the general matrix inverse, not the rigid_inverse that project itself uses; a
+    # float32 pose is rigid only to ~1e-7, hence the tolerances
+    cam = np.linalg.inv(frame.pose.astype(np.float64))
     for i, p in enumerate(scene.points.coord.astype(np.float64)):
         xc = cam[:3, :3] @ p + cam[:3, 3]
-        assert z[i] == pytest.approx(xc[2], abs=1e-12)
+        assert z[i] == pytest.approx(xc[2], abs=1e-6)
         if xc[2] > 0:
             proj = frame.K.astype(np.float64) @ xc
-            np.testing.assert_allclose(uv[i], proj[:2] / proj[2], rtol=1e-10, atol=1e-9)
+            np.testing.assert_allclose(uv[i], proj[:2] / proj[2], rtol=1e-6, atol=1e-4)
         else:
             assert np.isnan(uv[i]).all()
 

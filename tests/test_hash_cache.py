@@ -1,3 +1,5 @@
+import hashlib
+import json
 import os
 import time
 
@@ -65,11 +67,24 @@ def test_racy_entries_are_not_recorded(tmp_path):
     assert RACY_S > 0
 
 
+def _sha1_by_hand(paths, extra=""):
+    """The content hash's definition: sha1 of extra, then each file's name and bytes."""
+    h = hashlib.sha1(extra.encode())
+    for p in paths:
+        h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
 def test_missing_file_still_raises_and_corrupt_cache_is_empty(files, tmp_path):
     cache_file = tmp_path / "cache.json"
     cache_file.write_text("{not json")
+    missing = tmp_path / "missing.ply"
     with stat_hash_cache(cache_file) as cache:
-        with pytest.raises(FileNotFoundError):
-            base.hash_files([tmp_path / "missing.ply"])
-        assert base.hash_files(files) == base._sha1_files(files, "", 1 << 20)
-        assert cache.misses == 1
+        with pytest.raises(FileNotFoundError) as err:
+            base.hash_files([files[0], missing], extra="opts")
+        assert err.value.filename == str(missing)  # names the file, as open() would
+        assert base.hash_files(files, extra="opts") == _sha1_by_hand(files, "opts")
+        assert (cache.hits, cache.misses) == (0, 1)  # the corrupt file gave no entry; the missing one made none
+    # the corrupt file was replaced by a readable cache holding the one good digest
+    saved = json.loads(cache_file.read_text())
+    assert list(saved["entries"].values()) == [_sha1_by_hand(files, "opts")]

@@ -568,6 +568,12 @@ def test_both_recipes_run_through_the_build(tmp_path, recipe):
                       dict(backend="mesh", image_width=W, image_height=H, point_spacing=0.05, render_backend="embree",
                            cache_dir=str(tmp_path / "cache"), seed=3, max_rooms=1, recipe=recipe))
     assert [r.scene_id for r in spec.make().discover()] == ["00800-nodeshouse_group0_sub0"]  # room 0: groups or nodes
-    build_sample(spec, str(tmp_path / "store"), note=recipe)
+    sample = build_sample(spec, str(tmp_path / "store"), note=recipe)
+    centres = np.asarray(sample["pose"])[:, :3, 3]
+    np.testing.assert_allclose(centres, centres[:1].repeat(len(centres), 0), atol=1e-6)  # one spot, four yaws
+    if recipe == "released":  # the room box's grid mean, jittered on all three axes
+        assert np.all(np.abs(centres[0] - _released_spots()[0]) <= 0.25 + 1e-6), centres[0]
+    else:  # 1.5 m (the source's camera height) above a floor cell of room A, jittered in xy only
+        assert centres[0, 2] == pytest.approx(1.5, abs=1e-5) and room_of(centres[0, :2]) == 0, centres[0]
     with pytest.raises(ValueError, match="recipe"):
         spec.make().__class__(root / "val", recipe="other")

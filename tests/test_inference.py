@@ -1,5 +1,6 @@
 """concerto.load / Encoder.embed: checkpoints (training run, official layout), determinism, equivariance."""
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from concerto.inference import (
 from concerto.model import PointTransformerV3, PTv3Config
 from concerto.train.checkpoint import export_backbone
 from testkit.pretrain_store import write_store
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def cloud(n=800, seed=0, extent=(2.0, 1.6, 1.0)):
@@ -168,21 +171,36 @@ def test_load_training_run_state_and_backbone(trained_run):
 
 
 def test_load_official_layout(tmp_path):
+    """A file the official code wrote (tests/fixtures, see test_golden_concerto), through
+    the public load + embed: the official model's features. The official sampled cloud
+    is one point per voxel and already centred, so embed keeps it as it is."""
+    golden = np.load(FIXTURES / "concerto_golden.npz")
+    path = FIXTURES / "concerto_golden_backbone.pth"
+    feat = golden["inf_in_feat"]  # (coord, colour / 255, normal)
+    coord, color, normal = golden["inf_in_coord"], np.round(feat[:, 3:6] * 255).astype(np.uint8), feat[:, 6:9]
+    official = golden["inf_feat"]
+    np.testing.assert_allclose(load(path).embed(coord, color, normal), official, atol=1e-4)
+    # DDP / wrapped prefixes are stripped
+    raw = torch.load(path, weights_only=True)
+    torch.save({"config": raw["config"], "state_dict": {"module.backbone." + k: v for k, v in raw["state_dict"].items()}},
+               tmp_path / "wrapped.pth")
+    np.testing.assert_allclose(load(tmp_path / "wrapped.pth").embed(coord, color, normal), official, atol=1e-4)
+
+
+def test_export_then_load_round_trip(tmp_path):
+    """Our exporter writes the official layout and load reads it back exactly (a round
+    trip: that the layout is the official one is test_load_official_layout's)."""
     torch.manual_seed(0)
     model = PointTransformerV3(PTv3Config.tiny())
     path = export_backbone(model, tmp_path / "sonata_like.pth")
     raw = torch.load(path, weights_only=True)
-    assert set(raw) == {"config", "state_dict"} and "embedding.stem.linear.weight" in raw["state_dict"]
+    official = torch.load(FIXTURES / "concerto_golden_backbone.pth", weights_only=True)
+    assert set(raw) == set(official) == {"config", "state_dict"}
     enc = load(path)
     for k, v in model.state_dict().items():
         assert torch.equal(v, enc.model.state_dict()[k]), k
     coord, color, normal = cloud(n=600, seed=11)
-    ref = Encoder(model).embed(coord, color, normal)
-    np.testing.assert_array_equal(ref, enc.embed(coord, color, normal))
-    # DDP / wrapped prefixes are stripped
-    torch.save({"config": raw["config"], "state_dict": {"module.backbone." + k: v for k, v in raw["state_dict"].items()}},
-               tmp_path / "wrapped.pth")
-    np.testing.assert_array_equal(ref, load(tmp_path / "wrapped.pth").embed(coord, color, normal))
+    np.testing.assert_array_equal(Encoder(model).embed(coord, color, normal), enc.embed(coord, color, normal))
 
 
 def test_input_colour_range_travels_with_the_model_config(tmp_path):

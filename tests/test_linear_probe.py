@@ -1,9 +1,9 @@
 """Segmentation metrics (hand-computed cases), scene split, linear head, and the probe end to end."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from concerto.eval.linear_probe import (
     LabelledScene,
@@ -131,15 +131,18 @@ def test_probe_end_to_end_cli(rooms, tmp_path, capsys):
 
 
 def test_probe_with_official_checkpoint(rooms, tmp_path):
-    from concerto.model import PointTransformerV3, PTv3Config
-    from concerto.train.checkpoint import export_backbone
-
-    torch.manual_seed(1)
-    path = export_backbone(PointTransformerV3(PTv3Config.tiny()), tmp_path / "ckpt.pth")
+    """The backbone file the official code wrote (tests/fixtures, see
+    test_golden_concerto): its features upcast two levels (48 channels), probed with
+    a seeded split; the result is pinned (measured on this code, which gives the
+    official features for that file)."""
+    path = Path(__file__).parent / "fixtures" / "concerto_golden_backbone.pth"
     result = run_probe(rooms, str(path), epochs=3, val_fraction=0.5, seed=1, progress=False,
                        output=str(tmp_path / "r.json"))
-    assert result["channels"] == 128 and len(result["split"]["val"]) == 2
-    assert (tmp_path / "r.json").is_file()
+    assert result["channels"] == 48 and len(result["split"]["val"]) == 2
+    # measured 0.17532 / 0.42863 / 0.31529 (CPU, 1 and 2 threads alike); the tolerance is for other BLAS builds
+    val = result["val"]
+    assert (val["mIoU"], val["allAcc"], val["mAcc"]) == pytest.approx((0.17532, 0.42863, 0.31529), abs=5e-3)
+    assert json.loads((tmp_path / "r.json").read_text())["val"] == result["val"]
 
 
 def test_probe_bad_inputs_are_one_line_errors(tmp_path, capsys):

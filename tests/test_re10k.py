@@ -398,19 +398,36 @@ def test_released_recipe_uses_the_vggt_point_head(synthetic_clip):
         fc2.weight.mul_(0.01)
         fc2.bias.copy_(torch.tensor([0, 0, 0, 0, 0, 0, 0.25, 0.25, 0.3]))
     lifter = VGGTLifter(model=model, device="cpu", point_head=True)
-    views = lifter.lift([fx_img for fx_img in _clip_images(synthetic_clip)])
-    assert views.points is not None and views.points.shape == views.depth.shape + (3,)
-    src = Re10kSource(synthetic_clip, lifter=lifter, require_floor=False, seed=7)
+    lifted = []
+
+    class Recording:  # the views the source lifts, to compare the scene against
+        name = "vggt"
+
+        def lift(self, *args, **kwargs):
+            lifted.append(lifter.lift(*args, **kwargs))
+            return lifted[-1]
+
+    src = Re10kSource(synthetic_clip, lifter=Recording(), require_floor=False, seed=7)
     scene = src.load(src.discover()[0])
     assert scene.meta["recipe"] == "released"
-    assert len(scene.points) == sum(len(c) for c in scene.meta["correspondences"].values())
-
-
-def _clip_images(root):
-    from PIL import Image
-
-    files = sorted((root / "frames" / "clip0").glob("*.png"))[:2]
-    return [np.asarray(Image.open(p).convert("RGB")) for p in files]
+    views = lifted[0]
+    assert views.points is not None and views.points.shape == views.depth.shape + (3,)
+    corr = scene.meta["correspondences"]
+    assert len(scene.points) == sum(len(c.point_index) for c in corr.values())
+    # every point is the point head's world point at its own pixel, in the scene's frame
+    T = np.asarray(scene.meta["world_transform"])
+    coord = scene.points.coord.astype(np.float64)
+    depth_head_differs = False
+    for i, f in enumerate(scene.frames):
+        c = corr[f.name]
+        u, v = c.pixel[:, 0].astype(int), c.pixel[:, 1].astype(int)
+        expected = geometry.transform_points(T, views.points[i][v, u].astype(np.float64))
+        np.testing.assert_allclose(coord[c.point_index], expected, atol=1e-4 * np.abs(expected).max())
+        # the depth head's unprojection is elsewhere, so the check tells the two heads apart
+        from_depth = geometry.unproject_depth(views.depth[i].astype(np.float64), views.K[i],
+                                              views.pose[i].astype(np.float64))[v, u]
+        depth_head_differs |= np.abs(geometry.transform_points(T, from_depth) - expected).max() > 0.1
+    assert depth_head_differs
 
 
 @pytest.mark.parametrize("recipe", ["released", "paper"])
@@ -422,9 +439,38 @@ def test_both_recipes_run_through_the_build(synthetic_clip, tmp_path, recipe):
     spec = SourceSpec("re10k", str(synthetic_clip), None,
                       dict(lifter="given-depth", conf_percentile=None, voxel_size=0.05, seed=7, recipe=recipe))
     sample = build_sample(spec, str(tmp_path / "store"), note=recipe)
-    if recipe == "released":  # each point in exactly one view
-        idx = np.concatenate([np.asarray(c) for c in sample["corr_point"]])
-        assert len(np.unique(idx)) == len(idx)
+    idx = np.concatenate([np.asarray(c) for c in sample["corr_point"]])
+    # the same group lifted without subsampling: every depth pixel a point
+    full = Re10kSource(synthetic_clip, lifter="given-depth", conf_percentile=None, voxel_size=0.0, seed=7,
+                       recipe=recipe)
+    full = full.load(full.discover()[0]).points.coord
+    n_pixels = 4 * SPEC.height * SPEC.width
+    assert len(full) == n_pixels
+    if recipe == "released":  # each point in exactly one view, every pixel kept
+        assert len(np.unique(idx)) == len(idx) == len(sample["coord"]) == n_pixels
+    else:
+        # voxel subsampling: a subset of the full cloud, one point per 5 cm cell
+        assert len(sample["coord"]) == len(align.voxel_subsample(full, 0.05)) < 0.7 * n_pixels
+        assert {tuple(p) for p in sample["coord"].tolist()} <= {tuple(p) for p in full.tolist()}
+        # the build's cross-view depth check: points paired in several views, each pair a projection
+        assert (np.bincount(idx) >= 2).sum() > 100
+        for pts, pix, K, pose in zip(sample["corr_point"], sample["corr_pixel"], sample["K"], sample["pose"]):
+            uv, z = geometry.project(sample["coord"][pts], K, pose)
+            assert (z > 0).all() and np.abs(uv - np.asarray(pix, np.float64)).max() <= 0.5 + 1e-3
+    # confidence: "paper" keeps the pixels at or above the median, "released" every pixel with conf > 0
+    from preprocess.lift.lifter import GivenDepthLifter
+
+    class RampConfidence(GivenDepthLifter):
+        def lift(self, *args, **kwargs):
+            views = super().lift(*args, **kwargs)
+            views.conf = np.random.default_rng(0).uniform(0.5, 3.0, views.conf.shape).astype(np.float32)
+            self.conf = views.conf
+            return views
+
+    lifter = RampConfidence()
+    src = Re10kSource(synthetic_clip, lifter=lifter, conf_percentile=50.0, voxel_size=0.0, seed=7, recipe=recipe)
+    kept = len(src.load(src.discover()[0]).points)
+    assert kept == (n_pixels if recipe == "released" else (lifter.conf >= np.median(lifter.conf)).sum())
 
 
 def test_a_store_built_with_the_old_frame_skip_option_replans_unchanged(synthetic_clip, tmp_path):

@@ -129,6 +129,11 @@ def _run(args, tmp_path):
     return main(args)
 
 
+# (mIoU, allAcc) of test_every_mode_end_to_end's seeded one-epoch runs
+SEEDED_MODE_RESULTS = {"linear": (0.03530, 0.11900), "decoder": (0.03324, 0.16233), "full": (0.03191, 0.13300),
+                       "lora": (0.03541, 0.11933)}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["linear", "decoder", "full", "lora"])
 def test_every_mode_end_to_end(rooms, tmp_path, mode, capsys):
@@ -145,7 +150,7 @@ def test_every_mode_end_to_end(rooms, tmp_path, mode, capsys):
     text = capsys.readouterr().out
     assert "held-out  mIoU" in text and "floor" in text
     result = json.loads((out / "result.json").read_text())
-    assert result["mode"] == mode and 0.0 <= result["mIoU"] <= 1.0 and result["allAcc"] > 0.0
+    assert result["mode"] == mode
     assert sum(c["support"] for c in result["val"]["per_class"].values()) > 500
     row = json.loads(results.read_text().splitlines()[-1])
     assert row["mode"] == mode and row["checkpoint"] == str(ckpt) and row["mIoU"] == result["mIoU"]
@@ -154,10 +159,18 @@ def test_every_mode_end_to_end(rooms, tmp_path, mode, capsys):
     backbone = load_checkpoint({"config": exported["backbone"]["config"],
                                 "state_dict": exported["backbone"]["state_dict"]})  # plain official layout
     assert backbone.config.enc_mode == (mode in ("linear", "lora"))
+    enc = torch.load(ckpt, weights_only=True)["state_dict"]
+    trained = exported["backbone"]["state_dict"]
+    changed = {k for k, v in enc.items() if not torch.equal(trained[k], v)}
     if mode in ("linear", "decoder"):  # the frozen encoder is exactly the input checkpoint
-        enc = torch.load(ckpt, weights_only=True)["state_dict"]
-        for k, v in enc.items():
-            torch.testing.assert_close(exported["backbone"]["state_dict"][k], v, rtol=0, atol=0)
+        assert changed == set()
+    elif mode == "full":  # every weight took a step but the mask token (pretraining only)
+        assert changed == set(enc) - {"embedding.mask_token"}, sorted(set(enc) - changed)[:5]
+    else:  # LoRA merged into the attention qkv projections only
+        qkv = {k for k in enc if k.endswith("attn.qkv.weight")}
+        assert qkv and changed == qkv, sorted(changed ^ qkv)[:5]
+    # seeded (torch seed 1, split seed 0, one thread): measured on this code; the tolerance is for other BLAS builds
+    assert (result["mIoU"], result["allAcc"]) == pytest.approx(SEEDED_MODE_RESULTS[mode], abs=1e-3)
     if mode == "full":
         sel = json.loads((out / "selection.json").read_text())
         assert len(sel["scenes"]) == 2 and all(len(v) == 200 for v in sel["points"].values())
@@ -221,6 +234,12 @@ def test_pointcept_layout_with_named_splits(rooms, tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert result["split"] == "val" and len(result["split_keys"]["val"]) == 1
     assert len(result["split_keys"]["train"]) == 3
+    # the val scene's own labels were read: every class's support is its segment20 count
+    val_label = scenes[0].label[scenes[0].label >= 0]
+    support = [result["val"]["per_class"][name]["support"] for name in result["class_names"]]
+    assert support == np.bincount(val_label, minlength=len(support)).tolist()
+    # and the labels are the points' own: the seeded run's result (measured on this code)
+    assert (result["mIoU"], result["allAcc"]) == pytest.approx((0.04521, 0.15233), abs=1e-3)
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
@@ -260,7 +279,9 @@ def test_language_probe_end_to_end(rooms, tmp_path, kind):
     results = tmp_path / "r.jsonl"
     r = run_language(rooms, "random", tower, str(tmp_path / "lang"), queries=["a soft chair"], epochs=10,
                      results=str(results))
-    assert 0.0 <= r["mIoU"] <= 1.0 and r["allAcc"] > 0.2  # floor / wall / ceiling separate even with random features
+    # seeded, measured on this code: floor / wall / ceiling separate even with random features
+    expected = {"clip": (0.15371, 0.53500), "siglip": (0.14622, 0.49700)}[kind]
+    assert (r["mIoU"], r["allAcc"]) == pytest.approx(expected, abs=1e-3)
     png = Path(r["pictures"]["a soft chair"])
     assert Image.open(png).size[0] > 400
     row = json.loads(results.read_text())

@@ -40,9 +40,15 @@ def make_conv(backend, cin=5, cout=4, k=3, seed=0):
     return conv
 
 
+@pytest.mark.parametrize("chunk_rows", [None, 7], ids=["one-chunk", "7-row-chunks"])
 @pytest.mark.parametrize("kernel_size", [3, 5])
-def test_torch_backend_matches_dense_conv_forward_and_backward(kernel_size):
+def test_torch_backend_matches_dense_conv_forward_and_backward(kernel_size, chunk_rows, monkeypatch):
+    """Also with the kernel map's neighbour search cut into many chunks (the
+    default chunk is larger than any cloud here, so it would never loop)."""
     g, batch, feat = random_sparse(0)
+    if chunk_rows is not None:
+        monkeypatch.setattr(sparse_conv, "KERNEL_MAP_CHUNK", chunk_rows * kernel_size**3)
+        assert len(g) > 10 * chunk_rows and len(g) % chunk_rows != 0  # many chunks, the last one short
     conv = make_conv("torch", k=kernel_size)
     f1 = feat.clone().requires_grad_()
     out = conv(f1, g, batch)
@@ -112,6 +118,16 @@ def test_backend_choice_and_errors():
     g = torch.tensor([[0, 0, 0], [0, 0, 0]], dtype=torch.int32)
     with pytest.raises(ValueError, match="duplicate voxels"):
         build_kernel_map(g, torch.zeros(2, dtype=torch.long))
+
+
+def test_kernel_map_is_the_same_in_chunks(monkeypatch):
+    g, batch, _ = random_sparse(4, n_samples=3)
+    whole = build_kernel_map(g, batch)
+    monkeypatch.setattr(sparse_conv, "KERNEL_MAP_CHUNK", 5 * 27)  # 5 rows per search
+    chunked = build_kernel_map(g, batch)
+    assert len(g) > 50
+    assert torch.equal(chunked.neighbors, whole.neighbors)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(chunked.pairs, whole.pairs))
 
 
 def test_kernel_map_neighbours():

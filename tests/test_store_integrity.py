@@ -3,7 +3,8 @@ it, naming shard, array and chunk; older-format stores open read-only and
 ``--migrate`` rewrites them with the same contents."""
 from __future__ import annotations
 
-import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,30 +64,34 @@ def test_same_size_byte_flip_raises_named_error(tmp_path, array, chunk, index, d
     assert len(before) == 4
 
 
-def test_migrate_rewrites_an_old_store(tmp_path, monkeypatch):
-    """A store written by shard format 1 (no checksums) reads with a warning,
-    refuses writes, and --migrate makes it current with identical contents."""
-    from pipelines.store import manifest as manifest_mod, writer as writer_mod
+FORMAT1 = Path(__file__).parent / "fixtures" / "store_format1"
 
-    class FormatOneWriter(ShardWriter):
-        def _compressors(self, image):
-            return [c for c in super()._compressors(image) if type(c).__name__ != "Crc32cCodec"]
 
-    monkeypatch.setattr(writer_mod, "SHARD_FORMAT", "concerto-shard/1")
-    monkeypatch.setattr(manifest_mod, "SHARD_FORMAT", "concerto-shard/1")
-    url, info, shard, scenes = _store(tmp_path, FormatOneWriter)
-    monkeypatch.undo()
-    # what the previous release wrote: no format fields in the manifest
-    path = tmp_path / "store" / "manifests" / "v000001.json"
-    d = json.loads(path.read_text())
-    del d["store_format"]
-    for sh in d["shards"]:
-        del sh["format"]
-    path.write_text(json.dumps(d))
+def _assert_sample_is(sample, expected, i):
+    """A sample equals what the format-1 code read from its own store."""
+    assert sample["key"] == str(expected[f"{i}/key"])
+    for k in ("coord", "color", "normal", "segment_label", "K", "pose"):
+        assert np.array_equal(sample[k], expected[f"{i}/{k}"]), k
+    for v in range(len(sample["rgb"])):
+        for k in ("rgb", "corr_point", "corr_pixel"):
+            assert np.array_equal(sample[k][v], expected[f"{i}/{k}{v}"]), (k, v)
+
+
+def test_migrate_rewrites_an_old_store(tmp_path):
+    """A store the format-1 code wrote (fixture from commit c7f1883, see
+    scripts/make_format1_store_fixture.py) reads with a warning as that code read
+    it, refuses writes, and --migrate makes it current with identical contents."""
+    url = str(tmp_path / "store")
+    shutil.copytree(FORMAT1 / "store", url)
+    expected = np.load(FORMAT1 / "expected.npz")
+    old_ids = {sh.id for sh in load_manifest(url).shards}
     assert load_manifest(url).store_format == 1
     with pytest.warns(UserWarning, match=r"store format 1 .*concerto-store .* --migrate"):
         old = ShardStore.open(url)
-    old_samples = [old[i] for i in range(len(old))]
+    assert len(old) == 4
+    for i in range(len(old)):
+        _assert_sample_is(old[i], expected, i)
+    old_scenes = {k: old.read_scene(k) for k in old.scene_keys()}
     new_scene = random_processed_scene(np.random.default_rng(9), "beta", "n0", n_points=300, image_sizes=[(24, 32)] * 4)
     extra = ShardWriter(url).write([new_scene])
     with pytest.raises(StoreFormatError, match="--migrate"):
@@ -94,14 +99,12 @@ def test_migrate_rewrites_an_old_store(tmp_path, monkeypatch):
 
     assert inspect_main([url, "--migrate"], out=open(tmp_path / "o.txt", "w")) == 0
     m = load_manifest(url)
-    assert m.version == 2 and m.store_format == 2 and info.id not in {sh.id for sh in m.shards}
+    assert m.version == 2 and m.store_format == 2 and not old_ids & {sh.id for sh in m.shards}
     store = ShardStore.open(url)
-    for a, b in zip(old_samples, (store[i] for i in range(len(store)))):
-        for k in ("coord", "color", "normal", "segment_label", "K", "pose"):
-            assert np.array_equal(a[k], b[k]), k
-        assert all(np.array_equal(x, y) for x, y in zip(a["corr_pixel"], b["corr_pixel"]))
-    for ps in scenes:
-        assert_scene_equal(store.read_scene(ps.key), ShardStore.open(url).read_scene(ps.key))
+    for i in range(len(store)):
+        _assert_sample_is(store[i], expected, i)
+    for key, scene in old_scenes.items():
+        assert_scene_equal(store.read_scene(key), scene)
     assert store.verify() == []
     assert commit(url, 2, [extra]) == 3  # writable again
     # the migrated store now catches a flipped byte

@@ -33,6 +33,10 @@ from torch import nn
 
 SparseConvBackend = Literal["auto", "torch", "spconv"]
 
+# Neighbour queries (rows x k^3 offsets) per binary-search call when building a
+# kernel map: large enough to keep the call count low, bounded to cap memory.
+KERNEL_MAP_CHUNK = 1 << 22
+
 
 @functools.lru_cache(maxsize=1)
 def spconv_module():
@@ -111,7 +115,7 @@ def build_kernel_map(grid_coord: torch.Tensor, batch: torch.Tensor, kernel_size:
                          [(empty, empty)] * len(offsets))
     neighbors = torch.empty((n, len(offsets)), dtype=torch.long, device=device)
     # one binary search over all offsets of a chunk of rows keeps the call count low
-    step = max(1, (1 << 22) // len(offsets))
+    step = max(1, KERNEL_MAP_CHUNK // len(offsets))
     for a in range(0, n, step):
         bb = b[a : a + step, None]
         c = g[a : a + step, None, :] + offsets[None]
