@@ -27,7 +27,7 @@ def parse_try(text: str) -> dict:
     out = {}
     for item in filter(None, text.split(",")):
         k, v = item.split("=")
-        out[k] = float(v) if types[k] in ("float", float) else int(v)
+        out[k] = {"float": float, "int": int}.get(str(types[k]), str)(v)
     return out
 
 

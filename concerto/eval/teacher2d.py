@@ -57,6 +57,9 @@ class TeacherSpec:
     # Cross-entropy class weights ~ frequency ** -class_balance (0: plain): floor / wall / ceiling
     # cover most patches, and an unweighted head learns little else.
     class_balance: float = 0.0
+    # "majority": cross-entropy on each patch's majority label; "soft": on its class shares, so
+    # objects smaller than a patch still shape the features
+    target: str = "majority"
 
     def dinov2_config(self) -> dict:
         return dict(hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers,
@@ -105,9 +108,10 @@ def render_labelled_frames(path, num_rooms: int, seed: int, frames_per_room: int
     return LabelledFrames(np.stack(rgbs), np.stack(labels), np.asarray(rooms, np.int64))
 
 
-def patch_labels(label: np.ndarray, grid: PatchGrid, num_classes: int, crop: str = "grid_multiple") -> np.ndarray:
-    """int64 [gh, gw]: the majority label of each patch's pixels after the encoder's centre crop and
-    resize (nearest), -1 where most of the patch shows nothing labelled."""
+def patch_class_counts(label: np.ndarray, grid: PatchGrid, num_classes: int, crop: str = "grid_multiple"
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 [gh, gw, num_classes] pixels of each class, int64 [gh, gw] pixels showing nothing labelled)
+    per patch, after the encoder's centre crop and resize (nearest)."""
     x0, y0, w, h = crop_box(label.shape, grid, crop)
     out_h, out_w = grid.image_hw
     rows = np.minimum(((np.arange(out_h) + 0.5) * h / out_h).astype(np.int64), h - 1) + y0
@@ -117,17 +121,31 @@ def patch_labels(label: np.ndarray, grid: PatchGrid, num_classes: int, crop: str
     p = grid.patch_size
     blocks = lab.reshape(gh, p, gw, p).transpose(0, 2, 1, 3).reshape(gh, gw, p * p)
     counts = np.stack([(blocks == c).sum(-1) for c in range(num_classes)], -1)
-    none = (blocks < 0).sum(-1)
-    best = counts.argmax(-1)
-    return np.where(counts.max(-1) > none, best, -1).astype(np.int64)
+    return counts, (blocks < 0).sum(-1)
+
+
+def patch_labels(label: np.ndarray, grid: PatchGrid, num_classes: int, crop: str = "grid_multiple") -> np.ndarray:
+    """int64 [gh, gw]: the majority label of each patch's pixels after the encoder's centre crop and
+    resize (nearest), -1 where most of the patch shows nothing labelled."""
+    counts, none = patch_class_counts(label, grid, num_classes, crop)
+    return np.where(counts.max(-1) > none, counts.argmax(-1), -1).astype(np.int64)
+
+
+def patch_fractions(label: np.ndarray, grid: PatchGrid, num_classes: int, crop: str = "grid_multiple") -> np.ndarray:
+    """float32 [gh, gw, num_classes]: each class's share of the patch's labelled pixels (rows of zeros
+    where no pixel is labelled): the soft per-patch target."""
+    counts, _ = patch_class_counts(label, grid, num_classes, crop)
+    return (counts / np.maximum(counts.sum(-1, keepdims=True), 1)).astype(np.float32)
 
 
 def prepare_frames(frames: LabelledFrames, grid: PatchGrid, num_classes: int,
-                   mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images float32 [F, 3, h, w] normalised as pretraining feeds the encoder, patch labels int64 [F, gh, gw])."""
+                   mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images float32 [F, 3, h, w] normalised as pretraining feeds the encoder, majority patch labels
+    int64 [F, gh, gw], class shares float32 [F, gh, gw, num_classes])."""
     images = torch.stack([normalize_image(prepare_image(rgb, grid, "bilinear"), mean, std) for rgb in frames.rgb])
     labels = torch.from_numpy(np.stack([patch_labels(lab, grid, num_classes) for lab in frames.label]))
-    return images, labels
+    shares = torch.from_numpy(np.stack([patch_fractions(lab, grid, num_classes) for lab in frames.label]))
+    return images, labels, shares
 
 
 # ----------------------------------------------------------------------------- model
@@ -164,8 +182,23 @@ def class_weights(labels: torch.Tensor, num_classes: int, power: float) -> Optio
     return w * (counts > 0).sum() / w.sum()
 
 
-def train_teacher(images: torch.Tensor, labels: torch.Tensor, spec: TeacherSpec, progress: bool = True) -> PatchClassifier:
-    """Per-patch cross-entropy (label -1 ignored), AdamW with a cosine schedule, random horizontal flips."""
+def soft_cross_entropy(logits: torch.Tensor, shares: torch.Tensor, weight: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean over rows with any share of -sum_k w_k shares_k log softmax(logits)_k; logits, shares [M, K]."""
+    w = shares if weight is None else shares * weight
+    per_row = -(w * torch.log_softmax(logits, -1)).sum(-1)
+    keep = shares.sum(-1) > 0
+    return per_row[keep].sum() / keep.sum().clamp(min=1)
+
+
+def train_teacher(images: torch.Tensor, labels: torch.Tensor, spec: TeacherSpec, progress: bool = True,
+                  shares: Optional[torch.Tensor] = None) -> PatchClassifier:
+    """Per-patch cross-entropy on the majority ``labels`` int64 [F, gh, gw] (-1 ignored) or, for
+    ``spec.target == "soft"``, on the class ``shares`` float [F, gh, gw, K] (unlabelled patches ignored);
+    AdamW with a one-cycle schedule, random horizontal flips."""
+    if spec.target not in ("majority", "soft"):
+        raise ValueError(f"TeacherSpec.target: expected 'majority' or 'soft', got {spec.target!r}")
+    if spec.target == "soft" and shares is None:
+        raise ValueError("TeacherSpec.target='soft' needs the patches' class shares")
     with torch.random.fork_rng():
         torch.manual_seed(spec.seed)
         model = PatchClassifier(spec)
@@ -186,13 +219,18 @@ def train_teacher(images: torch.Tensor, labels: torch.Tensor, spec: TeacherSpec,
         total, count = 0.0, 0
         for s in range(0, n, spec.batch_size):
             idx = perm[s:s + spec.batch_size]
-            x, y = images[idx], labels[idx]
+            x = images[idx]
             flip = torch.rand(len(idx), generator=gen) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            y = torch.where(flip[:, None, None], y.flip(-1), y)
             logits = model(x)
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), weight=weight,
-                                                   ignore_index=-1)
+            if spec.target == "soft":
+                y = shares[idx]
+                y = torch.where(flip[:, None, None, None], y.flip(-2), y).reshape(-1, logits.shape[-1])
+                loss = soft_cross_entropy(logits.reshape(-1, logits.shape[-1]), y, weight)
+            else:
+                y = torch.where(flip[:, None, None], labels[idx].flip(-1), labels[idx])
+                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                                         weight=weight, ignore_index=-1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -261,10 +299,10 @@ def make_teacher(out, rooms: int = 24, val_rooms: int = 6, seed: int = 1000, fra
                                           progress, "teacher rooms")
     val_frames = render_labelled_frames(out / "rooms_val", val_rooms, seed + 1, frames_per_room, width, height,
                                         palette, progress, "teacher held-out rooms")
-    x, y = prepare_frames(train_frames, grid, spec.num_classes)
-    xv, yv = prepare_frames(val_frames, grid, spec.num_classes)
+    x, y, shares = prepare_frames(train_frames, grid, spec.num_classes)
+    xv, yv, _ = prepare_frames(val_frames, grid, spec.num_classes)
     t_render = time.perf_counter() - t0
-    model = train_teacher(x, y, spec, progress)
+    model = train_teacher(x, y, spec, progress, shares)
     info = {"spec": asdict(spec), "rooms": rooms, "val_rooms": val_rooms, "seed": seed, "palette": palette,
             "frames": int(len(x)), "val_frames": int(len(xv)), "image": [width, height],
             "train": patch_accuracy(model, x, y, spec.num_classes),
