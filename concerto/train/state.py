@@ -364,6 +364,10 @@ def start_run(cfg: PretrainConfig, data: Any, output: Path, resume: bool) -> Run
     if cfg.run.num_threads > 0:
         torch.set_num_threads(cfg.run.num_threads)
     saved, saved_rng, path = read_resume(output, rank, world) if resume else (None, None, None)
+    if resume and saved is None and rank == 0:
+        # a run killed before its first save has nothing to resume; say so rather than restart silently
+        print(f"resume: no checkpoint in '{output / 'checkpoints'}' yet (checkpoints are saved every "
+              f"{cfg.run.save_every} steps); starting from step 0", flush=True)
     version = choose_data_version(cfg.data.version, data, saved, rank)
     return RunStart(rank, world, device, output, version, check_data(data, version), saved, saved_rng, path)
 
@@ -386,6 +390,8 @@ def build_state(cfg: PretrainConfig, data: Any, start: RunStart) -> TrainState:
                    build_optimizer(cfg, student, lr_scale), loader, spec.grid.grid_hw, accumulate)
     if start.saved is not None:
         restore(s, start.saved, start.resume_path)
+        if rank == 0:
+            print(f"resumed from step {s.step} of {cfg.run.steps} ('{start.resume_path}')", flush=True)
     seed_step_rng(cfg.run.seed, rank, s.step, start.saved_rng)
     s.model = wrap_ddp(student, world, device, cfg.run.find_unused_parameters)
     return s
