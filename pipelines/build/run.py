@@ -144,16 +144,21 @@ def build_and_commit(options: BuildOptions, batches: list[list[BatchItem]], exec
 
 
 def per_source_counts(names: Sequence[str], plan: Plan, failures: Sequence[SceneFailure]) -> dict[str, dict[str, int]]:
-    """{source: {new, unchanged, updated, removed, failed}} for the run summary."""
+    """{source: {new, unchanged, updated, removed, failed}} for the run summary:
+    new and updated count the scenes that landed, a planned scene that failed
+    counts under failed only."""
     out = {n: dict(new=0, unchanged=0, updated=0, removed=0, failed=0) for n in names}
+    failed = {f.key for f in failures}
 
     def add(key: str, what: str):
         out.setdefault(key.split("/", 1)[0], dict(new=0, unchanged=0, updated=0, removed=0, failed=0))[what] += 1
 
     for r in plan.new:
-        add(r.key, "new")
+        if r.key not in failed:
+            add(r.key, "new")
     for r in plan.changed:
-        add(r.key, "updated")
+        if r.key not in failed:
+            add(r.key, "updated")
     for k in plan.unchanged:
         add(k, "unchanged")
     for k in plan.removed:
