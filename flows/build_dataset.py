@@ -58,7 +58,7 @@ from pipelines.build.batch import BatchItem, BatchResult
 from pipelines.build.cli import add_build_args, build_params
 from pipelines.build.options import BuildOptions, SceneSettings, SourceSpec
 from pipelines.build.retry import BACKOFF_S, RETRIES, is_transient
-from pipelines.build.run import run_build
+from pipelines.build.run import quiet_abandoned_writes, run_build, stop_message
 from pipelines.build.steps import (
     BuildSteps,
     build_batch_step,
@@ -250,6 +250,18 @@ def check_failures(summary: dict, fail_on_quarantine: bool, logger=None) -> Opti
     return None
 
 
+class BuildStopped(BuildFailed):
+    """The build stopped part-way (store unreachable, a worker lost, a bug); what it committed stays."""
+
+
+def stopped(options: BuildOptions, exc: BaseException, logger) -> BuildStopped:
+    """``exc`` as the run's one-line error, logged once (with its traceback only
+    when it is not an I/O error: then it may be a bug)."""
+    message, io_error = stop_message(options.store, exc)
+    logger.error("%s", message, exc_info=None if io_error else exc)
+    return BuildStopped(message)
+
+
 def parse_storage_options(text: SecretStr | str | None) -> dict | None:
     """The fsspec options from the secret JSON parameter; the error never echoes it."""
     if text is None:
@@ -316,10 +328,14 @@ def build_dataset(
         params, sources=[p.model_dump() if isinstance(p, BaseModel) else p for p in sources],
         storage_options=parse_storage_options(storage_options),
         run_id=f"prefect-{ctx.flow_run.id}" if ctx is not None and ctx.flow_run is not None else None))
-    with same_api_for_workers() as api, \
-            make_task_runner(dask_address, {"PREFECT_API_URL": api} if api else None) as runner:
-        summary = run_build(options, executor=TaskRunnerExecutor(runner), steps=PREFECT_STEPS,
-                            logger=get_run_logger()).as_dict()
+    try:
+        with same_api_for_workers() as api, \
+                make_task_runner(dask_address, {"PREFECT_API_URL": api} if api else None) as runner:
+            summary = run_build(options, executor=TaskRunnerExecutor(runner), steps=PREFECT_STEPS,
+                                logger=get_run_logger()).as_dict()
+    except Exception as exc:  # noqa: BLE001 - every way the build stops ends in one line naming it
+        failure = stopped(options, exc, get_run_logger())
+        return Failed(message=str(failure), data=failure)
     publish_artifacts(summary)
     failure = check_failures(summary, fail_on_quarantine, get_run_logger())
     if failure is not None:
@@ -358,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
                                 storage_options=secret)
     except (ValueError, OSError, BuildFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, BuildStopped):
+            quiet_abandoned_writes()
         return 3 if isinstance(exc, BuildFailed) else 2
     print(json.dumps(summary, indent=1))
     return 0
