@@ -318,10 +318,12 @@ def _training_backbone(state: dict, name: str, weights: str):
 
 
 def _read_training_state(path: Path) -> dict:
+    from concerto.model.checkpoint import CheckpointError, torch_file
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated, or not a torch file
-        raise InferenceError(f"checkpoint {path}: cannot be read ({type(exc).__name__}: {exc})") from exc
+        return torch_file(path)
+    except CheckpointError as exc:  # a text file, truncated, not a torch file
+        raise InferenceError(str(exc)) from exc
 
 
 def resolve_checkpoint(path: Union[str, os.PathLike]) -> tuple[Path, str]:
