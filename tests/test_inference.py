@@ -295,3 +295,21 @@ def test_exact_distance_ties_are_broken_by_values_not_order(encoder):
     np.testing.assert_array_equal(color[rows], color[perm][rows_p])
     feat = encoder.embed(coord.astype(np.float32), color)
     np.testing.assert_array_equal(feat[perm], encoder.embed(coord[perm].astype(np.float32), color[perm]))
+
+
+def test_inference_module_command_prints_usage_and_checks_a_checkpoint(tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "concerto.inference"]
+    out = subprocess.run(cmd + ["--help"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("usage: python -m concerto.inference"), out
+    assert "concerto.load(CHECKPOINT).embed" in out.stdout
+    export_backbone(PointTransformerV3(PTv3Config.tiny()), tmp_path / "backbone.pth")
+    out = subprocess.run(cmd + [str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and f"{tmp_path}: PTv3 encoder" in out.stdout and "channels per point" in out.stdout, out
+    (tmp_path / "notes.txt").write_text("not weights")
+    out = subprocess.run(cmd + [str(tmp_path / "notes.txt")], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "notes.txt: a text file" in out.stderr, out

@@ -54,6 +54,17 @@ def test_unknown_config_key_is_one_clear_error(capsys, store_url):
     assert err.count("\n") == 0 and "distill.bogus" in err
 
 
+def test_train_help_lists_every_preset(capsys):
+    from concerto.config import PRESETS
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert len(PRESETS) == 5 and f"a preset ({' | '.join(sorted(PRESETS))})" in text, text
+    assert "--init-from" in text
+
+
 def test_config_file_and_sets(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("preset: tiny\noptim:\n  lr: 0.001\n  betas: [0.8, 0.9]\nviews:\n  max_points: 300\n")
