@@ -269,7 +269,9 @@ def stop_message(store, exc: BaseException) -> tuple[str, bool]:
     io_error = isinstance(root, (OSError, TimeoutError)) or is_transient(exc) or \
         type(root).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp", "urllib3")
     url = getattr(store, "url", store)
-    return f"build of {url} stopped: {cause}; {kept}; re-run the same command to resume", io_error
+    # "re-run" only where waiting may help; bad input or a bug fails the same way again
+    again = "; re-run the same command to resume" if io_error else ""
+    return f"build of {url} stopped: {cause}; {kept}{again}", io_error
 
 
 def quiet_abandoned_writes() -> None:
