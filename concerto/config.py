@@ -27,6 +27,10 @@ class ModelConfig:
     preset: str = "base"
     drop_path: Optional[float] = None  # None: the preset's value (teacher always 0)
     grid_size: float = 0.02
+    # a new run's student and teacher encoders start from these weights: a backbone file
+    # (official layout), a run folder or step folder (its backbone.pth), or a released name
+    # (concerto.model.PRETRAINED); heads and optimiser start fresh. Ignored on resume.
+    init_from: Optional[str] = None
 
 
 @dataclass

@@ -318,10 +318,12 @@ def _training_backbone(state: dict, name: str, weights: str):
 
 
 def _read_training_state(path: Path) -> dict:
+    from concerto.model.checkpoint import CheckpointError, torch_file
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated, or not a torch file
-        raise InferenceError(f"checkpoint {path}: cannot be read ({type(exc).__name__}: {exc})") from exc
+        return torch_file(path)
+    except CheckpointError as exc:  # a text file, truncated, not a torch file
+        raise InferenceError(str(exc)) from exc
 
 
 def resolve_checkpoint(path: Union[str, os.PathLike]) -> tuple[Path, str]:
@@ -408,3 +410,38 @@ def random_encoder(preset: str = "tiny", seed: int = 0, device: Union[str, torch
         torch.manual_seed(seed)
         model = PointTransformerV3(PTv3Config.preset(preset, **overrides))
     return Encoder(model, device=device, levels=levels, source=f"random:{preset}:{seed}")
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m concerto.inference CHECKPOINT``: load it as ``concerto.load`` does and say what it is."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m concerto.inference",
+        description="Check that a checkpoint loads as an encoder and print what it gives. In Python: "
+                    "concerto.load(CHECKPOINT).embed(coord, color, normal) -> per-point features. "
+                    "Probe and pictures: python -m concerto.eval.linear_probe / concerto.eval.pictures --help.")
+    parser.add_argument("checkpoint", help="training run folder, state.pt, official-layout .pth, or a released "
+                                           "name (sonata, concerto_base, ...)")
+    parser.add_argument("--weights", default="teacher", choices=("teacher", "student"),
+                        help="which backbone of a training state (default: teacher)")
+    parser.add_argument("--levels", type=int, default=2, help="encoder stages concatenated (default 2)")
+    args = parser.parse_args(argv)
+    try:
+        enc = load(args.checkpoint, levels=args.levels, weights=args.weights)
+    except InferenceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    params = sum(p.numel() for p in enc.model.parameters())
+    print(f"{args.checkpoint}: PTv3 encoder, {params:,} parameters, enc_channels {list(enc.config.enc_channels)}; "
+          f"embed() gives {enc.channels} channels per point (levels {enc.levels}), colour fed as "
+          f"{'color / 255' if enc.color_range == 'unit' else 'color / 127.5 - 1'}, grid {enc.grid_size} m")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -26,8 +26,9 @@ for. (Not a Prefect global concurrency limit: the slot of a run killed with
 SIGKILL stays taken until the server's repossessor reclaims its lease, and
 forever on servers that run no services, such as local mode.) Failed scenes go to ``<store>/reports/quarantine/``; each run
 writes a summary to ``<store>/reports/build-v*.json``, returns it and leaves
-two artifacts (the summary per source, a table of quarantined scenes);
-``fail_on_quarantine`` ends the run Failed when a scene was quarantined.
+two artifacts (the summary per source, a table of quarantined scenes); a
+source whose discovery failed ends the run Failed (after the other sources'
+scenes are committed), and so does a quarantined scene with ``fail_on_quarantine``.
 
 Local mode (no server): ``python -m flows.build_dataset --store S --source synthetic:PATH[:k=v,...]``.
 """
@@ -46,6 +47,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 from prefect.context import FlowRunContext
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Failed
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
@@ -56,7 +58,7 @@ from pipelines.build.batch import BatchItem, BatchResult
 from pipelines.build.cli import add_build_args, build_params
 from pipelines.build.options import BuildOptions, SceneSettings, SourceSpec
 from pipelines.build.retry import BACKOFF_S, RETRIES, is_transient
-from pipelines.build.run import run_build
+from pipelines.build.run import quiet_abandoned_writes, run_build, stop_message
 from pipelines.build.steps import (
     BuildSteps,
     build_batch_step,
@@ -178,8 +180,16 @@ PREFECT_STEPS = BuildSteps(discover=discover_scenes, build_batch=build_batch, gc
                            commit=commit_task, remove=removals_task, finish=finish_task)
 
 
-class QuarantineError(RuntimeError):
+class BuildFailed(RuntimeError):
+    """The run ended Failed after committing what it could; the message names what failed."""
+
+
+class QuarantineError(BuildFailed):
     """``fail_on_quarantine``: the build left scenes out."""
+
+
+class SourceFailed(BuildFailed):
+    """A source could not be discovered (missing folder, unreadable index): its scenes were not built."""
 
 
 def summary_markdown(summary: dict) -> str:
@@ -206,21 +216,50 @@ def publish_artifacts(summary: dict) -> None:
                           key="build-quarantine", description=f"{len(rows)} quarantined scenes")
 
 
-def check_quarantine(summary: dict, fail_on_quarantine: bool, logger=None) -> None:
-    """``fail_on_quarantine``: raise, naming the scenes. The message also goes out as
-    an event of the run (``build-dataset.quarantined``, the message as its resource
-    name): ``prefect deployment run --watch`` streams a run's events always, its logs
-    only when the server streams logs out."""
+def _announce(event: str, summary: dict, message: str, logger) -> None:
+    """Log ``message`` and send it as an event of the run (the message as its
+    resource name, whole): ``prefect deployment run --watch`` streams a run's
+    events always, its logs only when the server streams logs out."""
+    if logger is not None:
+        logger.error("%s", message)
+    emit_event(event=event, resource={"prefect.resource.id": f"concerto.store.{summary['store']}",
+                                      "prefect.resource.name": message})
+
+
+def check_failures(summary: dict, fail_on_quarantine: bool, logger=None) -> Optional[BuildFailed]:
+    """The error the run must end Failed with, or None: a source whose discovery failed
+    (always: its scenes were not built), or, with ``fail_on_quarantine``, any
+    quarantined scene. The message names each source or scene with its whole
+    reason (the first 5, then how many more)."""
+    report = f"; report: {summary['report']}" if summary.get("report") else ""
+    lost = [q for q in summary["quarantined"] if q["stage"] == "discover"]
+    if lost:
+        shown = "; ".join(q["message"] for q in lost[:5]) + (f"; and {len(lost) - 5} more" if len(lost) > 5 else "")
+        message = (f"{len(lost)} source(s) could not be read, their scenes were not built "
+                   f"(the other sources' scenes are committed, v{summary['manifest_version']}): {shown}{report}")
+        _announce("build-dataset.source-failed", summary, message, logger)
+        return SourceFailed(message)
     if fail_on_quarantine and summary["quarantined"]:
-        shown = "; ".join(f"{q['key']} ({q['stage']}: {q['message'][:120]})" for q in summary["quarantined"][:5])
-        message = (f"{len(summary['quarantined'])} scenes quarantined in {summary['store']} "
-                   f"(v{summary['manifest_version']}): {shown}")
-        if logger is not None:
-            logger.error("fail_on_quarantine: %s", message)
-        emit_event(event="build-dataset.quarantined",
-                   resource={"prefect.resource.id": f"concerto.store.{summary['store']}",
-                             "prefect.resource.name": message})
-        raise QuarantineError(message)
+        q_all = summary["quarantined"]
+        shown = "; ".join(f"{q['key']} ({q['stage']}: {q['message']})" for q in q_all[:5])
+        more = f"; and {len(q_all) - 5} more" if len(q_all) > 5 else ""
+        message = (f"fail_on_quarantine: {len(q_all)} scenes quarantined in {summary['store']} "
+                   f"(v{summary['manifest_version']}): {shown}{more}{report}")
+        _announce("build-dataset.quarantined", summary, message, logger)
+        return QuarantineError(message)
+    return None
+
+
+class BuildStopped(BuildFailed):
+    """The build stopped part-way (store unreachable, a worker lost, a bug); what it committed stays."""
+
+
+def stopped(options: BuildOptions, exc: BaseException, logger) -> BuildStopped:
+    """``exc`` as the run's one-line error, logged once (with its traceback only
+    when it is not an I/O error: then it may be a bug)."""
+    message, io_error = stop_message(options.store, exc)
+    logger.error("%s", message, exc_info=None if io_error else exc)
+    return BuildStopped(message)
 
 
 def parse_storage_options(text: SecretStr | str | None) -> dict | None:
@@ -289,12 +328,21 @@ def build_dataset(
         params, sources=[p.model_dump() if isinstance(p, BaseModel) else p for p in sources],
         storage_options=parse_storage_options(storage_options),
         run_id=f"prefect-{ctx.flow_run.id}" if ctx is not None and ctx.flow_run is not None else None))
-    with same_api_for_workers() as api, \
-            make_task_runner(dask_address, {"PREFECT_API_URL": api} if api else None) as runner:
-        summary = run_build(options, executor=TaskRunnerExecutor(runner), steps=PREFECT_STEPS,
-                            logger=get_run_logger()).as_dict()
+    try:
+        with same_api_for_workers() as api, \
+                make_task_runner(dask_address, {"PREFECT_API_URL": api} if api else None) as runner:
+            summary = run_build(options, executor=TaskRunnerExecutor(runner), steps=PREFECT_STEPS,
+                                logger=get_run_logger()).as_dict()
+    except Exception as exc:  # noqa: BLE001 - every way the build stops ends in one line naming it
+        failure = stopped(options, exc, get_run_logger())
+        return Failed(message=str(failure), data=failure)
     publish_artifacts(summary)
-    check_quarantine(summary, fail_on_quarantine, get_run_logger())
+    failure = check_failures(summary, fail_on_quarantine, get_run_logger())
+    if failure is not None:
+        # A returned Failed state, not a raise: Prefect pickles a raised exception into
+        # its result storage and lists it as an unnamed artifact of the run. The caller
+        # of the flow still gets ``failure`` raised.
+        return Failed(message=str(failure), data=failure)
     return summary
 
 
@@ -318,13 +366,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params = dict(build_params(args), sources=[s.as_dict() for s in args.sources])
-    secret = SecretStr(open(args.storage_options_file).read()) if args.storage_options_file else None
     try:
+        # bad options (an unknown source kind, ...) are refused before a Prefect server or cluster starts
+        BuildOptions.from_params(**params)
+        secret = SecretStr(open(args.storage_options_file).read()) if args.storage_options_file else None
         summary = build_dataset(**params, fail_on_quarantine=args.fail_on_quarantine, dask_address=args.dask_address,
                                 storage_options=secret)
-    except (ValueError, QuarantineError) as exc:
+    except (ValueError, OSError, BuildFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ValueError) else 3
+        if isinstance(exc, BuildStopped):
+            quiet_abandoned_writes()
+        return 3 if isinstance(exc, BuildFailed) else 2
     print(json.dumps(summary, indent=1))
     return 0
 

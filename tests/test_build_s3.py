@@ -137,3 +137,41 @@ def test_two_concurrent_builds_lose_no_update(s3_url, tmp_path):
     store = ShardStore.open(s3_url)
     assert {k: c["scenes"] for k, c in store.manifest.source_counts().items()} == {"synth": 3}
     assert store.verify() == []
+
+
+@pytest.mark.slow
+def test_s3_server_killed_mid_build_ends_in_one_error_line_and_the_rerun_takes_over(tmp_path):
+    """The user's step: the S3 server dies during a build (its own SeaweedFS here,
+    not the session's), then comes back and the build is re-run."""
+    from testkit.s3_server import SeaweedS3
+
+    server = SeaweedS3(tmp_path / "weed").start()
+    try:
+        server.filesystem().mkdir("killed")
+        url = "s3://killed/store"
+        e = dict(env(), **server.env)
+        src = synthetic(tmp_path / "a", "synth", 5, seed=6)
+        proc = subprocess.Popen(build_cmd(url, src), env=e, cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        fs, deadline = server.filesystem(), time.monotonic() + 600
+        while not fs.exists("killed/store/manifests/v000001.json"):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.2)
+        os.killpg(server.proc.pid, signal.SIGKILL)
+        server.proc.wait()
+        out, err = proc.communicate(timeout=900)
+        (tmp_path / "killed.err").write_text(err)
+        assert proc.returncode == 3, err[-3000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith(f"error: build of {url} stopped: ") and "re-run the same command" in last, last
+        assert "Exception in thread" not in err and "Traceback" not in err, err[-3000:]
+        server.log.close()
+        server.proc = None
+        server.start()  # same ports, same data
+        again = subprocess.run(build_cmd(url, src), env=e, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "taking over the build lease" in again.stderr and "waiting for build run" not in again.stderr, \
+            again.stderr[-3000:]
+        assert summary_of(again.stdout)["scenes"]["skipped"] >= 1
+    finally:
+        server.stop()

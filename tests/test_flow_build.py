@@ -158,7 +158,7 @@ def test_build_incremental_and_quarantine(prefect_api, dask_address, tmp_path):
 
     # the run left its summary and its quarantined scenes as artifacts
     arts = _artifacts({"build-summary", "build-quarantine"})
-    assert "| synthB | 3 | 0 | 0 | 0 | 2 |" in arts["build-summary"].data
+    assert "| synthB | 1 | 0 | 0 | 0 | 2 |" in arts["build-summary"].data  # new: the scenes that landed
     assert {r["scene"] for r in json.loads(arts["build-quarantine"].data)} == {bad_mesh, bad_pose}
 
     # run 3: repair the mesh (regenerated on discovery) and build synthB alone:
@@ -245,3 +245,84 @@ def test_killed_build_resumes_with_every_scene_once(prefect_api, tmp_path):
     assert not (store / SHARD_DIR / orphan.id).exists()
     listed = {sh.id for v in list_versions(store) for sh in load_manifest(store, v).shards}
     assert {p.name for p in (store / SHARD_DIR).iterdir()} <= listed
+
+
+def _flow_run_artifacts(flow_run_id: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(),
+                                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+def _events(name: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    with get_client(sync_client=True) as client:
+        return client.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=50).events
+
+
+def _flow_run_count() -> int:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return len(client.read_flow_runs())
+
+
+def test_failed_runs_say_what_failed_and_count_what_landed(prefect_api, dask_address, tmp_path):
+    """The user's steps: a source path that does not exist, an unknown kind, a
+    scene quarantined for a long reason; each fails with its whole cause."""
+    from flows.build_dataset import QuarantineError, build_dataset
+
+    store = tmp_path / "store"
+    good = synthetic(tmp_path / "good", "good", 2, seed=7)
+    refs = make_source("synthetic", good["path"], name="good", **good["options"]).discover()
+    mesh = tmp_path / "good" / refs[0].scene_id / "mesh.ply"
+    mesh.write_bytes(mesh.read_bytes()[: mesh.stat().st_size // 2])
+    bad_key = f"good/{refs[0].scene_id}"
+    opts = ",".join(f"{k}={v}" for k, v in good["options"].items())
+    cli = [sys.executable, "-m", "flows.build_dataset", "--store", str(store), "--dask-address", dask_address,
+           "--min-correspondences", "10", "--no-progress", "--source", f"synthetic:{good['path']}:name=good,{opts}"]
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+
+    # an unknown kind: one line, before any flow run starts
+    runs_before = _flow_run_count()
+    t0 = time.monotonic()
+    out = subprocess.run(cli + ["--source", "scanet:/data/ScanNet"], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 2 and out.stdout == "", out.stdout[-2000:]
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: source 'scanet:/data/ScanNet': unknown source "
+                                                                 "kind 'scanet'; known kinds:"), out.stderr
+    assert _flow_run_count() == runs_before and time.monotonic() - t0 < 60
+
+    # a missing dataset folder: the run ends Failed, exit 3, the last line names source and path;
+    # the good source's scene still lands
+    out = subprocess.run(cli + ["--source", "scannet:/does/not/exist"], cwd=PROJECT_ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 3, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 1 source(s) could not be read") and "'scannet'" in last, last
+    assert "'/does/not/exist' is not a directory" in last, last
+    assert ShardStore.open(str(store)).scene_keys() == [f"good/{refs[1].scene_id}"]
+    report = json.loads(Path(last.rsplit("report: ", 1)[1]).read_text())
+    # the summary counts as new only the scene that landed; the two artifacts and no third one
+    assert report["per_source"]["good"] == dict(new=1, unchanged=0, updated=0, removed=0, failed=1)
+    assert report["per_source"]["scannet"]["failed"] == 1
+    arts = _flow_run_artifacts(report["run_id"].removeprefix("prefect-"))
+    assert sorted(str(a.key) for a in arts) == ["build-quarantine", "build-summary"], [(a.key, a.type, a.task_run_id, a.data) for a in arts]
+    summary_md = next(a for a in arts if a.key == "build-summary").data
+    assert "| good | 1 | 0 | 0 | 0 | 1 |" in summary_md, summary_md
+
+    # fail_on_quarantine: the scene's whole reason reaches the error and the event --watch prints
+    reason = load_quarantine(store)[bad_key].message
+    assert len(reason) > 120 and "bytes" in reason, reason
+    with pytest.raises(QuarantineError) as err:
+        build_dataset(sources=[good], store=str(store), fail_on_quarantine=True, **flow_kw(dask_address))
+    assert reason in str(err.value) and bad_key in str(err.value)
+    deadline = time.monotonic() + 60
+    while not (names := [e.resource.get("prefect.resource.name") for e in _events("build-dataset.quarantined")]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert any(reason in n for n in names), names

@@ -231,6 +231,11 @@ def test_load_errors_name_the_checkpoint(tmp_path):
     bad.write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(InferenceError, match="truncated.pth: cannot be read"):
         load(bad)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my scan notes\n")
+    with pytest.raises(InferenceError, match=r"notes.txt: a text file \(starts with b'my scan '\); expected a file "
+                                             r"written by torch.save: an official-layout backbone"):
+        load(notes)
     torch.save({"config": PTv3Config.tiny().to_dict(), "state_dict": {"nope": torch.zeros(1)}}, tmp_path / "keys.pth")
     with pytest.raises(InferenceError, match="keys.pth.*missing keys"):
         load(tmp_path / "keys.pth")
@@ -255,6 +260,43 @@ def test_released_name_download_failure_is_one_clear_error(monkeypatch):
         load("concerto_base")
 
 
+def _load_released(name: str, env: dict, timeout=120):
+    import os
+    import subprocess
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = (f"import concerto\ntry:\n    e = concerto.load({name!r})\n    print('loaded', e.channels)\n"
+            f"except Exception as exc:\n    print(type(exc).__name__, exc)")
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(root), **env},
+                         capture_output=True, text=True, timeout=timeout)
+    return out.stdout.strip(), time.monotonic() - t0
+
+
+def test_released_name_offline_fails_at_once_and_a_cached_copy_loads(tmp_path):
+    """The user's step, offline: no retries for tens of seconds; with the file in the
+    Hugging Face cache it loads without the network."""
+    from testkit.ports import free_ports
+
+    home = {"HF_HOME": str(tmp_path / "hf")}
+    said, took = _load_released("sonata", {**home, "HF_HUB_OFFLINE": "1"})
+    assert said.startswith("InferenceError released weights 'sonata' (facebook/sonata/sonata.pth) are not in the "
+                           "Hugging Face cache") and "HF_HUB_OFFLINE is set" in said, said
+    (closed,) = free_ports(1)  # nothing listens there: a hub that cannot be reached
+    said, took = _load_released("sonata", {**home, "HF_ENDPOINT": f"http://127.0.0.1:{closed}"})
+    assert f"127.0.0.1:{closed} cannot be reached" in said and took < 20, (said, took)
+    # the cache's own layout (refs/main -> snapshots/<revision>/<file>)
+    repo = tmp_path / "hf" / "hub" / "models--facebook--sonata"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    export_backbone(PointTransformerV3(PTv3Config.tiny()), repo / "snapshots" / ("0" * 40) / "sonata.pth")
+    said, _ = _load_released("sonata", {**home, "HF_HUB_OFFLINE": "1"})
+    assert said.startswith("loaded"), said
+
+
 def test_exact_distance_ties_are_broken_by_values_not_order(encoder):
     # points mirrored about their voxel centre (some exactly equally near it) and exact
     # duplicates with another colour (always tied): the colour decides, not the order
@@ -271,3 +313,21 @@ def test_exact_distance_ties_are_broken_by_values_not_order(encoder):
     np.testing.assert_array_equal(color[rows], color[perm][rows_p])
     feat = encoder.embed(coord.astype(np.float32), color)
     np.testing.assert_array_equal(feat[perm], encoder.embed(coord[perm].astype(np.float32), color[perm]))
+
+
+def test_inference_module_command_prints_usage_and_checks_a_checkpoint(tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "concerto.inference"]
+    out = subprocess.run(cmd + ["--help"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("usage: python -m concerto.inference"), out
+    assert "concerto.load(CHECKPOINT).embed" in out.stdout
+    export_backbone(PointTransformerV3(PTv3Config.tiny()), tmp_path / "backbone.pth")
+    out = subprocess.run(cmd + [str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and f"{tmp_path}: PTv3 encoder" in out.stdout and "channels per point" in out.stdout, out
+    (tmp_path / "notes.txt").write_text("not weights")
+    out = subprocess.run(cmd + [str(tmp_path / "notes.txt")], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "notes.txt: a text file" in out.stderr, out

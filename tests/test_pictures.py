@@ -143,3 +143,33 @@ def test_pictures_cli(tmp_path, capsys):
     assert len(list((tmp_path / "pics").glob("*.png"))) == 3
     assert main(["--data", url, "--checkpoint", "random", "--index", "99", "--out", str(tmp_path / "x")]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_pictures_and_probe_write_into_a_run_folder_by_default(tmp_path, monkeypatch, capsys):
+    """Without --out / --output nothing lands in the current directory: runs/<what>-<checkpoint name>/."""
+    from concerto.eval.linear_probe import main as probe_main
+    from concerto.eval.report import checkpoint_name
+    from concerto.model import PointTransformerV3, PTv3Config
+    from concerto.train.checkpoint import export_backbone
+    from testkit.room_store import build_room_store
+
+    url = build_room_store(tmp_path / "rooms", num_scenes=2, points_per_scene=2000, frames_per_scene=4,
+                           image_size=(48, 36))
+    run = tmp_path / "runs_elsewhere" / "tiny300"
+    export_backbone(PointTransformerV3(PTv3Config.tiny()), run / "backbone.pth")
+    (run / "checkpoints" / "step_00000300").mkdir(parents=True)
+    assert checkpoint_name(str(run)) == checkpoint_name(str(run / "backbone.pth")) == "tiny300"
+    assert checkpoint_name(str(run / "checkpoints" / "step_00000300")) == "tiny300-step_00000300"
+    assert checkpoint_name("sonata") == "sonata" and checkpoint_name("random", "base") == "random-base"
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["--data", url, "--checkpoint", str(run), "--size", "160", "120"]) == 0
+    printed = capsys.readouterr().out
+    assert "pca_png: runs/pictures-tiny300/" in printed, printed
+    assert len(list((work / "runs" / "pictures-tiny300").glob("*.png"))) == 3
+    assert probe_main(["--data", url, "--checkpoint", "random", "--epochs", "2", "--val-fraction", "0.5",
+                       "--no-progress"]) == 0
+    assert "wrote runs/linear_probe-random-tiny/linear_probe.json" in capsys.readouterr().out
+    assert (work / "runs" / "linear_probe-random-tiny" / "linear_probe.json").is_file()
+    assert sorted(p.name for p in work.iterdir()) == ["runs"]

@@ -135,3 +135,23 @@ def test_concurrent_quarantine_updates_lose_nothing(tmp_path):
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
     assert len(load_quarantine(store)) == 2 * n
+
+
+def test_concerto_store_lists_quarantined_scenes_with_their_whole_reason(tmp_path):
+    """``concerto-store <url> --quarantine``: also for a store where every scene failed (no manifest)."""
+    import io
+
+    from pipelines.quarantine import SceneFailure, update_quarantine
+
+    store = tmp_path / "store"
+    assert inspect_main([str(store), "--quarantine"], out=io.StringIO()) == 0
+    reason = "mesh.ply: mesh file '/data/scans/room7/mesh.ply': truncated or padded body: 89119 bytes, expected 178548"
+    update_quarantine(store, [SceneFailure.of("scans/room7", "scans", "room7", "h", "load", ValueError(reason)),
+                              SceneFailure.of("scans/*", "scans", "*", "", "discover", FileNotFoundError("no /x"))])
+    out = io.StringIO()
+    assert inspect_main([str(store), "--quarantine"], out=out) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0] == f"quarantine of {store}: 2 scenes (re-run the build to retry them)", lines
+    room = next(ln for ln in lines if "scans/room7" in ln)
+    assert "stage load" in room and f"ValueError: {reason}" in room, room
+    assert any("scans/*" in ln and "stage discover" in ln and "FileNotFoundError" in ln for ln in lines), lines

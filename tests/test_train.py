@@ -54,6 +54,17 @@ def test_unknown_config_key_is_one_clear_error(capsys, store_url):
     assert err.count("\n") == 0 and "distill.bogus" in err
 
 
+def test_train_help_lists_every_preset(capsys):
+    from concerto.config import PRESETS
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert len(PRESETS) == 5 and f"a preset ({' | '.join(sorted(PRESETS))})" in text, text
+    assert "--init-from" in text
+
+
 def test_config_file_and_sets(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("preset: tiny\noptim:\n  lr: 0.001\n  betas: [0.8, 0.9]\nviews:\n  max_points: 300\n")
@@ -226,6 +237,30 @@ def test_killed_run_resumes_to_the_uninterrupted_parameters(store_url, tmp_path)
     res = subprocess.run(cmd + ["--output", str(run), "--resume"], env=_env(), capture_output=True, text=True,
                          timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed from step 4 of 8" in res.stdout, res.stdout
     a, b = states(tmp_path / "ref", 8), states(run, 8)
     assert_same_params(a["student"], b["student"])
     assert_same_params(a["teacher"], b["teacher"])
+
+
+@pytest.mark.slow
+def test_resume_of_a_run_killed_before_its_first_checkpoint_says_it_starts_again(store_url, tmp_path):
+    """The user's step: SIGKILL before the first save (every 50 steps), then --resume."""
+    run = tmp_path / "early"
+    cmd = [sys.executable, "-m", "concerto.train", "--data", store_url, "--config", "tiny", "--steps", "3",
+           "--no-progress", "--output", str(run)]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    # config.json is written once the models are built, before the first step
+    while not (run / "config.json").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (run / "config.json").is_file() and not list(run.glob("checkpoints/step_*"))
+    res = subprocess.run(cmd + ["--resume"], env=_env(), capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("resume:"))
+    assert str(run / "checkpoints") in line and "saved every 50 steps" in line and "starting from step 0" in line
+    assert "resumed from" not in res.stdout
+    again = subprocess.run(cmd + ["--resume"], env=_env(), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "resumed from step 3 of 3" in again.stdout, again.stdout

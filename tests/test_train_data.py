@@ -58,6 +58,45 @@ def test_changing_steps_on_resume_is_refused(store_url, tmp_path, capsys):
     assert run(store_url, out, "--steps", "3", "--resume") == 2
     err = capsys.readouterr().err
     assert "started with run.steps=1, now 3" in err and "cannot change on resume" in err
+    # the way the refusal points to: a new run from this one's weights
+    assert f"--init-from {out}" in err, err
+    new = tmp_path / "longer"
+    assert run(store_url, new, "--steps", "3", "--init-from", str(out)) == 0
+    assert f"model: student and teacher encoders start from '{out / 'backbone.pth'}'" in capsys.readouterr().out
+    assert (new / "checkpoints" / "step_00000003").is_dir()
+    assert json.loads((new / "config.json").read_text())["model"]["init_from"] == str(out)
+
+
+def test_init_from_loads_the_backbone_into_student_and_teacher(store_url, tmp_path, capsys):
+    """model.init_from: a run folder, a step folder or a backbone file; both encoders
+    start equal to it; a backbone of another size is one clear error."""
+    import torch
+
+    from concerto.config import load_config
+    from concerto.train.state import TrainError, build_state, resolve_config, start_run
+
+    src = tmp_path / "src"
+    assert run(store_url, src, "--steps", "1") == 0
+    saved = torch.load(src / "backbone.pth", weights_only=True)["state_dict"]
+
+    def state_for(init_from):
+        cfg = load_config("tiny", ["data.num_workers=0", "run.steps=2", f"model.init_from={init_from}"])
+        start = start_run(cfg, store_url, tmp_path / "new", resume=False)
+        return build_state(resolve_config(cfg, start.store_info), store_url, start)
+
+    for init_from in (src, src / "backbone.pth", src / "checkpoints" / "step_00000001"):
+        s = state_for(init_from)
+        for net in (s.student, s.teacher):
+            got = net.backbone.state_dict()
+            assert got.keys() == saved.keys() and all(torch.equal(got[k], saved[k]) for k in saved), init_from
+    # another size: one line naming the file and the preset
+    big = tmp_path / "big.pth"
+    torch.save({"config": {}, "state_dict": {k: torch.zeros(3, *v.shape) for k, v in saved.items()}}, big)
+    with pytest.raises(TrainError, match=r"model.init_from '.*big.pth': does not fit the encoder of model.preset "
+                                         r"'tiny' \(other shapes"):
+        state_for(big)
+    with pytest.raises(Exception, match="model.init_from.*neither a file, a run folder nor a released model"):
+        state_for(tmp_path / "nothing-here")
 
 
 def test_bad_data_version_is_one_clear_error(store_url, tmp_path, capsys):

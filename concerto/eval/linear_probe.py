@@ -1,7 +1,7 @@
 """Linear probing of a frozen encoder for semantic segmentation.
 
     python -m concerto.eval.linear_probe --data <store> --checkpoint <ckpt | run dir | name | random>
-        [--config tiny] [--epochs N] [--val-fraction 0.25] [--seed 0] [--output probe.json] [--cache DIR]
+        [--config tiny] [--epochs N] [--val-fraction 0.25] [--seed 0] [--output runs/linear_probe-<name>/linear_probe.json] [--cache DIR]
 
 Steps: every scene of the store (its first segment: all segments of a scene
 share its point cloud) with at least one labelled point is embedded once by
@@ -268,11 +268,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--cache", default=None, help="folder for cached features (per checkpoint and scene)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=2, help="scenes per encoder forward")
-    parser.add_argument("--output", default="linear_probe.json", help="JSON result file")
+    parser.add_argument("--output", default=None,
+                        help="JSON result file (default: runs/linear_probe-<checkpoint name>/linear_probe.json)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     from concerto.data import DataError
+    from concerto.eval.report import default_output_dir
     from concerto.inference import InferenceError
+
+    if args.output is None:
+        args.output = str(default_output_dir("linear_probe", args.checkpoint, args.config) / "linear_probe.json")
 
     try:
         result = run_probe(args.data, args.checkpoint, config=args.config, epochs=args.epochs,

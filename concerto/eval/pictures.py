@@ -289,13 +289,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--config", default="tiny", help="preset for --checkpoint random")
     parser.add_argument("--index", type=int, default=0, help="sample index in the store")
     parser.add_argument("--query", type=int, default=None, help="query point for the similarity map (default: a seeded pick)")
-    parser.add_argument("--out", default="pictures")
+    parser.add_argument("--out", default=None, help="folder (default: runs/pictures-<checkpoint name>)")
     parser.add_argument("--name", default=None)
     parser.add_argument("--size", type=int, nargs=2, default=(480, 360), metavar=("W", "H"))
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     from concerto.data import DataError, open_store
+    from concerto.eval.report import default_output_dir
     from concerto.inference import InferenceError, load, random_encoder
+
+    if args.out is None:
+        args.out = str(default_output_dir("pictures", args.checkpoint, args.config))
 
     try:
         store = open_store(args.data)

@@ -24,6 +24,31 @@ REQUIRED = ("dataset", "split", "mode", "checkpoint", "mIoU", "mAcc", "allAcc")
 GROUP = ("dataset", "split", "mode", "protocol", "checkpoint")
 
 
+RUNS_DIR = "runs"
+
+
+def checkpoint_name(checkpoint: str, config: str = "tiny") -> str:
+    """A short name for what ``--checkpoint`` names: the run folder's name (also for a
+    file inside it), a step folder as ``<run>-step_N``, a released name as is, and
+    ``random-<preset>`` for the random baseline."""
+    if checkpoint == "random":
+        return f"random-{config}"
+    p = Path(checkpoint)
+    if not p.exists():
+        return p.name or checkpoint  # a released name
+    if p.is_file():
+        p = p.parent if p.stem in ("backbone", "state", "model") else p.with_suffix("")
+    if p.name.startswith("step_") and p.parent.name == "checkpoints":
+        return f"{p.parent.parent.name}-{p.name}"
+    return p.name or "checkpoint"
+
+
+def default_output_dir(what: str, checkpoint: str, config: str = "tiny") -> Path:
+    """Where an evaluation writes when not told: ``runs/<what>-<checkpoint name>``
+    (beside ``runs/segment-<mode>``), not the current directory."""
+    return Path(RUNS_DIR) / f"{what}-{checkpoint_name(checkpoint, config)}"
+
+
 def append_result(path, row: dict) -> Path:
     """Append one row (a dict with ``REQUIRED`` keys) to the JSON-lines file ``path``."""
     missing = [k for k in REQUIRED if k not in row]

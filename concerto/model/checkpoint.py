@@ -64,6 +64,28 @@ def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str | None = None)
     return dict(state_dict)
 
 
+EXPECTED = ("a file written by torch.save: an official-layout backbone {config, state_dict} (.pth), "
+            "a training state.pt, or a training run folder")
+
+
+def torch_file(path: Path, name: str | None = None) -> Any:
+    """``torch.load(path, weights_only=True)``; a file that is not a torch file at all
+    (text, an image, a PLY) is refused naming what it looks like and what was expected."""
+    name = name or str(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    # torch.save writes a zip archive (PK..) or, in the legacy format, a pickle (protocol byte 0x80)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        looks = "an empty file" if not head else (
+            "a text file" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "not a torch file")
+        raise CheckpointError(f"checkpoint {name}: {looks} (starts with {head!r}); expected {EXPECTED}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle with code, ...
+        raise CheckpointError(f"checkpoint {name}: cannot be read as a torch file ({type(exc).__name__}: {exc}); "
+                              f"expected {EXPECTED}") from exc
+
+
 def read_checkpoint(source: str | os.PathLike | dict[str, Any], prefix: str | None = None) -> tuple[dict | None, dict]:
     """(config dict or None, backbone state dict with prefixes stripped) from a path or a loaded dict."""
     name = str(source) if not isinstance(source, dict) else "<dict>"
@@ -73,10 +95,7 @@ def read_checkpoint(source: str | os.PathLike | dict[str, Any], prefix: str | No
         path = Path(source)
         if not path.is_file():
             raise CheckpointError(f"checkpoint {name}: no such file")
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated zip, pickle with code, ...
-            raise CheckpointError(f"checkpoint {name}: cannot be read ({type(exc).__name__}: {exc})") from exc
+        ckpt = torch_file(path, name)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {name}: expected a dict, got {type(ckpt).__name__}")
     if "state_dict" in ckpt:
@@ -149,8 +168,41 @@ def load_pretrained(name: str, cache_dir: str | None = None, strict: bool = True
 
     The weights are CC-BY-NC. ``overrides`` are applied to the file's config.
     """
-    repo_id, filename = pretrained_location(name)
-    from huggingface_hub import hf_hub_download  # noqa: PLC0415 - optional network path
+    return load_checkpoint(pretrained_file(name, cache_dir), strict=strict, **overrides)
 
-    path = hf_hub_download(repo_id=repo_id, filename=filename, repo_type="model", cache_dir=cache_dir)
-    return load_checkpoint(path, strict=strict, **overrides)
+
+def _hub_reachable(endpoint: str, timeout_s: float) -> str | None:
+    """None when a TCP connection to the hub's host opens within ``timeout_s``,
+    else why not (one line)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"{url.hostname}:{port} cannot be reached ({type(exc).__name__}: {exc})"
+    return None
+
+
+def pretrained_file(name: str, cache_dir: str | None = None, timeout_s: float = 3.0) -> str:
+    """The local path of released backbone ``name``: from the Hugging Face cache, else
+    downloaded. Offline (``HF_HUB_OFFLINE`` set, or the hub's host not reachable
+    within ``timeout_s``) a file not in the cache fails at once, not after the
+    hub client's retries."""
+    repo_id, filename = pretrained_location(name)
+    from huggingface_hub import constants, hf_hub_download  # noqa: PLC0415 - optional network path
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return hf_hub_download(repo_id=repo_id, filename=filename, repo_type="model", cache_dir=cache_dir,
+                               local_files_only=True)
+    except LocalEntryNotFoundError:
+        pass
+    why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _hub_reachable(constants.ENDPOINT, timeout_s)
+    if why is not None:
+        raise CheckpointError(f"released weights '{name}' ({repo_id}/{filename}) are not in the Hugging Face cache "
+                              f"({cache_dir or constants.HF_HUB_CACHE}) and {why}; download them where the hub is reachable "
+                              f"(the cache folder can be copied) or pass the path of a local backbone file")
+    return hf_hub_download(repo_id=repo_id, filename=filename, repo_type="model", cache_dir=cache_dir)

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch.distributed as dist
 
-from concerto.config import ConfigError, load_config
+from concerto.config import PRESETS, ConfigError, load_config
 from concerto.train.loop import train
 from concerto.train.state import TrainError
 
@@ -19,11 +19,15 @@ DESCRIPTION = "Concerto pretraining (single process or under torchrun)."
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m concerto.train", description=DESCRIPTION)
     parser.add_argument("--data", required=True, help="shard store path or fsspec URL")
-    parser.add_argument("--config", default="base", help="base | large | tiny | a .yaml/.json file")
+    parser.add_argument("--config", default="base",
+                        help=f"a preset ({' | '.join(sorted(PRESETS))}) or a .yaml/.json file")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--output", default="runs/pretrain")
     parser.add_argument("--steps", type=int, default=None, help="total optimiser steps (run.steps)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
+    parser.add_argument("--init-from", default=None, metavar="BACKBONE|RUN",
+                        help="start a new run's encoders (student and teacher) from these weights: a backbone file, "
+                             "a run or checkpoint folder, or a released name (model.init_from)")
     parser.add_argument("--data-version", default=None, metavar="N|latest",
                         help="manifest version to read (default: the latest complete one; on --resume, the "
                              "version the run started with; 'latest' moves a resumed run on to the newest)")
@@ -46,6 +50,8 @@ def run(args: argparse.Namespace) -> dict:
         cfg = load_config(args.config, args.sets)
         if args.steps is not None:
             cfg.run.steps = args.steps
+        if args.init_from is not None:
+            cfg.model.init_from = args.init_from
         if args.data_version is not None:
             cfg.data.version = args.data_version if args.data_version == "latest" else _version(args.data_version)
         if args.skip_corrupt_samples:

@@ -141,8 +141,8 @@ def check_resume_steps(steps: int, started: Optional[int], path: Path) -> None:
     ``started``: the resumed run's ``run.steps`` (``RunStart.store_info``)."""
     if started is not None and started != steps:
         raise TrainError(f"resume from '{path}': the run started with run.steps={started}, now {steps}; "
-                         f"every schedule spans run.steps, so it cannot change on resume (start a new run "
-                         f"from the exported backbone to train longer)")
+                         f"every schedule spans run.steps, so it cannot change on resume (to train longer, start "
+                         f"a new run from this one's weights: --init-from {path.parent.parent} --output <new folder>)")
 
 
 def latest_complete_version(data: Any) -> Optional[int]:
@@ -216,11 +216,57 @@ def build_backbone(cfg: PretrainConfig):
     return PointTransformerV3(PTv3Config.preset(cfg.model.preset, **over))
 
 
-def build_student_teacher(cfg: PretrainConfig, image_encoder, device: torch.device):
-    """(student, teacher): the teacher starts as a copy of the student and never drops paths."""
+def init_weights_path(init_from: str) -> str:
+    """The backbone file ``model.init_from`` names: a file as given, a run or step
+    folder's ``backbone.pth``, a released name as is (downloaded by load_pretrained)."""
+    from concerto.model.checkpoint import PRETRAINED
+
+    path = Path(init_from).expanduser()
+    if path.is_dir():
+        if (path / "backbone.pth").is_file():
+            return str(path / "backbone.pth")
+        raise ConfigError(f"config key 'model.init_from': folder '{path}' holds no backbone.pth (expected a run "
+                          f"folder, one of its checkpoints/step_* folders or a backbone file)")
+    if path.is_file() or init_from in PRETRAINED:
+        return str(path) if path.is_file() else init_from
+    raise ConfigError(f"config key 'model.init_from': '{init_from}' is neither a file, a run folder nor a released "
+                      f"model ({', '.join(sorted(PRETRAINED))})")
+
+
+def init_backbone(backbone: torch.nn.Module, init_from: str, preset: str) -> str:
+    """Load the encoder weights ``init_from`` names into ``backbone`` (every key, same
+    shapes); returns the file read. The run's own config (grid, drop path) stays."""
+    from concerto.model.checkpoint import CheckpointError, load_pretrained, read_checkpoint
+
+    where = init_weights_path(init_from)
+    try:
+        if where == init_from and not Path(where).exists():  # a released name
+            state = load_pretrained(where).state_dict()
+        else:
+            _, state = read_checkpoint(where)
+    except (CheckpointError, OSError) as exc:
+        raise TrainError(f"model.init_from '{where}': {exc}") from exc
+    mine = backbone.state_dict()
+    missing, extra = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
+    shapes = [k for k in mine if k in state and tuple(state[k].shape) != tuple(mine[k].shape)]
+    if missing or extra or shapes:
+        detail = "; ".join(f"{what} {keys[:3]}" for what, keys in (("missing keys", missing), ("unexpected keys", extra),
+                                                                     ("other shapes", shapes)) if keys)
+        raise TrainError(f"model.init_from '{where}': does not fit the encoder of model.preset "
+                         f"'{preset}' ({detail}); pick the preset it was trained with")
+    backbone.load_state_dict(state)
+    return where
+
+
+def build_student_teacher(cfg: PretrainConfig, image_encoder, device: torch.device, init: bool = True):
+    """(student, teacher): the teacher starts as a copy of the student and never drops paths.
+    ``init``: load ``model.init_from`` into the encoder first (a new run; a resumed one
+    gets its saved weights instead)."""
     from concerto.ssl.pretrainer import StudentNet, TeacherNet, upcast_channels
 
     backbone = build_backbone(cfg)
+    if init and cfg.model.init_from:
+        init_backbone(backbone, cfg.model.init_from, cfg.model.preset)
     enc, d, cm = backbone.config.enc_channels, cfg.distill, cfg.cross_modal
     student = StudentNet(backbone, upcast_channels(enc, d.upcast_level), upcast_channels(enc, cm.upcast_level),
                          image_encoder.channels if image_encoder else 1, d.head_hidden, d.head_embed,
@@ -364,6 +410,10 @@ def start_run(cfg: PretrainConfig, data: Any, output: Path, resume: bool) -> Run
     if cfg.run.num_threads > 0:
         torch.set_num_threads(cfg.run.num_threads)
     saved, saved_rng, path = read_resume(output, rank, world) if resume else (None, None, None)
+    if resume and saved is None and rank == 0:
+        # a run killed before its first save has nothing to resume; say so rather than restart silently
+        print(f"resume: no checkpoint in '{output / 'checkpoints'}' yet (checkpoints are saved every "
+              f"{cfg.run.save_every} steps); starting from step 0", flush=True)
     version = choose_data_version(cfg.data.version, data, saved, rank)
     return RunStart(rank, world, device, output, version, check_data(data, version), saved, saved_rng, path)
 
@@ -377,15 +427,20 @@ def build_state(cfg: PretrainConfig, data: Any, start: RunStart) -> TrainState:
         check_resume_steps(cfg.run.steps, start.store_info.started_steps, start.resume_path)
     torch.manual_seed(cfg.run.seed)  # identical initialisation on every rank
     image_encoder = build_image_encoder(cfg).to(device) if cfg.cross_modal.weight > 0 else None
-    student, teacher = build_student_teacher(cfg, image_encoder, device)
+    student, teacher = build_student_teacher(cfg, image_encoder, device, init=start.saved is None)
     spec = sample_spec_for(cfg, image_encoder)
     loader = build_loader(cfg, data, spec, rank, world, start.version, accumulate)
     if rank == 0:
         print(describe_data(loader), flush=True)
+        if start.saved is None and cfg.model.init_from:
+            print(f"model: student and teacher encoders start from '{init_weights_path(cfg.model.init_from)}'",
+                  flush=True)
     s = TrainState(cfg, rank, world, device, start.output, image_encoder, student, teacher, student,
                    build_optimizer(cfg, student, lr_scale), loader, spec.grid.grid_hw, accumulate)
     if start.saved is not None:
         restore(s, start.saved, start.resume_path)
+        if rank == 0:
+            print(f"resumed from step {s.step} of {cfg.run.steps} ('{start.resume_path}')", flush=True)
     seed_step_rng(cfg.run.seed, rank, s.step, start.saved_rng)
     s.model = wrap_ddp(student, world, device, cfg.run.find_unused_parameters)
     return s

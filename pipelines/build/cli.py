@@ -12,9 +12,10 @@ import concurrent.futures as cf
 import json
 import logging
 import sys
+import traceback
 
 from pipelines.build.options import BuildOptions, SceneSettings, SourceSpec
-from pipelines.build.run import run_build
+from pipelines.build.run import quiet_abandoned_writes, run_build, stop_message
 
 
 def add_build_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -74,5 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - the store went away, a worker died: one line, what is kept
+        message, io_error = stop_message(options.store, exc)
+        if not io_error:  # may be a bug: keep its traceback
+            traceback.print_exc()
+        print(f"error: {message}", file=sys.stderr)
+        quiet_abandoned_writes()
+        return 3
     print(json.dumps(summary.as_dict(), indent=1))
+    if summary.failed_sources:
+        lost = "; ".join(q["message"] for q in summary.quarantined if q["stage"] == "discover")
+        print(f"error: {len(summary.failed_sources)} source(s) could not be read, their scenes were not built: "
+              f"{lost}", file=sys.stderr)
+        return 3
     return 0

@@ -17,7 +17,7 @@ from typing import Optional
 from pipelines.image_groups import DEFAULT_MIN_CORRESPONDENCES
 from pipelines.store import StoreLocation
 from preprocess.geometry import DEPTH_EPS
-from preprocess.sources.base import SceneSource, make_source
+from preprocess.sources.base import SceneSource, available_sources, make_source
 
 SOURCE_KEYS = ("kind", "path", "name", "options", "frame_gap")
 
@@ -96,6 +96,15 @@ class SceneSettings:
     render_backend: str = "auto"
 
 
+def check_kind(spec: SourceSpec) -> None:
+    """Refuse an unknown adapter kind when the options are made, before any
+    scheduler, cluster or flow run starts."""
+    known = available_sources()
+    if spec.kind not in known:
+        raise ValueError(f"source '{spec.kind}:{spec.path}': unknown source kind '{spec.kind}'; "
+                         f"known kinds: {', '.join(known)}")
+
+
 def new_run_id() -> str:
     return "cli-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
 
@@ -133,6 +142,8 @@ class BuildOptions:
         object.__setattr__(self, "store", StoreLocation.of(store, storage_options))
         object.__setattr__(self, "sources", tuple(
             s if isinstance(s, SourceSpec) else SourceSpec.from_dict(dict(s)) for s in self.sources))
+        for spec in self.sources:
+            check_kind(spec)
         for name in ("scenes_per_task", "shard_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"build-dataset: {name} must be >= 1, got {getattr(self, name)}")

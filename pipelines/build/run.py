@@ -19,6 +19,7 @@ from pipelines.build.batch import STAGES, BatchItem, BatchResult, failure_of
 from pipelines.build.executors import Executor, SerialExecutor, as_completed_any
 from pipelines.build.options import BuildOptions, SourceSpec
 from pipelines.build.plan import make_batches, recorded_sources, source_specs
+from pipelines.build.retry import is_transient
 from pipelines.build.steps import BuildSteps
 from pipelines.quarantine import SceneFailure, refresh_after_discovery, write_build_report
 from pipelines.store import Plan, latest_version, load_manifest
@@ -144,16 +145,21 @@ def build_and_commit(options: BuildOptions, batches: list[list[BatchItem]], exec
 
 
 def per_source_counts(names: Sequence[str], plan: Plan, failures: Sequence[SceneFailure]) -> dict[str, dict[str, int]]:
-    """{source: {new, unchanged, updated, removed, failed}} for the run summary."""
+    """{source: {new, unchanged, updated, removed, failed}} for the run summary:
+    new and updated count the scenes that landed, a planned scene that failed
+    counts under failed only."""
     out = {n: dict(new=0, unchanged=0, updated=0, removed=0, failed=0) for n in names}
+    failed = {f.key for f in failures}
 
     def add(key: str, what: str):
         out.setdefault(key.split("/", 1)[0], dict(new=0, unchanged=0, updated=0, removed=0, failed=0))[what] += 1
 
     for r in plan.new:
-        add(r.key, "new")
+        if r.key not in failed:
+            add(r.key, "new")
     for r in plan.changed:
-        add(r.key, "updated")
+        if r.key not in failed:
+            add(r.key, "updated")
     for k in plan.unchanged:
         add(k, "unchanged")
     for k in plan.removed:
@@ -237,6 +243,44 @@ def run_build(options: BuildOptions, *, executor: Executor | None = None,
                     "%d shards, %.1f s", version, summary.scenes["discovered"], len(plan.unchanged),
                     len(done.committed), len(summary.quarantined), len(plan.removed), done.shards, elapsed["total"])
         return summary
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost cause (a store error is often wrapped by zarr, s3fs, a task runner)."""
+    seen = set()
+    while (exc.__cause__ or exc.__context__) is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def stop_message(store, exc: BaseException) -> tuple[str, bool]:
+    """(one line saying the build of ``store`` stopped on ``exc`` and what is kept,
+    whether it is an I/O or network error: the store or a source went away)."""
+    root = _root_cause(exc)
+    cause = f"{type(exc).__name__}: {exc}"
+    if root is not exc and str(root) not in str(exc):
+        cause += f" (caused by {type(root).__name__}: {root})"
+    try:
+        v = latest_version(store)
+        kept = f"committed batches are kept (latest manifest v{v})" if v is not None else "nothing was committed"
+    except Exception:  # noqa: BLE001 - the store may be what is unreachable
+        kept = "committed batches are kept"
+    io_error = isinstance(root, (OSError, TimeoutError)) or is_transient(exc) or \
+        type(root).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp", "urllib3")
+    url = getattr(store, "url", store)
+    # "re-run" only where waiting may help; bad input or a bug fails the same way again
+    again = "; re-run the same command to resume" if io_error else ""
+    return f"build of {url} stopped: {cause}; {kept}{again}", io_error
+
+
+def quiet_abandoned_writes() -> None:
+    """After a build stopped on an unreachable store, zarr's writes still pending
+    are dropped at exit, each with a "coroutine ... was never awaited" warning
+    printed after the error line; the error already says what happened."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
 
 def finish_run(options: BuildOptions, records: dict, changed: bool, steps: BuildSteps) -> int | None:

@@ -14,6 +14,8 @@
                                                 without checksums) in the current format
     concerto-store <url> --gc [--keep-last N] [--min-age S] [--dry-run]
                                                 delete shards no kept manifest lists
+    concerto-store <url> --quarantine           scenes that failed to build: stage,
+                                                error and whole reason
 """
 from __future__ import annotations
 
@@ -113,6 +115,20 @@ def _table(title: str, columns: list[str], rows: list[list], out):
     Console(file=out, width=160).print(t)
 
 
+def print_quarantine(url: str, out) -> None:
+    """The latest quarantine report: one line per scene, its whole reason."""
+    from pipelines.quarantine import load_quarantine
+
+    failed = load_quarantine(url)
+    if not failed:
+        print(f"quarantine of {url}: no scene quarantined", file=out)
+        return
+    print(f"quarantine of {url}: {len(failed)} scenes (re-run the build to retry them)", file=out)
+    for key, f in sorted(failed.items()):
+        when = f" [{f.time}]" if f.time else ""
+        print(f"  {key}  stage {f.stage}  {f.error_type}: {f.message}{when}", file=out)
+
+
 def main(argv=None, out=None) -> int:
     out = out or sys.stdout
     p = argparse.ArgumentParser(prog="concerto-store", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,6 +147,8 @@ def main(argv=None, out=None) -> int:
     p.add_argument("--keep-last", type=int, default=None, help="with --gc: keep only the newest N manifests")
     p.add_argument("--min-age", type=float, default=3600.0, help="with --gc: spare unlisted shards younger than this (s)")
     p.add_argument("--dry-run", action="store_true", help="with --gc: only report")
+    p.add_argument("--quarantine", action="store_true",
+                   help="list the quarantined scenes (failed builds): scene, stage, error and reason")
     args = p.parse_args(argv)
     if args.draw is not None and not args.out:
         p.error("--draw needs --out file.png")
@@ -147,6 +165,10 @@ def main(argv=None, out=None) -> int:
             else:
                 print(f"repair: {len(rep.damaged)} damaged shards, {len(rep.rebuilt)} scenes rebuilt, "
                       f"{len(rep.lost)} lost {sorted(rep.lost)}; committed v{rep.version}", file=out)
+        if args.quarantine:
+            print_quarantine(args.url, out)
+            if not list_versions(args.url):  # a store whose every scene failed still has its quarantine
+                return 0
         store = ShardStore.open(args.url, args.version)
         if args.versions:
             rows = []

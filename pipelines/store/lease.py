@@ -59,14 +59,20 @@ def _payload(run_id: str) -> bytes:
                        "heartbeat": time.time()}).encode()
 
 
-def _try_take(loc: StoreLocation, run_id: str, ttl_s: float) -> dict | None:
-    """None if this run now holds the lease, else the current holder."""
-    if loc.create_exclusive(_payload(run_id), LOCK_DIR, BUILD_LOCK):
-        return None
-    holder = _holder(loc)
-    if holder is None:
-        return {"run_id": "?"}  # released meanwhile: try again
-    if time.time() - float(holder.get("heartbeat", 0.0)) > ttl_s or _dead_here(holder):
+def _try_take(loc: StoreLocation, run_id: str, ttl_s: float, attempts: int = 5) -> dict | None:
+    """None if this run now holds the lease, else its live holder. A stale lease
+    (killed build) is taken over and the lease created again at once, so the
+    caller never waits for a run it has just taken over from."""
+    holder: dict = {"run_id": "?"}
+    for _ in range(attempts):  # bounded: a lease that keeps reappearing is someone's live lease
+        if loc.create_exclusive(_payload(run_id), LOCK_DIR, BUILD_LOCK):
+            return None
+        seen = _holder(loc)
+        if seen is None:
+            continue  # released meanwhile: try again
+        holder = seen
+        if not (time.time() - float(holder.get("heartbeat", 0.0)) > ttl_s or _dead_here(holder)):
+            return holder
         # re-read right before removing: only remove the stale lease we saw
         if _holder(loc) == holder:
             log.warning("store %s: taking over the build lease of run %s (its process is gone or sent no "
@@ -74,6 +80,25 @@ def _try_take(loc: StoreLocation, run_id: str, ttl_s: float) -> dict | None:
                         time.time() - float(holder.get("heartbeat", 0.0)))
             loc.remove_file(LOCK_DIR, BUILD_LOCK)
     return holder
+
+
+def _heartbeat(loc: StoreLocation, run_id: str, every_s: float, stop: threading.Event) -> None:
+    """Refresh the lease until ``stop``. A failed write (store unreachable) is
+    logged once, not raised: the thread keeps trying, and the build itself meets
+    the same error and reports it; one that works again says so."""
+    failing = False
+    while not stop.wait(every_s):
+        try:
+            loc.write_bytes(_payload(run_id), LOCK_DIR, BUILD_LOCK)
+        except Exception as exc:  # noqa: BLE001 - a daemon thread's error would only print a traceback
+            if not failing:
+                log.warning("store %s: cannot refresh the build lease (%s: %s); retrying every %.3g s",
+                            loc.url, type(exc).__name__, exc, every_s)
+            failing = True
+        else:
+            if failing:
+                log.warning("store %s: build lease refreshed again", loc.url)
+            failing = False
 
 
 @contextmanager
@@ -92,17 +117,24 @@ def build_lease(store, run_id: str, ttl_s: float = 60.0, wait_s: float | None = 
                                f"after {wait_s:.0f} s")
         time.sleep(poll_s)
     stop = threading.Event()
-
-    def beat():
-        while not stop.wait(ttl_s / 3):
-            loc.write_bytes(_payload(run_id), LOCK_DIR, BUILD_LOCK)
-
-    thread = threading.Thread(target=beat, name="build-lease-heartbeat", daemon=True)
+    thread = threading.Thread(target=_heartbeat, args=(loc, run_id, ttl_s / 3, stop), name="build-lease-heartbeat",
+                              daemon=True)
     thread.start()
+    failed = False
     try:
         yield
+    except BaseException:
+        failed = True
+        raise
     finally:
         stop.set()
         thread.join()
-        if (_holder(loc) or {}).get("run_id") == run_id:
-            loc.remove_file(LOCK_DIR, BUILD_LOCK)
+        try:
+            if (_holder(loc) or {}).get("run_id") == run_id:
+                loc.remove_file(LOCK_DIR, BUILD_LOCK)
+        except Exception as exc:  # noqa: BLE001
+            if not failed:
+                raise
+            # the build already failed (store unreachable?): its error is the one to report; a
+            # lease left behind is taken over by the next run on this machine, after ttl_s elsewhere
+            log.warning("store %s: could not release the build lease (%s: %s)", loc.url, type(exc).__name__, exc)
