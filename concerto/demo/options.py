@@ -99,6 +99,15 @@ def output_dir(args) -> Path:
     return out
 
 
+def open_scan(args):
+    """What a one-scan command starts with: (output folder, encoder, ``ScanInputs`` of ``args.scan``,
+    grid size in metres)."""
+    out = output_dir(args)
+    encoder = encoder_from_args(args)
+    grid_size = grid_size_of(args, encoder)
+    return out, encoder, load_scan_inputs(args.scan, args, grid_size), grid_size
+
+
 def embed_inputs(encoder, inputs: ScanInputs, args, grid_size: float) -> np.ndarray:
     """float32 [N, C] features of ``inputs`` (tiled when ``--max-points`` asks); prints the tiling."""
     from concerto.demo.features import embed_scan

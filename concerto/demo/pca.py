@@ -35,10 +35,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args) -> dict[str, Path]:
     from concerto.eval.pictures import default_cut, pca_rgb, render, save_png, side_by_side, write_ply
 
-    out = options.output_dir(args)
-    enc = options.encoder_from_args(args)
-    gs = options.grid_size_of(args, enc)
-    inputs = options.load_scan_inputs(args.scan, args, gs)
+    out, enc, inputs, gs = options.open_scan(args)
     scan = inputs.scan
     feat = options.embed_inputs(enc, inputs, args, gs)
     rgb = pca_rgb(feat)

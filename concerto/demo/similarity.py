@@ -64,10 +64,7 @@ def run(args) -> dict[str, Path]:
                                         side_by_side, write_ply)
     from preprocess.colormap import interpolate_anchors
 
-    out = options.output_dir(args)
-    enc = options.encoder_from_args(args)
-    gs = options.grid_size_of(args, enc)
-    inputs = options.load_scan_inputs(args.scan, args, gs)
+    out, enc, inputs, gs = options.open_scan(args)
     scan = inputs.scan
     q, how = query_index(scan.coord, args.query, args.query_index, args.seed)
     print(f"query: {how} at {np.array2string(scan.coord[q], precision=3)}", file=sys.stderr)

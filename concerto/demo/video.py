@@ -59,10 +59,7 @@ def run(args) -> dict[str, Path]:
 
     from concerto.eval.pictures import default_cut, pca_rgb, save_png, write_ply
 
-    out = options.output_dir(args)
-    enc = options.encoder_from_args(args)
-    gs = options.grid_size_of(args, enc)
-    inputs = options.load_scan_inputs(args.scan, args, gs)
+    out, enc, inputs, gs = options.open_scan(args)
     scan = inputs.scan
     rgb = pca_rgb(options.embed_inputs(enc, inputs, args, gs))
     cut = default_cut(scan.coord) if args.max_height is None else args.max_height

@@ -235,7 +235,7 @@ def bars(path: Path, summary: dict, split: str) -> Path:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from concerto.eval.teacher2d import TeacherSpec, lift_features, make_teacher
+    from concerto.eval.teacher2d import TEACHER_ROOMS, TeacherSpec, lift_features, make_teacher
 
     ap = argparse.ArgumentParser(prog="python -m concerto.eval.miniature", description=__doc__.split("\n\n")[0])
     ap.add_argument("--output", default="runs/miniature")
@@ -243,7 +243,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--val-rooms", type=int, default=8)
     ap.add_argument("--test-rooms", type=int, default=8)
     ap.add_argument("--room-seed", type=int, default=1, help="pretraining rooms; +1 validation, +2 held-out")
-    ap.add_argument("--teacher-rooms", type=int, default=24)
+    ap.add_argument("--teacher-rooms", type=int, default=TEACHER_ROOMS)
     ap.add_argument("--teacher-val-rooms", type=int, default=6)
     ap.add_argument("--teacher-seed", type=int, default=1000)
     ap.add_argument("--teacher-epochs", type=int, default=TeacherSpec.epochs)
