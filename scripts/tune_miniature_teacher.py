@@ -57,8 +57,7 @@ def main() -> int:
     for text in args.tries:
         fields = parse_try(text)
         rooms = fields.pop("rooms", args.rooms)
-        hidden = fields.get("hidden_size", TeacherSpec.hidden_size)
-        spec = TeacherSpec(**{"num_attention_heads": max(1, hidden // 16), "intermediate_size": 2 * hidden, **fields})
+        spec = TeacherSpec.of_width(**fields)
         t0 = time.perf_counter()
         folder = Path(args.out) / text.replace(",", "_").replace("=", "")
         info = make_teacher(folder, rooms, 6, 1000, 16, 320, 240, "instance", spec, progress=False)

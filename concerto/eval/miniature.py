@@ -297,10 +297,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     # 2. teacher
     t0 = time.perf_counter()
-    spec = TeacherSpec(image_size=args.teacher_image_size, hidden_size=args.teacher_hidden,
-                       num_hidden_layers=args.teacher_layers, num_attention_heads=max(1, args.teacher_hidden // 16),
-                       intermediate_size=2 * args.teacher_hidden, epochs=args.teacher_epochs,
-                       class_balance=args.teacher_class_balance)
+    spec = TeacherSpec.of_width(args.teacher_hidden, image_size=args.teacher_image_size,
+                                num_hidden_layers=args.teacher_layers, epochs=args.teacher_epochs,
+                                class_balance=args.teacher_class_balance)
     teacher_dir = out / "teacher"
     info_file = teacher_dir / "model" / "teacher2d.json"
     wanted = dict(spec=dataclasses.asdict(spec), rooms=args.teacher_rooms, palette=args.palette, seed=args.teacher_seed)

@@ -36,8 +36,8 @@ import torch
 from concerto.patches import IMAGENET_MEAN, IMAGENET_STD, PatchGrid, crop_box, normalize_image, pixel_to_patch, prepare_image
 
 HEAD_FILE = "head.pt"
-TEACHER_ROOMS = 240  # rooms the teacher trains on: 24 left it at 20 % held-out patch mIoU, 240 at 43 %
 INFO_FILE = "teacher2d.json"
+TEACHER_ROOMS = 240  # rooms the teacher trains on: 24 left it at 20 % held-out patch mIoU, 240 at 43 %
 
 
 @dataclass
@@ -62,6 +62,12 @@ class TeacherSpec:
     # "majority": cross-entropy on each patch's majority label; "soft": on its class shares, so
     # objects smaller than a patch still shape the features
     target: str = "majority"
+
+    @classmethod
+    def of_width(cls, hidden_size: int = 64, **fields) -> "TeacherSpec":
+        """A spec ``hidden_size`` channels wide: 16 channels per head, MLP twice the width."""
+        return cls(hidden_size=hidden_size, num_attention_heads=max(1, hidden_size // 16),
+                   intermediate_size=2 * hidden_size, **fields)
 
     def dinov2_config(self) -> dict:
         return dict(hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers,
@@ -126,18 +132,27 @@ def patch_class_counts(label: np.ndarray, grid: PatchGrid, num_classes: int, cro
     return counts, (blocks < 0).sum(-1)
 
 
+def majority_of(counts: np.ndarray, none: np.ndarray) -> np.ndarray:
+    """int64 [gh, gw] from ``patch_class_counts``: the majority label, -1 where most pixels show nothing."""
+    return np.where(counts.max(-1) > none, counts.argmax(-1), -1).astype(np.int64)
+
+
+def shares_of(counts: np.ndarray) -> np.ndarray:
+    """float32 [gh, gw, K] from ``patch_class_counts``: each class's share of the labelled pixels
+    (zeros where none is labelled)."""
+    return (counts / np.maximum(counts.sum(-1, keepdims=True), 1)).astype(np.float32)
+
+
 def patch_labels(label: np.ndarray, grid: PatchGrid, num_classes: int, crop: str = "grid_multiple") -> np.ndarray:
     """int64 [gh, gw]: the majority label of each patch's pixels after the encoder's centre crop and
     resize (nearest), -1 where most of the patch shows nothing labelled."""
-    counts, none = patch_class_counts(label, grid, num_classes, crop)
-    return np.where(counts.max(-1) > none, counts.argmax(-1), -1).astype(np.int64)
+    return majority_of(*patch_class_counts(label, grid, num_classes, crop))
 
 
 def patch_fractions(label: np.ndarray, grid: PatchGrid, num_classes: int, crop: str = "grid_multiple") -> np.ndarray:
     """float32 [gh, gw, num_classes]: each class's share of the patch's labelled pixels (rows of zeros
     where no pixel is labelled): the soft per-patch target."""
-    counts, _ = patch_class_counts(label, grid, num_classes, crop)
-    return (counts / np.maximum(counts.sum(-1, keepdims=True), 1)).astype(np.float32)
+    return shares_of(patch_class_counts(label, grid, num_classes, crop)[0])
 
 
 def prepare_frames(frames: LabelledFrames, grid: PatchGrid, num_classes: int,
@@ -145,8 +160,9 @@ def prepare_frames(frames: LabelledFrames, grid: PatchGrid, num_classes: int,
     """(images float32 [F, 3, h, w] normalised as pretraining feeds the encoder, majority patch labels
     int64 [F, gh, gw], class shares float32 [F, gh, gw, num_classes])."""
     images = torch.stack([normalize_image(prepare_image(rgb, grid, "bilinear"), mean, std) for rgb in frames.rgb])
-    labels = torch.from_numpy(np.stack([patch_labels(lab, grid, num_classes) for lab in frames.label]))
-    shares = torch.from_numpy(np.stack([patch_fractions(lab, grid, num_classes) for lab in frames.label]))
+    counted = [patch_class_counts(lab, grid, num_classes) for lab in frames.label]
+    labels = torch.from_numpy(np.stack([majority_of(counts, none) for counts, none in counted]))
+    shares = torch.from_numpy(np.stack([shares_of(counts) for counts, _ in counted]))
     return images, labels, shares
 
 
@@ -393,9 +409,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--class-balance", type=float, default=TeacherSpec.class_balance)
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    spec = TeacherSpec(image_size=args.image_size, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                       num_attention_heads=max(1, args.hidden // 16), intermediate_size=2 * args.hidden,
-                       epochs=args.epochs, class_balance=args.class_balance)
+    spec = TeacherSpec.of_width(args.hidden, image_size=args.image_size, num_hidden_layers=args.layers,
+                                epochs=args.epochs, class_balance=args.class_balance)
     info = make_teacher(args.out, args.rooms, args.val_rooms, args.seed, args.frames, args.width, args.height,
                         args.palette, spec)
     print(json.dumps(info, indent=2))
