@@ -194,7 +194,8 @@ def results_markdown(args, summary: dict, teacher: dict, timing: dict, split: st
                      f"{100 * e['allAcc_std']:.1f} | {PAPER.get(row, '-')} |")
     ho = teacher["held_out"]
     lines += ["", f"2D teacher ({teacher['spec']['num_hidden_layers']} layers, {teacher['spec']['hidden_size']} "
-              f"channels, {teacher['spec']['image_size']} px = {teacher['spec']['image_size'] // 14}² patches): "
+              f"channels, {teacher['spec']['image_size']} px = {teacher['spec']['image_size'] // 14}² patches, "
+              f"{teacher['spec'].get('target', 'majority')} targets): "
               f"per-patch accuracy on its held-out rooms {100 * ho['patch_acc']:.1f}%, per-patch mIoU "
               f"{100 * ho['patch_mIoU']:.1f}% ({ho['patches']} patches; training rooms "
               f"{100 * teacher['train']['patch_acc']:.1f}% / {100 * teacher['train']['patch_mIoU']:.1f}%).", ""]
@@ -252,6 +253,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--teacher-layers", type=int, default=TeacherSpec.num_hidden_layers)
     ap.add_argument("--teacher-class-balance", type=float, default=TeacherSpec.class_balance,
                     help="cross-entropy class weights ~ frequency ** -this")
+    ap.add_argument("--teacher-target", default=TeacherSpec.target, choices=("majority", "soft"),
+                    help="per-patch target: the majority class, or the class shares")
     ap.add_argument("--palette", default="instance", choices=("class", "instance"))
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--height", type=int, default=240)
@@ -299,7 +302,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     t0 = time.perf_counter()
     spec = TeacherSpec.of_width(args.teacher_hidden, image_size=args.teacher_image_size,
                                 num_hidden_layers=args.teacher_layers, epochs=args.teacher_epochs,
-                                class_balance=args.teacher_class_balance)
+                                class_balance=args.teacher_class_balance, target=args.teacher_target)
     teacher_dir = out / "teacher"
     info_file = teacher_dir / "model" / "teacher2d.json"
     wanted = dict(spec=dataclasses.asdict(spec), rooms=args.teacher_rooms, palette=args.palette, seed=args.teacher_seed)
